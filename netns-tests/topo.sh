@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Builds the test topology: client (10.0.1.2) -- router (10.0.1.1 | 10.0.2.1) -- server (10.0.2.2).
+# Usage: topo.sh up nat|routed [PREFIX] | topo.sh down [PREFIX]
+# The router carries a conventional stateful firewall: INVALID dropped in FORWARD and INPUT,
+# INPUT closed to new connections except from the LAN; in "nat" mode MASQUERADE on its WAN side
+# and the server has no route back to the client network.
+set -euo pipefail
+cmd=${1:?up|down}
+if [[ $cmd == up ]]; then mode=${2:?nat|routed}; P=${3:-fg}; else P=${2:-fg}; fi
+C=${P}-cli R=${P}-rtr S=${P}-srv
+if [[ $cmd == down ]]; then
+  for ns in $C $R $S; do ip netns pids $ns 2>/dev/null | xargs -r kill -9 2>/dev/null || true; done
+  for ns in $C $R $S; do ip netns del $ns 2>/dev/null || true; done
+  exit 0
+fi
+for ns in $C $R $S; do ip netns del $ns 2>/dev/null || true; ip netns add $ns; ip -n $ns link set lo up; done
+ip link add ${P}c0 netns $C type veth peer name ${P}lan netns $R
+ip link add ${P}s0 netns $S type veth peer name ${P}wan netns $R
+ip -n $C addr add 10.0.1.2/24 dev ${P}c0; ip -n $C link set ${P}c0 up
+ip -n $R addr add 10.0.1.1/24 dev ${P}lan; ip -n $R link set ${P}lan up
+ip -n $R addr add 10.0.2.1/24 dev ${P}wan; ip -n $R link set ${P}wan up
+ip -n $S addr add 10.0.2.2/24 dev ${P}s0; ip -n $S link set ${P}s0 up
+ip -n $C route add default via 10.0.1.1
+ip netns exec $R sysctl -qw net.ipv4.ip_forward=1
+# a conventional stateful firewall
+ip netns exec $R iptables -P FORWARD DROP
+ip netns exec $R iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP
+ip netns exec $R iptables -A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+ip netns exec $R iptables -A FORWARD -i ${P}lan -j ACCEPT
+ip netns exec $R iptables -P INPUT DROP
+ip netns exec $R iptables -A INPUT -m conntrack --ctstate INVALID -j DROP
+ip netns exec $R iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+ip netns exec $R iptables -A INPUT -i lo -j ACCEPT
+ip netns exec $R iptables -A INPUT -i ${P}lan -p icmp -j ACCEPT
+if [[ $mode == nat ]]; then
+  ip netns exec $R iptables -t nat -A POSTROUTING -o ${P}wan -j MASQUERADE
+else
+  ip -n $S route add 10.0.1.0/24 via 10.0.2.1
+fi
