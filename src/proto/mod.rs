@@ -1,0 +1,623 @@
+//! The FTP control-connection helper as a pure state machine: TCP segments in, verdicts out.
+//!
+//! Nothing here does I/O or reads a clock: the NFQUEUE shell (`crate::nfq_loop`) hands each
+//! queued segment to [`Session::handle_segment`] and applies the returned [`Verdict`]; the data
+//! plane is reached through the [`DataPlane`] trait, so tests drive whole sessions in memory.
+//!
+//! # Why this keeps conntrack consistent
+//! The rules (see `crate::filter`) queue client→server segments in `raw PREROUTING`, *before*
+//! conntrack, and server→client segments in `mangle FORWARD`, *after* it. Conntrack therefore sees
+//! the whole connection in the **server's** sequence space: the client's segments arrive already
+//! rewritten (mapped seq, SACK and payload), the server's arrive as the server sent them, and the
+//! client's ACKs of server data are mapped back before conntrack judges them. Its window tracking
+//! stays exact and `--ctstate INVALID -j DROP` keeps working; nothing is untracked, NAT applies.
+//!
+//! # Lines split over segments: absorb + probe
+//! A line that may need rewriting (a *candidate*: a prefix of `PORT `/`EPRT `, or of `227 `/`229 `
+//! while PASV/EPSV waits for its reply, or any reply ftpgate must replace) is held in userspace
+//! while it is incomplete. Its segment is turned into a *probe*: a one-byte duplicate of the
+//! preceding `\n`, which the receiver acknowledges at once; that ACK is mapped to "line start +
+//! held bytes", so the sender sees its bytes acknowledged and never waits (Nagle) or times out.
+//! The segment that completes the line carries the whole line from its start, rewritten. No
+//! verdict is ever left waiting.
+//!
+//! Every region sent differently from how it arrived is recorded in the direction's
+//! [`seqmap::SeqMap`], so retransmissions are rewritten identically and sequence, ACK and SACK
+//! numbers stay mapped for the rest of the connection, also after `AUTH TLS` hands the session
+//! over to pass-through.
+
+pub mod ftp;
+pub mod policy;
+pub mod seqmap;
+
+use core::net::{Ipv4Addr, SocketAddrV4};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+pub use seqmap::Seq;
+use seqmap::SeqMap;
+
+/// Lines longer than this are passed through without being parsed (a valid PORT/EPRT/227/229 is
+/// far shorter; OpenBSD ftp-proxy uses 500). Memory per direction is bounded by it.
+pub const LINE_CAP: usize = 512;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dir {
+    ToServer,
+    ToClient,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flags {
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+}
+
+/// The parts of a TCP segment the helper reads.
+#[derive(Clone, Debug)]
+pub struct Segment<'a> {
+    pub seq: Seq,
+    pub ack: Seq,
+    pub flags: Flags,
+    pub sack: &'a [(Seq, Seq)],
+    pub payload: &'a [u8],
+}
+
+/// What to do with a segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forward unchanged.
+    Pass,
+    /// Drop (a segment after a gap; it will be retransmitted).
+    Drop,
+    /// Forward with these fields replaced.
+    Edit(Edit),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Edit {
+    pub seq: Seq,
+    pub ack: Seq,
+    /// New SACK blocks, when they changed.
+    pub sack: Option<Vec<(Seq, Seq)>>,
+    /// New payload, when it changed.
+    pub payload: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The client connects (PASV/EPSV).
+    Passive,
+    /// The server connects (PORT/EPRT).
+    Active,
+}
+
+/// A data connection the relay must prepare before the line announcing it goes out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataRequest {
+    pub mode: Mode,
+    pub client: SocketAddrV4,
+    pub server: SocketAddrV4,
+    /// Where the relay connects once the expected peer has connected to it.
+    pub target: SocketAddrV4,
+}
+
+/// The seam to the data path. `open` must have the relay listening when it returns; it returns
+/// the endpoint to announce in the rewritten line.
+pub trait DataPlane {
+    fn open(&mut self, req: &DataRequest) -> Result<SocketAddrV4, String>;
+}
+
+/// Things worth a log line, drained with [`Session::poll_event`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    User(String),
+    Rewrote { dir: Dir, from: String, to: String },
+    Refused { reason: String },
+    Malformed { dir: Dir, line: String, why: String },
+    TlsStarted,
+    Note(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Cmd {
+    Pasv,
+    Epsv,
+    Auth,
+    /// Replaced by NOOP; its reply is replaced by this text.
+    Refused(Vec<u8>),
+    Other,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Stream {
+    /// Seen the SYN, or a line end after joining mid-stream: lines can be parsed.
+    synced: bool,
+    /// Sequence number of the first data byte (no probe is possible before it).
+    first: Seq,
+    /// Next original byte not yet processed.
+    next: Seq,
+    map: SeqMap,
+    /// Text of the current line so far (capped at `LINE_CAP + 1`).
+    line: Vec<u8>,
+    line_start: Seq,
+    line_len: usize,
+    /// The current line's bytes `[line_start, next)` are held back (not yet sent).
+    absorbing: bool,
+    /// The current line's earlier bytes went out unparsed: it can no longer be rewritten.
+    line_released: bool,
+    fin: bool,
+}
+
+impl Stream {
+    fn start_at(&mut self, seq: Seq) {
+        self.synced = true;
+        self.first = seq;
+        self.next = seq;
+        self.reset_line(seq);
+    }
+    fn reset_line(&mut self, at: Seq) {
+        self.line.clear();
+        self.line_start = at;
+        self.line_len = 0;
+        self.absorbing = false;
+        self.line_released = false;
+    }
+    /// Maps the receiver's ACK of this stream back into the sender's space; held bytes count as
+    /// acknowledged once everything before them is.
+    fn unmap_ack(&self, ack: Seq) -> Seq {
+        let a = self.map.unmap(ack);
+        if self.absorbing && a == self.line_start {
+            self.line_start.add(self.line_len)
+        } else {
+            a
+        }
+    }
+}
+
+/// Per control connection state.
+#[derive(Debug)]
+pub struct Session {
+    client: SocketAddrV4,
+    server: SocketAddrV4,
+    c2s: Stream,
+    s2c: Stream,
+    cmds: VecDeque<Cmd>,
+    greeted: bool,
+    multiline: Option<u16>,
+    tls: bool,
+    user: Option<String>,
+    events: VecDeque<Event>,
+    last_seen: Instant,
+    rst: bool,
+}
+
+fn show(line: &[u8]) -> String {
+    ftp::body(line).escape_ascii().to_string()
+}
+
+fn is_prefix_ci(line: &[u8], word: &[u8]) -> bool {
+    let n = line.len().min(word.len());
+    line[..n].eq_ignore_ascii_case(&word[..n])
+}
+
+impl Session {
+    pub fn new(client: SocketAddrV4, server: SocketAddrV4, now: Instant) -> Self {
+        Session {
+            client,
+            server,
+            c2s: Stream::default(),
+            s2c: Stream::default(),
+            cmds: VecDeque::new(),
+            greeted: false,
+            multiline: None,
+            tls: false,
+            user: None,
+            events: VecDeque::new(),
+            last_seen: now,
+            rst: false,
+        }
+    }
+
+    pub fn client(&self) -> SocketAddrV4 {
+        self.client
+    }
+    pub fn server(&self) -> SocketAddrV4 {
+        self.server
+    }
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+    /// True once lengths changed: the session must outlive idle periods, or later segments
+    /// would go out unmapped.
+    pub fn has_length_changes(&self) -> bool {
+        !self.c2s.map.is_identity() || !self.s2c.map.is_identity()
+    }
+
+    /// When the shell may forget this session.
+    pub fn expires_at(&self, idle: Duration, mapped_idle: Duration) -> Instant {
+        if self.rst || (self.c2s.fin && self.s2c.fin) {
+            // keep a little while for retransmitted FINs and final ACKs
+            return self.last_seen + Duration::from_secs(30).min(idle);
+        }
+        self.last_seen + if self.has_length_changes() { mapped_idle } else { idle }
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn stream(&mut self, dir: Dir) -> &mut Stream {
+        match dir {
+            Dir::ToServer => &mut self.c2s,
+            Dir::ToClient => &mut self.s2c,
+        }
+    }
+    fn streams(&mut self, dir: Dir) -> (&mut Stream, &mut Stream) {
+        match dir {
+            Dir::ToServer => (&mut self.c2s, &mut self.s2c),
+            Dir::ToClient => (&mut self.s2c, &mut self.c2s),
+        }
+    }
+
+    /// Handles one segment travelling in `dir`.
+    pub fn handle_segment(&mut self, dir: Dir, seg: &Segment, dp: &mut dyn DataPlane, now: Instant) -> Verdict {
+        self.last_seen = now;
+        if seg.flags.rst {
+            self.rst = true;
+        }
+        let (st, other) = self.streams(dir);
+
+        // ACK and SACK: numbers of the other direction's stream.
+        let ack = if seg.flags.ack { other.unmap_ack(seg.ack) } else { seg.ack };
+        let mut sack_changed = false;
+        let mut sack = Vec::with_capacity(seg.sack.len());
+        for &(l, r) in seg.sack {
+            if seg.flags.ack && r <= seg.ack {
+                sack_changed = true; // D-SACK (e.g. of a probe): says nothing about new data
+                continue;
+            }
+            let m = (other.map.unmap(l), other.map.unmap(r));
+            sack_changed |= m != (l, r);
+            sack.push(m);
+        }
+        let sack = sack_changed.then_some(sack);
+
+        if seg.flags.syn {
+            st.start_at(seg.seq.add(1));
+            return finish(seg, seg.seq, ack, sack, None);
+        }
+        if !st.synced {
+            // Joined mid-stream (e.g. after a restart): wait for a line end to find our footing.
+            let end = seg.seq.add(seg.payload.len());
+            if seg.payload.last() == Some(&b'\n') {
+                st.start_at(end);
+                st.first = seg.seq; // bytes before exist, so probes are possible
+                if dir == Dir::ToClient {
+                    self.greeted = true;
+                }
+            }
+            let seq = self.stream(dir).map.map(seg.seq);
+            return finish(seg, seq, ack, sack, None);
+        }
+        let tls = self.tls;
+        let st = self.stream(dir);
+        let end = seg.seq.add(seg.payload.len());
+        if seg.flags.fin {
+            st.fin = true;
+        }
+        if tls {
+            let seq = st.map.map(seg.seq);
+            return finish(seg, seq, ack, sack, None);
+        }
+
+        if seg.seq > st.next {
+            return Verdict::Drop; // a gap: wait for the retransmission of what is missing
+        }
+        // Everything before `sent_end` has gone out in some form (held bytes have not).
+        let sent_end = if st.absorbing { st.line_start } else { st.next };
+        let mut out = Vec::new();
+        let mut out_seq = None;
+        if seg.seq < sent_end {
+            let upto = (sent_end.diff(seg.seq) as usize).min(seg.payload.len());
+            let (s, bytes) = st.map.render(seg.seq, &seg.payload[..upto]);
+            out_seq = Some(s);
+            out = bytes;
+        }
+        let has_new = end > st.next || (seg.flags.fin && st.absorbing);
+        if has_new {
+            let from = (st.next.diff(seg.seq).max(0) as usize).min(seg.payload.len());
+            let (emit_from, bytes) = self.feed(dir, &seg.payload[from..], seg.flags.fin, dp);
+            let st = self.stream(dir);
+            let s = st.map.map(emit_from);
+            out_seq.get_or_insert(s);
+            out.extend_from_slice(&bytes);
+        }
+        let st = self.stream(dir);
+        if out.is_empty() && st.absorbing {
+            // Probe: a one-byte duplicate of the '\n' before the held line.
+            let seq = st.map.map(st.line_start).sub(1);
+            return finish(seg, seq, ack, sack, Some(b"\n".to_vec()));
+        }
+        let seq = match out_seq {
+            Some(s) => s,
+            // no payload: a pure ACK/FIN never claims bytes that are still held
+            None if st.absorbing && seg.seq >= st.line_start => st.map.map(st.line_start),
+            None => st.map.map(seg.seq),
+        };
+        let payload = (out.as_slice() != seg.payload).then_some(out);
+        finish(seg, seq, ack, sack, payload)
+    }
+
+    /// Feeds new in-order bytes of `dir` through the line machine. Returns the original sequence
+    /// number the emitted bytes start at, and the bytes (held ones left out).
+    fn feed(&mut self, dir: Dir, data: &[u8], fin: bool, dp: &mut dyn DataPlane) -> (Seq, Vec<u8>) {
+        let st = self.stream(dir);
+        let was_absorbing = st.absorbing;
+        let emit_from = if was_absorbing { st.line_start } else { st.next };
+        let mut out: Vec<u8> = if was_absorbing { st.line.clone() } else { Vec::new() };
+        st.absorbing = false;
+        // Where the current line starts in `out`, if all of it is there (so it can be replaced).
+        let mut line_pos = if st.line_released { None } else { Some(0) };
+        let mut held_before = was_absorbing;
+        st.next = st.next.add(data.len());
+
+        let mut rest = data;
+        while !rest.is_empty() {
+            let st = self.stream(dir);
+            let (chunk, complete) = match rest.iter().position(|&c| c == b'\n') {
+                Some(k) => (&rest[..=k], true),
+                None => (rest, false),
+            };
+            rest = &rest[chunk.len()..];
+            out.extend_from_slice(chunk);
+            let room = (LINE_CAP + 1).saturating_sub(st.line.len());
+            st.line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            st.line_len += chunk.len();
+            if !complete {
+                break;
+            }
+            let (start, len) = (st.line_start, st.line_len);
+            let line = std::mem::take(&mut st.line);
+            st.reset_line(start.add(len));
+            let replacement = if len > LINE_CAP {
+                self.events.push_back(Event::Malformed {
+                    dir,
+                    line: show(&line[..64]),
+                    why: format!("line of {len} bytes passed through unparsed"),
+                });
+                if dir == Dir::ToServer {
+                    self.cmds.push_back(Cmd::Other);
+                }
+                None
+            } else {
+                self.on_line(dir, &line, line_pos.is_some(), dp)
+            };
+            let st = self.stream(dir);
+            match (replacement, line_pos) {
+                (Some(new), Some(p)) => {
+                    out.truncate(p);
+                    out.extend_from_slice(&new);
+                    st.map.push(start, len, new);
+                }
+                (None, Some(p)) if held_before => {
+                    // sent from its start now, although the sender saw part of it acknowledged:
+                    // a retransmission must resend all of it
+                    st.map.push(start, len, out[p..].to_vec());
+                }
+                _ => {}
+            }
+            held_before = false;
+            if self.tls {
+                // the rest is TLS: pass it on as it is
+                out.extend_from_slice(rest);
+                let st = self.stream(dir);
+                st.reset_line(st.next);
+                return (emit_from, out);
+            }
+            line_pos = Some(out.len());
+        }
+
+        // A partial line at the end: hold it if it may need rewriting.
+        let candidate = self.is_candidate(dir);
+        let st = self.stream(dir);
+        if st.line_len > 0 {
+            match line_pos {
+                Some(p) if candidate && !fin && st.line_start != st.first => {
+                    out.truncate(p);
+                    st.absorbing = true;
+                }
+                Some(p) => {
+                    if held_before {
+                        st.map.push(st.line_start, st.line_len, out[p..].to_vec());
+                    }
+                    st.line_released = true;
+                }
+                None => {}
+            }
+        }
+        (emit_from, out)
+    }
+
+    /// Whether the current partial line of `dir` might have to be rewritten.
+    fn is_candidate(&self, dir: Dir) -> bool {
+        let st = match dir {
+            Dir::ToServer => &self.c2s,
+            Dir::ToClient => &self.s2c,
+        };
+        let l = &st.line;
+        if st.line_len > LINE_CAP || st.line_released {
+            return false;
+        }
+        match dir {
+            Dir::ToServer => is_prefix_ci(l, b"PORT ") || is_prefix_ci(l, b"EPRT "),
+            Dir::ToClient => {
+                if !self.greeted || self.multiline.is_some() {
+                    return false;
+                }
+                match self.cmds.front() {
+                    Some(Cmd::Pasv) => is_prefix_ci(l, b"227 "),
+                    Some(Cmd::Epsv) => is_prefix_ci(l, b"229 "),
+                    Some(Cmd::Refused(_)) => !l.first().is_some_and(|&c| c == b'1'),
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    /// A complete line. Returns its replacement, if any. `whole` says whether all of the line
+    /// is still in ftpgate's hands (else it can only be observed).
+    fn on_line(&mut self, dir: Dir, line: &[u8], whole: bool, dp: &mut dyn DataPlane) -> Option<Vec<u8>> {
+        match dir {
+            Dir::ToServer => self.on_command(line, whole, dp),
+            Dir::ToClient => self.on_reply(line, whole, dp),
+        }
+    }
+
+    fn refuse(&mut self, code: u16, reason: String) -> Option<Vec<u8>> {
+        let reply = format!("{code} ftpgate: {reason}.\r\n").into_bytes();
+        self.events.push_back(Event::Refused { reason });
+        self.cmds.push_back(Cmd::Refused(reply));
+        Some(b"NOOP\r\n".to_vec())
+    }
+
+    fn on_command(&mut self, line: &[u8], whole: bool, dp: &mut dyn DataPlane) -> Option<Vec<u8>> {
+        let verb = ftp::verb(line);
+        let (cmd, parsed) = match verb.as_ref() {
+            Some(b"PORT") => (Cmd::Other, Some(ftp::parse_port(line))),
+            Some(b"EPRT") => (Cmd::Other, Some(ftp::parse_eprt(line))),
+            Some(b"PASV") => (Cmd::Pasv, None),
+            Some(b"EPSV") if !ftp::body(line).to_ascii_uppercase().ends_with(b"ALL") => (Cmd::Epsv, None),
+            Some(b"AUTH") => (Cmd::Auth, None),
+            Some(b"USER") => {
+                let name = String::from_utf8_lossy(&ftp::body(line)[4..]).trim().to_string();
+                self.events.push_back(Event::User(name.clone()));
+                self.user = Some(name);
+                (Cmd::Other, None)
+            }
+            _ => (Cmd::Other, None),
+        };
+        let Some(parsed) = parsed else {
+            self.cmds.push_back(cmd);
+            return None;
+        };
+        let ep = match parsed {
+            Ok(ep) => ep,
+            Err(ftp::ParseError::UnsupportedProtocol) if whole => {
+                return self.refuse(522, "only IPv4 data connections are relayed, use (1)".into());
+            }
+            Err(e) => {
+                self.events.push_back(Event::Malformed { dir: Dir::ToServer, line: show(line), why: format!("{e:?}") });
+                self.cmds.push_back(Cmd::Other);
+                return None;
+            }
+        };
+        let named = SocketAddrV4::new(ep.ip.unwrap_or(Ipv4Addr::UNSPECIFIED), ep.port);
+        if !whole {
+            self.events.push_back(Event::Note(format!("{} split before ftpgate saw it; not relayed", show(line))));
+            self.cmds.push_back(Cmd::Other);
+            return None;
+        }
+        if let Err(reason) = policy::check_active(*self.client.ip(), named) {
+            return self.refuse(500, reason);
+        }
+        let req = DataRequest { mode: Mode::Active, client: self.client, server: self.server, target: named };
+        match dp.open(&req) {
+            Ok(announce) => {
+                self.cmds.push_back(Cmd::Other);
+                (announce != named).then(|| self.rewrite(Dir::ToServer, line, &ep, announce))
+            }
+            Err(e) => self.refuse(425, format!("cannot prepare the data connection: {e}")),
+        }
+    }
+
+    fn rewrite(&mut self, dir: Dir, line: &[u8], ep: &ftp::Endpoint, to: SocketAddrV4) -> Vec<u8> {
+        let new = ftp::emit(line, ep, to);
+        self.events.push_back(Event::Rewrote { dir, from: show(line), to: show(&new) });
+        new
+    }
+
+    fn on_reply(&mut self, line: &[u8], whole: bool, dp: &mut dyn DataPlane) -> Option<Vec<u8>> {
+        let Some((code, last)) = ftp::reply_code(line) else {
+            return None; // text line of a multi-line reply
+        };
+        if let Some(open) = self.multiline {
+            if code != open || !last {
+                return None;
+            }
+            self.multiline = None;
+        } else if !last {
+            self.multiline = Some(code);
+            return None;
+        }
+        if code < 200 {
+            return None; // preliminary: the command's final reply is still to come
+        }
+        if !self.greeted {
+            self.greeted = true;
+            return None;
+        }
+        let cmd = self.cmds.pop_front().unwrap_or(Cmd::Other);
+        match (cmd, code) {
+            (Cmd::Refused(text), _) => Some(text),
+            (Cmd::Auth, 234) => {
+                self.tls = true;
+                self.events.push_back(Event::TlsStarted);
+                None
+            }
+            (Cmd::Pasv, 227) => self.on_passive(line, ftp::parse_227(line), whole, dp),
+            (Cmd::Epsv, 229) => self.on_passive(line, ftp::parse_229(line), whole, dp),
+            _ => None,
+        }
+    }
+
+    fn on_passive(
+        &mut self,
+        line: &[u8],
+        parsed: Result<ftp::Endpoint, ftp::ParseError>,
+        whole: bool,
+        dp: &mut dyn DataPlane,
+    ) -> Option<Vec<u8>> {
+        let ep = match parsed {
+            Ok(ep) => ep,
+            Err(e) => {
+                self.events.push_back(Event::Malformed { dir: Dir::ToClient, line: show(line), why: format!("{e:?}") });
+                return None;
+            }
+        };
+        let (target, note) = policy::passive_target(*self.server.ip(), ep.ip, ep.port);
+        if let Some(n) = note {
+            self.events.push_back(Event::Refused { reason: n });
+        }
+        let req = DataRequest { mode: Mode::Passive, client: self.client, server: self.server, target };
+        let named = SocketAddrV4::new(ep.ip.unwrap_or(*self.server.ip()), ep.port);
+        match dp.open(&req) {
+            Ok(announce) if announce == named => None,
+            Ok(_) | Err(_) if !whole => {
+                self.events.push_back(Event::Note(format!("{} split before ftpgate saw it; cannot rewrite", show(line))));
+                None
+            }
+            Ok(announce) => Some(self.rewrite(Dir::ToClient, line, &ep, announce)),
+            Err(e) => {
+                self.events.push_back(Event::Refused { reason: format!("passive data connection: {e}") });
+                Some(format!("425 ftpgate: cannot prepare the data connection: {e}.\r\n").into_bytes())
+            }
+        }
+    }
+}
+
+fn finish(seg: &Segment, seq: Seq, ack: Seq, sack: Option<Vec<(Seq, Seq)>>, payload: Option<Vec<u8>>) -> Verdict {
+    if seq == seg.seq && ack == seg.ack && sack.is_none() && payload.is_none() {
+        Verdict::Pass
+    } else {
+        Verdict::Edit(Edit { seq, ack, sack, payload })
+    }
+}
+
+#[cfg(test)]
+mod tests;

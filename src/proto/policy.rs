@@ -1,0 +1,54 @@
+//! Which data endpoints ftpgate agrees to set up (RFC 2577; Linux `nf_conntrack_ftp` without
+//! `loose`; OpenBSD ftp-proxy's `allow_data_connection`).
+
+use core::net::{Ipv4Addr, SocketAddrV4};
+
+/// Ports below this are never accepted in PORT/EPRT (they would let a client aim the server at
+/// well-known services).
+pub const MIN_ACTIVE_PORT: u16 = 1024;
+
+/// A PORT/EPRT must name the control connection's own client and an unprivileged port;
+/// anything else is an FTP bounce attempt.
+pub fn check_active(client: Ipv4Addr, named: SocketAddrV4) -> Result<(), String> {
+    if *named.ip() != client {
+        return Err(format!("data address {} is not the client's {}", named.ip(), client));
+    }
+    if named.port() < MIN_ACTIVE_PORT {
+        return Err(format!("data port {} is below {}", named.port(), MIN_ACTIVE_PORT));
+    }
+    Ok(())
+}
+
+/// Where a passive data connection may go: only to the control connection's server, whatever
+/// address the 227 names. Returns the target and, when the reply named another host, a note.
+pub fn passive_target(server: Ipv4Addr, named_ip: Option<Ipv4Addr>, port: u16) -> (SocketAddrV4, Option<String>) {
+    let target = SocketAddrV4::new(server, port);
+    match named_ip {
+        Some(ip) if ip != server => {
+            (target, Some(format!("server named {ip} in its reply; using the control server {server}")))
+        }
+        _ => (target, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounce_and_low_ports_refused() {
+        let c = Ipv4Addr::new(10, 0, 1, 2);
+        assert!(check_active(c, "10.0.1.2:40000".parse().unwrap()).is_ok());
+        assert!(check_active(c, "10.0.1.3:40000".parse().unwrap()).is_err());
+        assert!(check_active(c, "10.0.1.2:25".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn passive_never_follows_third_party() {
+        let s = Ipv4Addr::new(10, 0, 2, 2);
+        let (t, note) = passive_target(s, Some(Ipv4Addr::new(192, 0, 2, 9)), 5000);
+        assert_eq!(t, "10.0.2.2:5000".parse().unwrap());
+        assert!(note.is_some());
+        assert_eq!(passive_target(s, None, 5000).1, None);
+    }
+}

@@ -1,0 +1,373 @@
+//! Whole-session tests: two TCP endpoints in memory, the helper between them, any segmentation.
+
+use super::*;
+use proptest::prelude::*;
+
+const CLIENT: &str = "10.0.1.2:40000";
+const SERVER: &str = "10.0.2.2:21";
+
+/// Answers every request like the NAT router does: active connections are announced on the
+/// router's WAN address, passive ones on the server's address with the port moved by one.
+#[derive(Default)]
+struct FakeDp {
+    opened: Vec<DataRequest>,
+    fail: bool,
+}
+
+impl DataPlane for FakeDp {
+    fn open(&mut self, req: &DataRequest) -> Result<SocketAddrV4, String> {
+        self.opened.push(req.clone());
+        if self.fail {
+            return Err("no ports left".into());
+        }
+        Ok(match req.mode {
+            Mode::Active => "10.0.2.1:5000".parse().unwrap(),
+            Mode::Passive => SocketAddrV4::new(*req.target.ip(), req.target.port() + 1),
+        })
+    }
+}
+
+/// One side's view of its own stream and of what it received.
+struct End {
+    snd_nxt: Seq,
+    acked: Seq,
+    rcv_nxt: Seq,
+    received: Vec<u8>,
+}
+
+struct Pair {
+    s: Session,
+    dp: FakeDp,
+    c: End,
+    v: End,
+    now: Instant,
+    probes: usize,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let now = Instant::now();
+        let mut p = Pair {
+            s: Session::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), now),
+            dp: FakeDp::default(),
+            c: End { snd_nxt: Seq(1001), acked: Seq(1001), rcv_nxt: Seq(5001), received: vec![] },
+            v: End { snd_nxt: Seq(5001), acked: Seq(5001), rcv_nxt: Seq(1001), received: vec![] },
+            now,
+            probes: 0,
+        };
+        let syn = Flags { syn: true, ..Default::default() };
+        let seg = Segment { seq: Seq(1000), ack: Seq(0), flags: syn, sack: &[], payload: &[] };
+        assert_eq!(p.s.handle_segment(Dir::ToServer, &seg, &mut p.dp, now), Verdict::Pass);
+        let synack = Flags { syn: true, ack: true, ..Default::default() };
+        let seg = Segment { seq: Seq(5000), ack: Seq(1001), flags: synack, sack: &[], payload: &[] };
+        assert_eq!(p.s.handle_segment(Dir::ToClient, &seg, &mut p.dp, now), Verdict::Pass);
+        p
+    }
+
+    fn ends(&mut self, dir: Dir) -> (&mut End, &mut End) {
+        match dir {
+            Dir::ToServer => (&mut self.c, &mut self.v),
+            Dir::ToClient => (&mut self.v, &mut self.c),
+        }
+    }
+
+    /// Sends `data` at sequence `seq` in `dir`, delivers what the helper lets through, and
+    /// returns the receiver's ACK through the helper to the sender.
+    fn send_at(&mut self, dir: Dir, seq: Seq, data: &[u8]) {
+        let (tx, rx) = self.ends(dir);
+        let seg_ack = rx.snd_nxt;
+        let _ = tx;
+        let ack_field = match dir {
+            Dir::ToServer => self.c.rcv_nxt,
+            Dir::ToClient => self.v.rcv_nxt,
+        };
+        let _ = seg_ack;
+        let flags = Flags { ack: true, ..Default::default() };
+        let seg = Segment { seq, ack: ack_field, flags, sack: &[], payload: data };
+        let v = self.s.handle_segment(dir, &seg, &mut self.dp, self.now);
+        let (oseq, payload) = match v {
+            Verdict::Pass => (seq, data.to_vec()),
+            Verdict::Drop => return,
+            Verdict::Edit(e) => {
+                (e.seq, e.payload.unwrap_or_else(|| data.to_vec()))
+            }
+        };
+        let (_, rx) = self.ends(dir);
+        let end = oseq.add(payload.len());
+        let probe = payload == b"\n" && end == rx.rcv_nxt;
+        if oseq <= rx.rcv_nxt && end > rx.rcv_nxt {
+            let skip = rx.rcv_nxt.diff(oseq) as usize;
+            rx.received.extend_from_slice(&payload[skip..]);
+            rx.rcv_nxt = end;
+        }
+        assert!(oseq <= rx.rcv_nxt, "helper created a gap: seq {oseq:?} > rcv_nxt {:?}", rx.rcv_nxt);
+        // the receiver acknowledges at once
+        let ack = rx.rcv_nxt;
+        let rseq = rx.snd_nxt;
+        self.probes += probe as usize;
+        let back = match dir {
+            Dir::ToServer => Dir::ToClient,
+            Dir::ToClient => Dir::ToServer,
+        };
+        let seg = Segment { seq: rseq, ack, flags, sack: &[], payload: &[] };
+        let mapped = match self.s.handle_segment(back, &seg, &mut self.dp, self.now) {
+            Verdict::Pass => ack,
+            Verdict::Edit(e) => e.ack,
+            Verdict::Drop => panic!("pure ACK dropped"),
+        };
+        let (tx, _) = self.ends(dir);
+        assert!(mapped <= tx.snd_nxt.max(seq.add(data.len())), "ACK beyond what was sent");
+        tx.acked = tx.acked.max(mapped);
+    }
+
+    /// Sends new bytes split at the given sizes.
+    fn send(&mut self, dir: Dir, data: &[u8], sizes: &[usize]) {
+        let mut rest = data;
+        let mut i = 0;
+        while !rest.is_empty() {
+            let n = sizes.get(i).copied().unwrap_or(rest.len()).clamp(1, rest.len());
+            let (tx, _) = self.ends(dir);
+            let seq = tx.snd_nxt;
+            tx.snd_nxt = seq.add(n);
+            self.send_at(dir, seq, &rest[..n]);
+            rest = &rest[n..];
+            i += 1;
+        }
+        let (tx, _) = self.ends(dir);
+        assert_eq!(tx.acked, tx.snd_nxt, "sender's bytes not all acknowledged ({dir:?})");
+    }
+
+    fn received(&self, dir: Dir) -> String {
+        let e = match dir {
+            Dir::ToServer => &self.v,
+            Dir::ToClient => &self.c,
+        };
+        String::from_utf8_lossy(&e.received).into_owned()
+    }
+}
+
+fn active_session(sizes: &[usize]) -> Pair {
+    let mut p = Pair::new();
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    p.send(Dir::ToServer, b"USER anonymous\r\n", sizes);
+    p.send(Dir::ToClient, b"331 pw\r\n", &[]);
+    p.send(Dir::ToServer, b"PASS x\r\nTYPE I\r\n", sizes);
+    p.send(Dir::ToClient, b"230 in\r\n200 binary\r\n", &[]);
+    p.send(Dir::ToServer, b"PORT 10,0,1,2,156,64\r\nRETR f\r\n", sizes);
+    p.send(Dir::ToClient, b"200 PORT ok\r\n150 go\r\n226 done\r\n", &[]);
+    p.send(Dir::ToServer, b"QUIT\r\n", sizes);
+    p
+}
+
+const ACTIVE_SEEN_BY_SERVER: &str =
+    "USER anonymous\r\nPASS x\r\nTYPE I\r\nPORT 10,0,2,1,19,136\r\nRETR f\r\nQUIT\r\n";
+
+#[test]
+fn port_rewritten_in_one_segment() {
+    let p = active_session(&[]);
+    assert_eq!(p.received(Dir::ToServer), ACTIVE_SEEN_BY_SERVER);
+    assert_eq!(p.dp.opened.len(), 1);
+    assert_eq!(p.dp.opened[0].target, "10.0.1.2:40000".parse().unwrap());
+    assert_eq!(p.probes, 0);
+}
+
+#[test]
+fn port_rewritten_when_typed_one_byte_per_segment() {
+    let p = active_session(&[1; 200]);
+    assert_eq!(p.received(Dir::ToServer), ACTIVE_SEEN_BY_SERVER);
+    assert!(p.probes > 10, "typed PORT line should have been absorbed with probes");
+}
+
+#[test]
+fn port_rewritten_under_every_two_way_split() {
+    for a in 1..40 {
+        for b in 1..12 {
+            let p = active_session(&[a, b, 3]);
+            assert_eq!(p.received(Dir::ToServer), ACTIVE_SEEN_BY_SERVER, "split {a},{b}");
+        }
+    }
+}
+
+#[test]
+fn pasv_reply_rewritten_byte_by_byte_and_following_bytes_mapped() {
+    let mut p = Pair::new();
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    p.send(Dir::ToServer, b"PASV\r\n", &[]);
+    p.send(Dir::ToClient, b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n", &[1; 100]);
+    p.send(Dir::ToServer, b"EPSV\r\n", &[]);
+    p.send(Dir::ToClient, b"229 Entering Extended Passive Mode (|||40009|)\r\n", &[1; 100]);
+    p.send(Dir::ToClient, b"150 x\r\n226 y\r\n", &[3]);
+    assert_eq!(
+        p.received(Dir::ToClient),
+        "220 hello\r\n227 Entering Passive Mode (10,0,2,2,117,49).\r\n\
+         229 Entering Extended Passive Mode (|||40010|)\r\n150 x\r\n226 y\r\n"
+    );
+    assert_eq!(p.dp.opened.len(), 2);
+    assert_eq!(p.dp.opened[0].target, "10.0.2.2:30000".parse().unwrap());
+    assert_eq!(p.dp.opened[1].target, "10.0.2.2:40009".parse().unwrap());
+}
+
+#[test]
+fn pasv_reply_naming_third_party_is_not_followed() {
+    let mut p = Pair::new();
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    p.send(Dir::ToServer, b"PASV\r\n", &[]);
+    p.send(Dir::ToClient, b"227 ok (192,0,2,9,117,48)\r\n", &[]);
+    assert_eq!(p.dp.opened[0].target, "10.0.2.2:30000".parse().unwrap());
+    assert_eq!(p.received(Dir::ToClient), "220 hello\r\n227 ok (10,0,2,2,117,49)\r\n");
+}
+
+#[test]
+fn bounce_port_is_refused_and_server_sees_noop() {
+    let mut p = Pair::new();
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    p.send(Dir::ToServer, b"USER a\r\n", &[]);
+    p.send(Dir::ToClient, b"230 in\r\n", &[]);
+    p.send(Dir::ToServer, b"PORT 192,0,2,9,0,25\r\nEPRT |1|10.0.1.9|6000|\r\n", &[4]);
+    p.send(Dir::ToClient, b"200 NOOP ok.\r\n200 NOOP ok.\r\n", &[2]);
+    assert_eq!(p.received(Dir::ToServer), "USER a\r\nNOOP\r\nNOOP\r\n");
+    let got = p.received(Dir::ToClient);
+    assert!(got.starts_with("220 hello\r\n230 in\r\n500 ftpgate: data address 192.0.2.9"), "{got}");
+    assert_eq!(got.matches("500 ftpgate").count(), 2, "{got}");
+    assert!(p.dp.opened.is_empty());
+}
+
+#[test]
+fn data_plane_failure_becomes_425() {
+    let mut p = Pair::new();
+    p.dp.fail = true;
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    p.send(Dir::ToServer, b"PASV\r\n", &[]);
+    p.send(Dir::ToClient, b"227 ok (10,0,2,2,117,48)\r\n", &[]);
+    assert!(p.received(Dir::ToClient).ends_with("425 ftpgate: cannot prepare the data connection: no ports left.\r\n"));
+}
+
+#[test]
+fn auth_tls_stops_parsing() {
+    let mut p = Pair::new();
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    p.send(Dir::ToServer, b"PORT 10,0,1,2,156,64\r\n", &[]); // grows the stream by 0 bytes? no: +0
+    p.send(Dir::ToClient, b"200 ok\r\n", &[]);
+    p.send(Dir::ToServer, b"AUTH TLS\r\n", &[]);
+    p.send(Dir::ToClient, b"234 go\r\n\x16\x03\x01PORT 1,2,3,4,5,6\r\n", &[]);
+    p.send(Dir::ToServer, b"\x16\x03\x01PORT 10,0,1,2,156,64\r\n", &[1, 1, 1, 1]);
+    assert!(p.s.is_tls());
+    assert_eq!(p.dp.opened.len(), 1);
+    assert!(p.received(Dir::ToServer).ends_with("AUTH TLS\r\n\x16\x03\x01PORT 10,0,1,2,156,64\r\n"));
+}
+
+#[test]
+fn retransmissions_are_rewritten_identically() {
+    let mut p = Pair::new();
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    p.send(Dir::ToServer, b"USER a\r\n", &[]);
+    let start = p.c.snd_nxt;
+    let line = b"PORT 10,0,1,2,156,64\r\nNOOP\r\n";
+    p.send(Dir::ToServer, line, &[3, 30]);
+    let first = p.received(Dir::ToServer);
+    // replay every suffix and sub-range as retransmissions: nothing new may arrive and the
+    // helper must never hand the server bytes that differ from what it already has
+    for a in 0..line.len() {
+        for b in a + 1..=line.len() {
+            let flags = Flags { ack: true, ..Default::default() };
+            let seg = Segment { seq: start.add(a), ack: p.c.rcv_nxt, flags, sack: &[], payload: &line[a..b] };
+            match p.s.handle_segment(Dir::ToServer, &seg, &mut p.dp, p.now) {
+                Verdict::Edit(e) => {
+                    let pl = e.payload.unwrap_or_else(|| line[a..b].to_vec());
+                    let off = e.seq.diff(start) as usize;
+                    let off = off + 8;
+                    assert_eq!(&p.v.received[off..off + pl.len()], &pl[..], "range {a}..{b}");
+                }
+                Verdict::Pass => {
+                    assert_eq!(&p.v.received[8 + a..8 + b], &line[a..b], "range {a}..{b}");
+                }
+                Verdict::Drop => panic!("retransmission dropped"),
+            }
+        }
+    }
+    assert_eq!(p.received(Dir::ToServer), first);
+    assert_eq!(p.dp.opened.len(), 1, "a retransmission must not open another relay");
+}
+
+#[test]
+fn gap_is_dropped() {
+    let mut p = Pair::new();
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    let flags = Flags { ack: true, ..Default::default() };
+    let seg = Segment { seq: p.c.snd_nxt.add(3), ack: p.c.rcv_nxt, flags, sack: &[], payload: b"T 1,2\r\n" };
+    assert_eq!(p.s.handle_segment(Dir::ToServer, &seg, &mut p.dp, p.now), Verdict::Drop);
+}
+
+#[test]
+fn sack_blocks_are_mapped_and_dsack_removed() {
+    let mut p = active_session(&[]);
+    // server SACKs a block after the grown PORT line, and a D-SACK below its ACK
+    let ack = p.v.rcv_nxt;
+    let blocks = [(ack.add(10), ack.add(20)), (ack.sub(1), ack)];
+    let flags = Flags { ack: true, ..Default::default() };
+    let seg = Segment { seq: p.v.snd_nxt, ack, flags, sack: &blocks, payload: &[] };
+    let delta = ACTIVE_SEEN_BY_SERVER.len() as i64
+        - "USER anonymous\r\nPASS x\r\nTYPE I\r\nPORT 10,0,1,2,156,64\r\nRETR f\r\nQUIT\r\n".len() as i64;
+    match p.s.handle_segment(Dir::ToClient, &seg, &mut p.dp, p.now) {
+        Verdict::Edit(e) => {
+            assert_eq!(e.ack, ack.offset(-delta));
+            assert_eq!(e.sack, Some(vec![(ack.add(10).offset(-delta), ack.add(20).offset(-delta))]));
+        }
+        v => panic!("{v:?}"),
+    }
+}
+
+#[test]
+fn garbage_never_panics_and_session_recovers() {
+    let mut p = Pair::new();
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    let junk: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    p.send(Dir::ToServer, &junk, &[7, 300, 1]);
+    p.send(Dir::ToServer, b"\r\nPORT 1,2,3\r\nPORT 10,0,1,2,999,1\r\nEPRT |9|x|1|\r\n", &[5]);
+    p.send(Dir::ToServer, &[b'P'; 9000], &[1000]);
+    p.send(Dir::ToServer, b"\r\nPORT 10,0,1,2,156,64\r\n", &[1; 30]);
+    assert!(p.received(Dir::ToServer).ends_with("\r\nPORT 10,0,2,1,19,136\r\n"));
+    while p.s.poll_event().is_some() {}
+}
+
+proptest! {
+    /// Random segmentation of both directions gives the same byte streams as one segment each.
+    #[test]
+    fn any_segmentation_same_streams(sizes in proptest::collection::vec(1usize..9, 1..40)) {
+        let p = active_session(&sizes);
+        prop_assert_eq!(p.received(Dir::ToServer), ACTIVE_SEEN_BY_SERVER);
+        prop_assert_eq!(p.received(Dir::ToClient), "220 hello\r\n331 pw\r\n230 in\r\n200 binary\r\n200 PORT ok\r\n150 go\r\n226 done\r\n");
+    }
+
+    /// Random segmentation with random retransmissions of already-sent ranges.
+    #[test]
+    fn retransmissions_do_not_change_streams(
+        sizes in proptest::collection::vec(1usize..6, 1..30),
+        rexmit in proptest::collection::vec((0usize..60, 1usize..20), 0..20),
+    ) {
+        let mut p = Pair::new();
+        p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+        let start = p.c.snd_nxt;
+        let stream = b"USER a\r\nPORT 10,0,1,2,156,64\r\nEPRT |1|10.0.1.2|40001|\r\nNOOP\r\n";
+        let mut rest = &stream[..];
+        let mut i = 0;
+        while !rest.is_empty() {
+            let n = sizes[i % sizes.len()].min(rest.len());
+            let seq = p.c.snd_nxt;
+            p.c.snd_nxt = seq.add(n);
+            p.send_at(Dir::ToServer, seq, &rest[..n]);
+            rest = &rest[n..];
+            if let Some(&(a, len)) = rexmit.get(i) {
+                let sent = p.c.snd_nxt.diff(start) as usize;
+                let a = a.min(sent.saturating_sub(1));
+                let b = (a + len).min(sent);
+                if a < b {
+                    p.send_at(Dir::ToServer, start.add(a), &stream[a..b]);
+                }
+            }
+            i += 1;
+        }
+        prop_assert_eq!(p.received(Dir::ToServer), "USER a\r\nPORT 10,0,2,1,19,136\r\nEPRT |1|10.0.2.1|5000|\r\nNOOP\r\n");
+        prop_assert_eq!(p.dp.opened.len(), 2);
+    }
+}
