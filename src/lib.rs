@@ -7,4 +7,18 @@
 //!   sans-IO [`proto`] session, and writes the verdict back;
 //! - [`relay`]: accepts the data connections the rewritten lines announced and splices bytes to
 //!   the real peer.
+pub mod conntrack;
+pub mod filter;
+pub mod nfq_loop;
 pub mod proto;
+pub mod wire;
+pub mod relay;
+
+/// One log line on stderr, prefixed with the time since the Unix epoch.
+#[macro_export]
+macro_rules! log {
+    ($($t:tt)*) => {{
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        eprintln!("{}.{:03} {}", now.as_secs(), now.subsec_millis(), format_args!($($t)*));
+    }};
+}

@@ -1,1 +1,154 @@
-fn main() {}
+//! `ftpgate`: command line. Parses, validates, starts the shells; no protocol logic here.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use ftpgate::filter::RuleSet;
+use ftpgate::log;
+use ftpgate::nfq_loop::{self, Helper, LoopConfig};
+use ftpgate::relay::{Relay, RelayConfig};
+
+#[derive(Parser)]
+#[command(name = "ftpgate", version, about = "Transparent FTP gateway for Linux routers")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install or remove ftpgate's iptables rules in the current network namespace.
+    Rules {
+        #[command(subcommand)]
+        op: RulesOp,
+    },
+    /// Run the gateway in the foreground until SIGTERM/SIGINT.
+    Run(RunArgs),
+}
+
+#[derive(Subcommand)]
+enum RulesOp {
+    /// Add the rules (idempotent).
+    Apply(RuleArgs),
+    /// Remove exactly the rules apply adds (idempotent).
+    Remove(RuleArgs),
+    /// Print the rules in iptables-save form without touching the firewall.
+    Show(RuleArgs),
+}
+
+#[derive(Args, Clone)]
+struct RuleArgs {
+    /// NFQUEUE number for FTP control packets.
+    #[arg(long, default_value_t = 2121)]
+    queue: u16,
+    /// Drop FTP control traffic while no ftpgate runs, instead of letting it pass unrewritten.
+    #[arg(long)]
+    fail_closed: bool,
+    /// Packet mark bit for data connections steered to the relay.
+    #[arg(long, default_value = "0x10000", value_parser = parse_hex)]
+    mark: u32,
+    /// Routing table that delivers marked packets locally.
+    #[arg(long, default_value_t = 2121)]
+    table: u32,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[arg(long, default_value_t = 2121)]
+    queue: u16,
+    /// Directory for the download cache (created if missing; must be writable).
+    #[arg(long)]
+    cache_dir: PathBuf,
+    /// Seconds an announced data port waits for its peer.
+    #[arg(long, default_value_t = 30)]
+    data_timeout: u64,
+    /// Seconds a data connection may make no progress.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
+    /// Drop queued packets when the queue overflows instead of passing them.
+    #[arg(long)]
+    fail_closed: bool,
+}
+
+fn parse_hex(s: &str) -> Result<u32, String> {
+    let t = s.trim_start_matches("0x");
+    u32::from_str_radix(t, if t.len() < s.len() { 16 } else { 10 }).map_err(|e| format!("bad number {s:?}: {e}"))
+}
+
+fn rules(a: &RuleArgs) -> RuleSet {
+    RuleSet { queue: a.queue, fail_open: !a.fail_closed, mark: a.mark, table: a.table }
+}
+
+fn check_cache_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cache dir {}: cannot create", dir.display()))?;
+    let probe = dir.join(format!(".ftpgate-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("cache dir {}: not writable", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// SIGTERM/SIGINT end the process cleanly from a dedicated thread; the kernel unbinds the queue
+/// when the socket closes, and `--queue-bypass` rules then let control traffic pass.
+fn handle_signals() -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block().context("cannot block signals")?;
+    std::thread::Builder::new().name("ftpgate-signals".into()).spawn(move || {
+        if let Ok(sig) = set.wait() {
+            log!("{sig:?} received; exiting");
+            std::process::exit(0);
+        }
+    })?;
+    Ok(())
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    check_cache_dir(&a.cache_dir)?;
+    if a.data_timeout == 0 {
+        bail!("--data-timeout must be at least 1 second");
+    }
+    handle_signals()?;
+    let relay = Relay::new(
+        RelayConfig {
+            accept_timeout: Duration::from_secs(a.data_timeout),
+            idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
+        },
+        ftpgate::conntrack::server_side_client_addr,
+    );
+    let helper = Helper::new(
+        relay,
+        LoopConfig {
+            queue: a.queue,
+            fail_open: !a.fail_closed,
+            idle: Duration::from_secs(3600),
+            mapped_idle: Duration::from_secs(5 * 24 * 3600),
+        },
+    );
+    nfq_loop::run(helper)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Rules { op: RulesOp::Apply(a) } => rules(&a).apply(),
+        Cmd::Rules { op: RulesOp::Remove(a) } => rules(&a).remove(),
+        Cmd::Rules { op: RulesOp::Show(a) } => {
+            print!("{}", rules(&a).show());
+            Ok(())
+        }
+        Cmd::Run(a) => run(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ftpgate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

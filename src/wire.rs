@@ -1,0 +1,212 @@
+//! IPv4/TCP packets as NFQUEUE delivers them (starting at the IP header): decode the fields the
+//! helper needs, and re-serialise a packet after an [`Edit`] with lengths and checksums fixed.
+//!
+//! A mangled NFQUEUE payload gets no checksum offload, so both the IPv4 header checksum and the
+//! TCP checksum are recomputed over the addresses as they are at this hook (NAT fixes them later).
+
+use core::net::{Ipv4Addr, SocketAddrV4};
+
+use etherparse::{Ipv4Header, TcpHeader};
+
+use crate::proto::{Edit, Flags, Seq};
+
+const SACK: u8 = 5;
+const NOP: u8 = 1;
+const EOL: u8 = 0;
+
+#[derive(Debug)]
+pub struct Packet<'a> {
+    ip: Ipv4Header,
+    tcp: TcpHeader,
+    pub payload: &'a [u8],
+    pub sack: Vec<(Seq, Seq)>,
+}
+
+impl<'a> Packet<'a> {
+    /// Parses an IPv4 packet carrying TCP. Fragments and other protocols are refused.
+    pub fn parse(buf: &'a [u8]) -> Result<Packet<'a>, String> {
+        let (ip, rest) = Ipv4Header::from_slice(buf).map_err(|e| format!("IPv4 header: {e}"))?;
+        if ip.protocol != etherparse::IpNumber::TCP {
+            return Err("not TCP".into());
+        }
+        if ip.is_fragmenting_payload() {
+            return Err("IP fragment".into());
+        }
+        let ip_payload_len = ip.payload_len().map_err(|e| format!("IPv4 length: {e}"))? as usize;
+        let rest = rest.get(..ip_payload_len).ok_or("truncated IPv4 payload")?;
+        let (tcp, payload) = TcpHeader::from_slice(rest).map_err(|e| format!("TCP header: {e}"))?;
+        let sack = sack_blocks(tcp.options.as_slice());
+        Ok(Packet { ip, tcp, payload, sack })
+    }
+
+    pub fn src(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::from(self.ip.source), self.tcp.source_port)
+    }
+    pub fn dst(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::from(self.ip.destination), self.tcp.destination_port)
+    }
+    pub fn seq(&self) -> Seq {
+        Seq(self.tcp.sequence_number)
+    }
+    pub fn ack(&self) -> Seq {
+        Seq(self.tcp.acknowledgment_number)
+    }
+    pub fn flags(&self) -> Flags {
+        Flags { syn: self.tcp.syn, ack: self.tcp.ack, fin: self.tcp.fin, rst: self.tcp.rst }
+    }
+
+    /// The packet with `e` applied, lengths and checksums recomputed.
+    pub fn edited(&self, e: &Edit) -> Result<Vec<u8>, String> {
+        let mut ip = self.ip.clone();
+        let mut tcp = self.tcp.clone();
+        tcp.sequence_number = e.seq.0;
+        tcp.acknowledgment_number = e.ack.0;
+        if let Some(blocks) = &e.sack {
+            let opts = rewrite_sack(tcp.options.as_slice(), blocks);
+            tcp.set_options_raw(&opts).map_err(|e| format!("TCP options: {e}"))?;
+        }
+        let payload: &[u8] = e.payload.as_deref().unwrap_or(self.payload);
+        ip.set_payload_len(tcp.header_len() + payload.len()).map_err(|e| format!("IPv4 length: {e}"))?;
+        ip.header_checksum = ip.calc_header_checksum();
+        tcp.checksum = tcp.calc_checksum_ipv4(&ip, payload).map_err(|e| format!("TCP checksum: {e}"))?;
+        let mut out = Vec::with_capacity(ip.header_len() + tcp.header_len() + payload.len());
+        out.extend_from_slice(&ip.to_bytes());
+        out.extend_from_slice(&tcp.to_bytes());
+        out.extend_from_slice(payload);
+        Ok(out)
+    }
+}
+
+/// Walks TCP options: yields (offset, kind, length) for each; stops at EOL or malformed.
+fn options(opts: &[u8]) -> impl Iterator<Item = (usize, u8, usize)> + '_ {
+    let mut i = 0;
+    core::iter::from_fn(move || {
+        let kind = *opts.get(i)?;
+        match kind {
+            EOL => None,
+            NOP => {
+                i += 1;
+                Some((i - 1, NOP, 1))
+            }
+            _ => {
+                let len = *opts.get(i + 1)? as usize;
+                if len < 2 || i + len > opts.len() {
+                    return None;
+                }
+                i += len;
+                Some((i - len, kind, len))
+            }
+        }
+    })
+}
+
+fn sack_blocks(opts: &[u8]) -> Vec<(Seq, Seq)> {
+    let mut v = Vec::new();
+    for (off, kind, len) in options(opts) {
+        if kind == SACK {
+            for b in opts[off + 2..off + len].chunks_exact(8) {
+                let l = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                let r = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                v.push((Seq(l), Seq(r)));
+            }
+        }
+    }
+    v
+}
+
+/// Replaces the SACK option's blocks, keeping the options' total length (NOP padding), so the
+/// TCP header length never changes.
+fn rewrite_sack(opts: &[u8], blocks: &[(Seq, Seq)]) -> Vec<u8> {
+    let mut out = opts.to_vec();
+    for (off, kind, len) in options(opts) {
+        if kind != SACK {
+            continue;
+        }
+        let room = (len - 2) / 8;
+        let n = blocks.len().min(room);
+        let region = &mut out[off..off + len];
+        region.fill(NOP);
+        if n > 0 {
+            region[0] = SACK;
+            region[1] = (2 + 8 * n) as u8;
+            for (i, (l, r)) in blocks[..n].iter().enumerate() {
+                region[2 + 8 * i..6 + 8 * i].copy_from_slice(&l.0.to_be_bytes());
+                region[6 + 8 * i..10 + 8 * i].copy_from_slice(&r.0.to_be_bytes());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    fn packet(payload: &[u8], sack: Option<&[(u32, u32)]>) -> Vec<u8> {
+        let mut b = PacketBuilder::ipv4([10, 0, 1, 2], [10, 0, 2, 2], 64).tcp(40000, 21, 1000, 64240).ack(5000);
+        if let Some(s) = sack {
+            let mut opts = vec![NOP, NOP, SACK, (2 + 8 * s.len()) as u8];
+            for (l, r) in s {
+                opts.extend_from_slice(&l.to_be_bytes());
+                opts.extend_from_slice(&r.to_be_bytes());
+            }
+            b = b.options_raw(&opts).unwrap();
+        }
+        let mut out = Vec::new();
+        b.write(&mut out, payload).unwrap();
+        out
+    }
+
+    #[test]
+    fn parse_fields() {
+        let buf = packet(b"PASV\r\n", Some(&[(7, 9)]));
+        let p = Packet::parse(&buf).unwrap();
+        assert_eq!(p.src(), "10.0.1.2:40000".parse().unwrap());
+        assert_eq!(p.dst(), "10.0.2.2:21".parse().unwrap());
+        assert_eq!((p.seq(), p.ack()), (Seq(1000), Seq(5000)));
+        assert_eq!(p.payload, b"PASV\r\n");
+        assert_eq!(p.sack, vec![(Seq(7), Seq(9))]);
+        assert!(p.flags().ack && !p.flags().syn);
+    }
+
+    #[test]
+    fn edit_fixes_lengths_and_checksums() {
+        let buf = packet(b"PORT 10,0,1,2,156,64\r\n", Some(&[(7, 9), (20, 30)]));
+        let p = Packet::parse(&buf).unwrap();
+        let e = Edit {
+            seq: Seq(1003),
+            ack: Seq(4990),
+            sack: Some(vec![(Seq(17), Seq(19))]),
+            payload: Some(b"PORT 10,0,2,1,19,136\r\n".to_vec()),
+        };
+        let out = p.edited(&e).unwrap();
+        // etherparse's own validating parser accepts it and the checksums verify
+        let (ip, rest) = Ipv4Header::from_slice(&out).unwrap();
+        assert_eq!(ip.calc_header_checksum(), ip.header_checksum);
+        assert_eq!(ip.payload_len().unwrap() as usize, rest.len());
+        let (tcp, payload) = TcpHeader::from_slice(rest).unwrap();
+        assert_eq!(tcp.calc_checksum_ipv4(&ip, payload).unwrap(), tcp.checksum);
+        assert_eq!(payload, b"PORT 10,0,2,1,19,136\r\n");
+        assert_eq!(tcp.header_len(), p.tcp.header_len());
+        let q = Packet::parse(&out).unwrap();
+        assert_eq!((q.seq(), q.ack()), (Seq(1003), Seq(4990)));
+        assert_eq!(q.sack, vec![(Seq(17), Seq(19))]);
+    }
+
+    #[test]
+    fn all_sack_blocks_removed_leaves_nops() {
+        assert_eq!(rewrite_sack(&[NOP, NOP, SACK, 10, 0, 0, 0, 1, 0, 0, 0, 2], &[]), vec![NOP; 12]);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for n in 0..60 {
+            let junk: Vec<u8> = (0..n as u8).map(|i| i.wrapping_mul(37) ^ 0x45).collect();
+            let _ = Packet::parse(&junk);
+        }
+        let mut buf = packet(b"x", None);
+        buf.truncate(30);
+        assert!(Packet::parse(&buf).is_err());
+    }
+}
