@@ -1,0 +1,136 @@
+"""Small FTP clients for the netns tests.
+
+  ftpclient.py typist HOST MODE FILE OUT   # every command sent one byte per segment (TCP_NODELAY)
+  ftpclient.py pipeline HOST FILE OUT      # "TYPE I\\r\\nPASV\\r\\n" in one segment
+  ftpclient.py ftplib HOST MODE FILE OUT   # Python ftplib, MODE pasv|port
+  ftpclient.py ops HOST                    # ftpuser: PWD CWD MKD STOR LIST RNFR/RNTO DELE RMD
+MODE is one of pasv, epsv, port, eprt.
+"""
+import ftplib, socket, sys, time, re
+
+def recv_reply(f):
+    line = f.readline()
+    code = line[:3]
+    if line[3:4] == "-":
+        while True:
+            l = f.readline()
+            if l[:3] == code and l[3:4] == " ":
+                break
+    return line
+
+class Raw:
+    def __init__(self, host, byte_delay=0.0):
+        self.host = host
+        self.s = socket.create_connection((host, 21), timeout=20)
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.f = self.s.makefile("r", encoding="latin-1", newline="\r\n")
+        self.delay = byte_delay
+        self.expect("220")
+
+    def send(self, text):
+        data = text.encode("latin-1")
+        if self.delay:
+            for i in range(len(data)):
+                self.s.send(data[i:i + 1])
+                time.sleep(self.delay)
+        else:
+            self.s.sendall(data)
+
+    def expect(self, prefix):
+        r = recv_reply(self.f)
+        if not r.startswith(prefix):
+            raise SystemExit(f"expected {prefix}, got {r!r}")
+        return r
+
+    def login(self, pw):
+        if self.cmd("USER anonymous", "").startswith("331"):
+            self.cmd("PASS " + pw, "230")
+
+    def cmd(self, text, prefix):
+        self.send(text + "\r\n")
+        return self.expect(prefix)
+
+def data_conn(c, mode):
+    if mode == "pasv":
+        r = c.cmd("PASV", "227")
+        nums = [int(x) for x in re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", r).groups()]
+        return socket.create_connection((".".join(map(str, nums[:4])), nums[4] * 256 + nums[5]), timeout=20), None
+    if mode == "epsv":
+        r = c.cmd("EPSV", "229")
+        port = int(re.search(r"\(\|\|\|(\d+)\|\)", r).group(1))
+        return socket.create_connection((c.host, port), timeout=20), None
+    l = socket.socket()
+    l.bind((c.s.getsockname()[0], 0)); l.listen(1); l.settimeout(20)
+    ip, port = l.getsockname()
+    if mode == "port":
+        c.cmd("PORT %s,%d,%d" % (ip.replace(".", ","), port >> 8, port & 255), "200")
+    else:
+        c.cmd("EPRT |1|%s|%d|" % (ip, port), "200")
+    return None, l
+
+def retr(c, mode, name, out):
+    s, l = data_conn(c, mode)
+    c.send("RETR %s\r\n" % name)
+    c.expect("1")
+    if l:
+        s, _ = l.accept()
+    with open(out, "wb") as o:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            o.write(b)
+    s.close()
+    c.expect("226")
+
+def main():
+    what = sys.argv[1]
+    if what == "typist":
+        host, mode, name, out = sys.argv[2:6]
+        c = Raw(host, byte_delay=0.002)
+        c.login("typist@"); c.cmd("TYPE I", "200")
+        retr(c, mode, name, out)
+        c.cmd("QUIT", "221")
+    elif what == "pipeline":
+        host, name, out = sys.argv[2:5]
+        c = Raw(host)
+        c.login("pipe@")
+        c.send("TYPE I\r\nPASV\r\n"); c.expect("200")
+        r = c.expect("227")
+        nums = [int(x) for x in re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", r).groups()]
+        s = socket.create_connection((".".join(map(str, nums[:4])), nums[4] * 256 + nums[5]), timeout=20)
+        c.send("RETR %s\r\n" % name); c.expect("1")
+        with open(out, "wb") as o:
+            while b := s.recv(65536):
+                o.write(b)
+        c.expect("226"); c.cmd("QUIT", "221")
+    elif what == "ftplib":
+        host, mode, name, out = sys.argv[2:6]
+        f = ftplib.FTP(host, timeout=20)
+        f.login()
+        f.set_pasv(mode == "pasv")
+        with open(out, "wb") as o:
+            f.retrbinary("RETR " + name, o.write)
+        f.quit()
+    elif what == "ops":
+        host, src = sys.argv[2], sys.argv[3]
+        f = ftplib.FTP(host, timeout=20)
+        f.login("ftpuser", "ftppass")
+        home = f.pwd()
+        f.mkd("sub"); f.cwd("sub"); assert f.pwd().endswith("/sub"), f.pwd()
+        with open(src, "rb") as i:
+            f.storbinary("STOR up.bin", i)
+        assert "up.bin" in f.nlst(), f.nlst()
+        lines = []; f.retrlines("LIST", lines.append); assert any("up.bin" in l for l in lines), lines
+        f.rename("up.bin", "moved.bin")
+        f.set_pasv(False)
+        f.storbinary("STOR active.bin", open(src, "rb"))
+        f.delete("active.bin")
+        f.set_pasv(True)
+        assert f.size("moved.bin") == len(open(src, "rb").read())
+        f.cwd(home)
+        f.quit()
+    else:
+        raise SystemExit(__doc__)
+
+main()

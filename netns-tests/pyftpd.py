@@ -1,0 +1,15 @@
+"""pyftpdlib server for the netns tests: anonymous (read-only) and ftpuser/ftppass (read-write)."""
+import sys
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import FTPServer
+
+ip, pub, home = sys.argv[1], sys.argv[2], sys.argv[3]
+foreign = len(sys.argv) > 4 and sys.argv[4] == "foreign"
+auth = DummyAuthorizer()
+auth.add_anonymous(pub)
+auth.add_user("ftpuser", "ftppass", home, perm="elradfmwMT")
+FTPHandler.authorizer = auth
+FTPHandler.passive_ports = range(31000, 31999)
+FTPHandler.permit_foreign_addresses = foreign
+FTPServer((ip, 21), FTPHandler).serve_forever()
