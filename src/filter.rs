@@ -81,7 +81,8 @@ impl RuleSet {
     pub fn show(&self) -> String {
         let mut out = String::new();
         for r in self.rules() {
-            out += &format!("-t {} -A {} {}\n", r.table, r.chain, r.spec.join(" "));
+            let op = if r.first { "-I" } else { "-A" };
+            out += &format!("-t {} {op} {} {}\n", r.table, r.chain, r.spec.join(" "));
         }
         let m = format!("{:#x}/{:#x}", self.mark, self.mark);
         out += &format!("# ip rule add fwmark {m} lookup {}\n", self.table);
