@@ -112,6 +112,32 @@ def main():
         with open(out, "wb") as o:
             f.retrbinary("RETR " + name, o.write)
         f.quit()
+    elif what == "many":
+        # one session, many transfers alternating active/passive: length-changing rewrites pile up
+        host, name, ref, n = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+        want = open(ref, "rb").read()
+        f = ftplib.FTP(host, timeout=20)
+        f.login()
+        for i in range(n):
+            f.set_pasv(i % 2 == 1)
+            got = []
+            f.retrbinary("RETR " + name, got.append)
+            assert b"".join(got) == want, f"transfer {i} differs"
+            f.voidcmd("NOOP" + " " * (i % 7))
+        f.quit()
+    elif what == "bounce":
+        # PORT/EPRT naming a third party must be refused with a 5xx; the session goes on
+        host, name, out = sys.argv[2:5]
+        c = Raw(host)
+        c.login("bounce@")
+        for line in ("PORT 10,0,2,99,31,144", "EPRT |1|10.0.2.99|8080|", "PORT 10,0,1,2,0,25"):
+            c.send(line + "\r\n")
+            r = c.expect("")
+            if not r.startswith("5"):
+                raise SystemExit(f"{line!r} answered {r!r}, expected 5xx")
+        c.cmd("TYPE I", "200")
+        retr(c, "pasv", name, out)
+        c.cmd("QUIT", "221")
     elif what == "ops":
         host, src = sys.argv[2], sys.argv[3]
         f = ftplib.FTP(host, timeout=20)

@@ -86,8 +86,8 @@ EOC
   busywait 5000 inS bash -c "exec 3<>/dev/tcp/$SRV_IP/21" 2>/dev/null
 }
 
-pyftpd_start() {
-  inS "$SYSPY" "$HERE/pyftpd.py" "$SRV_IP" "$WORK/pub" "$WORK/home" >"$WORK/pyftpd.log" 2>&1 &
+pyftpd_start() { # [foreign] [masq]
+  inS "$SYSPY" "$HERE/pyftpd.py" "$SRV_IP" "$WORK/pub" "$WORK/home" "$@" >"$WORK/pyftpd.log" 2>&1 &
   echo $! >"$WORK/server.pid"
   busywait 5000 inS bash -c "exec 3<>/dev/tcp/$SRV_IP/21" 2>/dev/null
 }
@@ -110,6 +110,11 @@ gate_stop() {
   [[ -f $WORK/gate.pid ]] && kill -TERM "$(cat "$WORK/gate.pid")" 2>/dev/null && wait "$(cat "$WORK/gate.pid")" 2>/dev/null
   rm -f "$WORK/gate.pid"
   inR "$BIN" rules remove 2>/dev/null
+}
+
+gate_kill_keep_rules() {
+  [[ -f $WORK/gate.pid ]] && kill -9 "$(cat "$WORK/gate.pid")" 2>/dev/null && wait "$(cat "$WORK/gate.pid")" 2>/dev/null
+  rm -f "$WORK/gate.pid"
 }
 
 alg_start() { inR iptables -t raw -A PREROUTING -p tcp --dport 21 -j CT --helper ftp; }

@@ -5,11 +5,14 @@ from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
 
 ip, pub, home = sys.argv[1], sys.argv[2], sys.argv[3]
-foreign = len(sys.argv) > 4 and sys.argv[4] == "foreign"
+opts = sys.argv[4:]
+foreign = "foreign" in opts
 auth = DummyAuthorizer()
 auth.add_anonymous(pub)
 auth.add_user("ftpuser", "ftppass", home, perm="elradfmwMT")
 FTPHandler.authorizer = auth
 FTPHandler.passive_ports = range(31000, 31999)
 FTPHandler.permit_foreign_addresses = foreign
+if "masq" in opts:
+    FTPHandler.masquerade_address = "192.0.2.9"  # a 227 naming a third party
 FTPServer((ip, 21), FTPHandler).serve_forever()

@@ -107,6 +107,24 @@ for topo in nat routed; do
   dl "$topo pyftpdlib one byte per segment port" small.txt -- ip netns exec $C $PY typist $SRV_IP port small.txt "$OUT"
   ops "$topo pyftpdlib"
   server_stop
+  pyftpd_start foreign masq
+  dl "$topo 227 naming a third party is not followed" small.txt -- ip netns exec $C $PY typist $SRV_IP pasv small.txt "$OUT"
+  dl "$topo bounce PORT/EPRT refused, session continues" small.txt -- ip netns exec $C $PY bounce $SRV_IP small.txt "$OUT"
+  grep -q "10.0.2.99" "$WORK/pyftpd.log" && fail "$topo server saw the bounce address" || pass "$topo server never saw the bounce address"
+  server_stop
+  vsftpd_start
+  if timeout 120 ip netns exec $C $PY many $SRV_IP small.txt "$WORK/pub/small.txt" 40 >"$WORK/case.log" 2>&1; then
+    pass "$topo 40 transfers in one session, active/passive alternating"
+  else
+    fail "$topo 40 transfers in one session ($(tail -c 300 "$WORK/case.log" | tr '\n' ' '))"
+  fi
+  gate_kill_keep_rules
+  if [[ $topo == nat ]]; then
+    dl "$topo fail-open: passive download while no ftpgate runs" big.bin norelay -- ip netns exec $C curl -sS -o "$OUT" ftp://$SRV_IP/big.bin
+  fi
+  gate_start
+  dl "$topo after restart: PORT download" big.bin -- ip netns exec $C curl -sS -P - --disable-eprt -o "$OUT" ftp://$SRV_IP/big.bin
+  server_stop
   gate_stop
   grep -q "panicked" "$WORK/ftpgate.log" && fail "$topo ftpgate panicked" || pass "$topo ftpgate log has no panic"
   topo_down
