@@ -1,6 +1,7 @@
 """Small FTP clients for the netns tests.
 
-  ftpclient.py typist HOST MODE FILE OUT   # every command sent one byte per segment (TCP_NODELAY)
+  ftpclient.py typist HOST MODE FILE OUT [nagle|nodelay [SECONDS]]
+                                           # every command sent one byte at a time (default TCP_NODELAY, 2 ms apart)
   ftpclient.py pipeline HOST FILE OUT      # "TYPE I\\r\\nPASV\\r\\n" in one segment
   ftpclient.py ftplib HOST MODE FILE OUT   # Python ftplib, MODE pasv|port
   ftpclient.py ops HOST                    # ftpuser: PWD CWD MKD STOR LIST RNFR/RNTO DELE RMD
@@ -19,10 +20,10 @@ def recv_reply(f):
     return line
 
 class Raw:
-    def __init__(self, host, byte_delay=0.0):
+    def __init__(self, host, byte_delay=0.0, nagle=False):
         self.host = host
         self.s = socket.create_connection((host, 21), timeout=20)
-        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0 if nagle else 1)
         self.f = self.s.makefile("r", encoding="latin-1", newline="\r\n")
         self.delay = byte_delay
         self.expect("220")
@@ -87,7 +88,9 @@ def main():
     what = sys.argv[1]
     if what == "typist":
         host, mode, name, out = sys.argv[2:6]
-        c = Raw(host, byte_delay=0.002)
+        extra = sys.argv[6:]
+        delay = float(extra[1]) if len(extra) > 1 else 0.002
+        c = Raw(host, byte_delay=delay, nagle=bool(extra) and extra[0] == "nagle")
         c.login("typist@"); c.cmd("TYPE I", "200")
         retr(c, mode, name, out)
         c.cmd("QUIT", "221")

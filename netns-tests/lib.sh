@@ -81,13 +81,13 @@ force_anon_data_ssl=NO
 require_ssl_reuse=NO
 EOC
   fi
-  inS vsftpd "$conf" >"$WORK/vsftpd.log" 2>&1 &
+  ip netns exec "$S" vsftpd "$conf" >"$WORK/vsftpd.log" 2>&1 &
   echo $! >"$WORK/server.pid"
   busywait 5000 inS bash -c "exec 3<>/dev/tcp/$SRV_IP/21" 2>/dev/null
 }
 
 pyftpd_start() { # [foreign] [masq]
-  inS "$SYSPY" "$HERE/pyftpd.py" "$SRV_IP" "$WORK/pub" "$WORK/home" "$@" >"$WORK/pyftpd.log" 2>&1 &
+  ip netns exec "$S" "$SYSPY" "$HERE/pyftpd.py" "$SRV_IP" "$WORK/pub" "$WORK/home" "$@" >"$WORK/pyftpd.log" 2>&1 &
   echo $! >"$WORK/server.pid"
   busywait 5000 inS bash -c "exec 3<>/dev/tcp/$SRV_IP/21" 2>/dev/null
 }
@@ -101,7 +101,8 @@ server_stop() {
 
 gate_start() { # extra run args...
   inR "$BIN" rules apply || return 1
-  inR "$BIN" run --cache-dir "$WORK/cache" "$@" >>"$WORK/ftpgate.log" 2>&1 &
+  # not through a shell function: $! must be ftpgate itself (ip netns exec execs it)
+  ip netns exec "$R" "$BIN" run --cache-dir "$WORK/cache" "$@" >>"$WORK/ftpgate.log" 2>&1 &
   echo $! >"$WORK/gate.pid"
   busywait 3000 grep -q "bound NFQUEUE" "$WORK/ftpgate.log"
 }

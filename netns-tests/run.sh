@@ -48,6 +48,8 @@ clients() { # topology label
   for m in pasv epsv port eprt; do
     dl "$t one byte per segment $m" small.txt -- ip netns exec $C $PY typist $SRV_IP $m small.txt "$OUT"
   done
+  dl "$t one byte at a time, Nagle, PORT" small.txt -- ip netns exec $C $PY typist $SRV_IP port small.txt "$OUT" nagle 0.01
+  dl "$t one byte per 50 ms, EPRT" small.txt -- ip netns exec $C $PY typist $SRV_IP eprt small.txt "$OUT" nodelay 0.05
   dl "$t pipelined TYPE I + PASV" big.bin -- ip netns exec $C $PY pipeline $SRV_IP big.bin "$OUT"
 }
 
@@ -90,6 +92,14 @@ for topo in nat routed; do
   rules_idempotent
   vsftpd_start
   gate_start || fail "$topo ftpgate did not start"
+  if [[ $topo == nat ]]; then
+    msg=$(inR "$BIN" run --cache-dir "$WORK/cache2" 2>&1 >/dev/null); rc=$?
+    [[ $rc != 0 && $(wc -l <<<"$msg") == 1 && $msg == *"already bound"* ]] &&
+      pass "second run on the same queue: one-line error ($msg)" || fail "second run on the same queue: rc=$rc: $msg"
+    msg=$(inR "$BIN" run --queue 77 --cache-dir /proc/nonexistent 2>&1 >/dev/null); rc=$?
+    [[ $rc != 0 && $(wc -l <<<"$msg") == 1 && $msg == *"cache dir"* ]] &&
+      pass "unusable --cache-dir: one-line error ($msg)" || fail "unusable --cache-dir: rc=$rc: $msg"
+  fi
   clients "$topo vsftpd"
   ops "$topo vsftpd"
   compare_alg "$topo"
@@ -126,6 +136,7 @@ for topo in nat routed; do
   dl "$topo after restart: PORT download" big.bin -- ip netns exec $C curl -sS -P - --disable-eprt -o "$OUT" ftp://$SRV_IP/big.bin
   server_stop
   gate_stop
+  grep -q "SIGTERM received; exiting" "$WORK/ftpgate.log" && pass "$topo SIGTERM ends ftpgate cleanly" || fail "$topo SIGTERM not handled"
   grep -q "panicked" "$WORK/ftpgate.log" && fail "$topo ftpgate panicked" || pass "$topo ftpgate log has no panic"
   topo_down
 done

@@ -115,7 +115,9 @@ pub fn run(mut helper: Helper) -> Result<()> {
     let q = helper.cfg.queue;
     let mut queue = Queue::open().context("cannot open an NFQUEUE netlink socket (need CAP_NET_ADMIN)")?;
     queue.bind(q).map_err(|e| match e.raw_os_error() {
-        Some(libc::EBUSY) | Some(libc::EEXIST) => anyhow::anyhow!("NFQUEUE {q} is already bound by another process"),
+        Some(libc::EBUSY) | Some(libc::EEXIST) | Some(libc::EPERM) => {
+            anyhow::anyhow!("NFQUEUE {q} is already bound by another process (or CAP_NET_ADMIN is missing)")
+        }
         _ => anyhow::anyhow!("cannot bind NFQUEUE {q}: {e}"),
     })?;
     queue.set_fail_open(q, helper.cfg.fail_open).context("cannot set fail-open")?;
