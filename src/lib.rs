@@ -7,6 +7,7 @@
 //!   sans-IO [`proto`] session, and writes the verdict back;
 //! - [`relay`]: accepts the data connections the rewritten lines announced and splices bytes to
 //!   the real peer.
+pub mod cache;
 pub mod conntrack;
 pub mod filter;
 pub mod nfq_loop;

@@ -1,0 +1,298 @@
+//! Download cache, sans-IO core (issue 4, in progress): what an entry is keyed by, how a relative
+//! name resolves against the tracked working directory, when an entry may be served, and which
+//! entries the size limit evicts. The capture (tee in the relay) and the hit path in the control
+//! session are not wired yet; nothing here touches the disk or the network.
+
+use core::net::SocketAddrV4;
+use std::collections::HashMap;
+
+/// What makes two downloads the same bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub server: SocketAddrV4,
+    /// Login name; anonymous logins share one space.
+    pub user: String,
+    /// Absolute, normalised path on the server.
+    pub path: String,
+    /// TYPE I (image) or TYPE A (ASCII) — different bytes.
+    pub binary: bool,
+}
+
+impl Key {
+    pub fn new(server: SocketAddrV4, user: &str, path: String, binary: bool) -> Key {
+        let user = if user.eq_ignore_ascii_case("anonymous") || user.eq_ignore_ascii_case("ftp") {
+            "anonymous".to_string()
+        } else {
+            user.to_string()
+        };
+        Key { server, user, path, binary }
+    }
+
+    /// A stable file name for the entry (FNV-1a over the key's fields; the index keeps the full
+    /// key, so a collision is detected, not served).
+    pub fn file_name(&self) -> String {
+        let mut h: u64 = 0xcbf29ce484222325;
+        let text = format!("{}\0{}\0{}\0{}", self.server, self.user, self.path, self.binary as u8);
+        for b in text.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+/// Resolves `name` (as given to RETR/STOR/DELE/RNTO) against the working directory `cwd`.
+/// `None` when the result would be empty or the name has NUL/CR/LF.
+pub fn resolve(cwd: &str, name: &str) -> Option<String> {
+    if name.is_empty() || name.bytes().any(|b| b == 0 || b == b'\r' || b == b'\n') {
+        return None;
+    }
+    let joined = if name.starts_with('/') { name.to_string() } else { format!("{cwd}/{name}") };
+    let mut parts: Vec<&str> = Vec::new();
+    for p in joined.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    Some(format!("/{}", parts.join("/")))
+}
+
+/// The directory named in a `257 "<dir>" …` reply (PWD, MKD); `""` inside quotes is a quote.
+pub fn dir_from_257(line: &[u8]) -> Option<String> {
+    let text = core::str::from_utf8(line).ok()?;
+    let rest = text.strip_prefix("257")?.trim_start_matches([' ', '-']);
+    let mut chars = rest.strip_prefix('"')?.chars().peekable();
+    let mut out = String::new();
+    while let Some(c) = chars.next() {
+        if c == '"' {
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                out.push('"');
+            } else {
+                return if out.starts_with('/') { Some(out) } else { None };
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    None
+}
+
+/// The server's answers to MDTM and SIZE, asked just before a hit would be served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer<T> {
+    Ok(T),
+    /// 550: the file is gone (or not a plain file).
+    Gone,
+    /// Anything else, including no answer in time.
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub key: Key,
+    pub size: u64,
+    /// MDTM's `YYYYMMDDHHMMSS` at capture.
+    pub mdtm: String,
+    pub last_used: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Same size and modification time: serve from the cache.
+    Hit,
+    /// Changed: fetch from the server and capture again.
+    Stale,
+    /// Deleted: pass the server's error on, drop the entry.
+    Gone,
+    /// The server could not confirm: no hit, keep the entry.
+    Bypass,
+}
+
+/// Never stale: only a positive confirmation of both size and time gives a hit.
+pub fn decide(entry: &Meta, mdtm: &Answer<String>, size: &Answer<u64>) -> Decision {
+    match (mdtm, size) {
+        (Answer::Gone, _) | (_, Answer::Gone) => Decision::Gone,
+        (Answer::Ok(m), Answer::Ok(s)) if *m == entry.mdtm && *s == entry.size => Decision::Hit,
+        (Answer::Ok(_), Answer::Ok(_)) => Decision::Stale,
+        _ => Decision::Bypass,
+    }
+}
+
+/// Parses MDTM's `YYYYMMDDHHMMSS[.sss]` into seconds since the Unix epoch (UTC).
+pub fn mdtm_seconds(s: &str) -> Option<i64> {
+    let s = s.split('.').next()?;
+    if s.len() != 14 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = |a: usize, b: usize| s[a..b].parse::<i64>().ok();
+    let (y, mo, d, h, mi, se) = (n(0, 4)?, n(4, 6)?, n(6, 8)?, n(8, 10)?, n(10, 12)?, n(12, 14)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    // days from civil (Howard Hinnant's algorithm)
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(days * 86400 + h * 3600 + mi * 60 + se)
+}
+
+/// MDTM has one-second resolution: a file modified within `margin` seconds of the capture could
+/// be replaced by one of the same size within the same second, so it is not cached.
+pub fn settled(mdtm: &str, captured_at: i64, margin: i64) -> bool {
+    mdtm_seconds(mdtm).is_some_and(|m| captured_at - m >= margin)
+}
+
+/// Entries by file name with least-recently-used eviction at a byte limit.
+#[derive(Debug, Default)]
+pub struct Index {
+    entries: HashMap<String, Meta>,
+    total: u64,
+    max: u64,
+}
+
+impl Index {
+    pub fn new(max: u64) -> Index {
+        Index { entries: HashMap::new(), total: 0, max }
+    }
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    pub fn get(&self, key: &Key) -> Option<&Meta> {
+        self.entries.get(&key.file_name()).filter(|m| m.key == *key)
+    }
+    pub fn touch(&mut self, key: &Key, now: u64) {
+        if let Some(m) = self.entries.get_mut(&key.file_name()) {
+            m.last_used = now;
+        }
+    }
+    pub fn remove(&mut self, key: &Key) -> Option<Meta> {
+        let m = self.entries.remove(&key.file_name())?;
+        self.total -= m.size;
+        Some(m)
+    }
+    /// Adds an entry; returns the file names evicted to stay under the limit (the new entry
+    /// itself when it alone exceeds the limit).
+    pub fn insert(&mut self, meta: Meta) -> Vec<String> {
+        let name = meta.key.file_name();
+        if let Some(old) = self.entries.remove(&name) {
+            self.total -= old.size;
+        }
+        if meta.size > self.max {
+            return vec![name];
+        }
+        self.total += meta.size;
+        self.entries.insert(name.clone(), meta);
+        let mut evicted = Vec::new();
+        while self.total > self.max {
+            let victim = self
+                .entries
+                .iter()
+                .filter(|(n, _)| **n != name)
+                .min_by_key(|(_, m)| m.last_used)
+                .map(|(n, _)| n.clone());
+            let Some(v) = victim else { break };
+            if let Some(m) = self.entries.remove(&v) {
+                self.total -= m.size;
+            }
+            evicted.push(v);
+        }
+        evicted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(user: &str, path: &str) -> Key {
+        Key::new("10.0.2.2:21".parse().unwrap(), user, path.into(), true)
+    }
+
+    fn meta(k: Key, size: u64, used: u64) -> Meta {
+        Meta { key: k, size, mdtm: "20260101000000".into(), last_used: used }
+    }
+
+    #[test]
+    fn keys_separate_logins_and_types_but_share_anonymous() {
+        assert_eq!(key("anonymous", "/f").file_name(), key("FTP", "/f").file_name());
+        assert_ne!(key("alice", "/f").file_name(), key("bob", "/f").file_name());
+        let mut a = key("alice", "/f");
+        a.binary = false;
+        assert_ne!(a.file_name(), key("alice", "/f").file_name());
+    }
+
+    #[test]
+    fn resolve_paths() {
+        assert_eq!(resolve("/pub", "big.bin").as_deref(), Some("/pub/big.bin"));
+        assert_eq!(resolve("/pub/x", "../y/./z").as_deref(), Some("/pub/y/z"));
+        assert_eq!(resolve("/pub", "/abs").as_deref(), Some("/abs"));
+        assert_eq!(resolve("/", "../../etc").as_deref(), Some("/etc"));
+        assert_eq!(resolve("/pub", ""), None);
+        assert_eq!(resolve("/pub", "a\rb"), None);
+    }
+
+    #[test]
+    fn pwd_reply_parsing() {
+        assert_eq!(dir_from_257(b"257 \"/home/ftp\" is the current directory").as_deref(), Some("/home/ftp"));
+        assert_eq!(dir_from_257(b"257 \"/a \"\"q\"\"\" created").as_deref(), Some("/a \"q\""));
+        assert_eq!(dir_from_257(b"257 no quotes"), None);
+        assert_eq!(dir_from_257(b"257 \"relative\""), None);
+    }
+
+    #[test]
+    fn freshness_needs_both_answers() {
+        let m = meta(key("a", "/f"), 10, 0);
+        let t = Answer::Ok("20260101000000".to_string());
+        assert_eq!(decide(&m, &t, &Answer::Ok(10)), Decision::Hit);
+        assert_eq!(decide(&m, &t, &Answer::Ok(11)), Decision::Stale);
+        assert_eq!(decide(&m, &Answer::Ok("20260101000001".into()), &Answer::Ok(10)), Decision::Stale);
+        assert_eq!(decide(&m, &Answer::Gone, &Answer::Ok(10)), Decision::Gone);
+        assert_eq!(decide(&m, &t, &Answer::Unknown), Decision::Bypass);
+    }
+
+    #[test]
+    fn mdtm_and_settling() {
+        assert_eq!(mdtm_seconds("19700101000000"), Some(0));
+        assert_eq!(mdtm_seconds("20000301000000"), Some(951868800));
+        assert_eq!(mdtm_seconds("20261122031500.123"), mdtm_seconds("20261122031500"));
+        assert_eq!(mdtm_seconds("2026112203150"), None);
+        assert_eq!(mdtm_seconds("20261322031500"), None);
+        let t = mdtm_seconds("20261122031500").unwrap();
+        assert!(!settled("20261122031500", t + 1, 5));
+        assert!(settled("20261122031500", t + 5, 5));
+        assert!(!settled("garbage", t, 5));
+    }
+
+    #[test]
+    fn lru_eviction_at_limit() {
+        let mut ix = Index::new(100);
+        assert!(ix.insert(meta(key("a", "/1"), 40, 1)).is_empty());
+        assert!(ix.insert(meta(key("a", "/2"), 40, 2)).is_empty());
+        ix.touch(&key("a", "/1"), 3);
+        let ev = ix.insert(meta(key("a", "/3"), 40, 4));
+        assert_eq!(ev, vec![key("a", "/2").file_name()]);
+        assert_eq!(ix.total(), 80);
+        assert!(ix.get(&key("a", "/1")).is_some() && ix.get(&key("a", "/2")).is_none());
+        assert_eq!(ix.insert(meta(key("a", "/huge"), 101, 5)), vec![key("a", "/huge").file_name()]);
+        assert_eq!(ix.len(), 2);
+        assert_eq!(ix.remove(&key("a", "/1")).map(|m| m.size), Some(40));
+        assert_eq!(ix.total(), 40);
+    }
+}
