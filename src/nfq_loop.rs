@@ -106,6 +106,12 @@ fn log_event(key: &Key, user: Option<&str>, ev: Event) {
         Event::Refused { reason } => log!("{who}: refused: {reason}"),
         Event::Malformed { dir, line, why } => log!("{who}: malformed {dir:?} line {line:?} passed through: {why}"),
         Event::TlsStarted => log!("{who}: AUTH TLS accepted; passing the encrypted session through"),
+        Event::Retr { path, binary, ok } => log!(
+            "{who}: RETR {} ({}) {}",
+            path.as_deref().unwrap_or("(relative; working directory unknown)"),
+            if binary { "binary" } else { "ascii" },
+            if ok { "completed" } else { "failed" }
+        ),
         Event::Note(n) => log!("{who}: {n}"),
     }
 }

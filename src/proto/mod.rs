@@ -118,6 +118,9 @@ pub enum Event {
     Refused { reason: String },
     Malformed { dir: Dir, line: String, why: String },
     TlsStarted,
+    /// A download the server accepted (final reply `226`/`250`) or refused/aborted; `path` is
+    /// absolute when the working directory is known. The cache keys on these.
+    Retr { path: Option<String>, binary: bool, ok: bool },
     Note(String),
 }
 
@@ -128,6 +131,10 @@ enum Cmd {
     Auth,
     /// Replaced by NOOP; its reply is replaced by this text.
     Refused(Vec<u8>),
+    Pwd,
+    Cwd(String),
+    Type(bool),
+    Retr(String),
     Other,
 }
 
@@ -189,6 +196,9 @@ pub struct Session {
     multiline: Option<u16>,
     tls: bool,
     user: Option<String>,
+    /// Working directory on the server, once a PWD reply told it.
+    cwd: Option<String>,
+    binary: bool,
     events: VecDeque<Event>,
     last_seen: Instant,
     rst: bool,
@@ -215,6 +225,8 @@ impl Session {
             multiline: None,
             tls: false,
             user: None,
+            cwd: None,
+            binary: false,
             events: VecDeque::new(),
             last_seen: now,
             rst: false,
@@ -463,7 +475,7 @@ impl Session {
                 match self.cmds.front() {
                     Some(Cmd::Pasv) => is_prefix_ci(l, b"227 "),
                     Some(Cmd::Epsv) => is_prefix_ci(l, b"229 "),
-                    Some(Cmd::Refused(_)) => !l.first().is_some_and(|&c| c == b'1'),
+                    Some(Cmd::Refused(_)) => l.first().is_none_or(|&c| c != b'1'),
                     _ => false,
                 }
             }
@@ -494,6 +506,11 @@ impl Session {
             Some(b"PASV") => (Cmd::Pasv, None),
             Some(b"EPSV") if !ftp::body(line).to_ascii_uppercase().ends_with(b"ALL") => (Cmd::Epsv, None),
             Some(b"AUTH") => (Cmd::Auth, None),
+            Some(b"PWD ") | Some(b"XPWD") => (Cmd::Pwd, None),
+            Some(b"CWD ") | Some(b"XCWD") => (Cmd::Cwd(arg(line)), None),
+            Some(b"CDUP") | Some(b"XCUP") => (Cmd::Cwd("..".into()), None),
+            Some(b"TYPE") => (Cmd::Type(arg(line).to_ascii_uppercase().starts_with('I')), None),
+            Some(b"RETR") => (Cmd::Retr(arg(line)), None),
             Some(b"USER") => {
                 let name = String::from_utf8_lossy(&ftp::body(line)[4..]).trim().to_string();
                 self.events.push_back(Event::User(name.clone()));
@@ -570,6 +587,28 @@ impl Session {
                 self.events.push_back(Event::TlsStarted);
                 None
             }
+            (Cmd::Pwd, 257) => {
+                self.cwd = crate::cache::dir_from_257(ftp::body(line));
+                None
+            }
+            (Cmd::Cwd(dir), 200..=299) => {
+                self.cwd = match (self.cwd.as_deref(), dir.is_empty()) {
+                    // resolve() gives None for the root itself ("CDUP" in "/") and for names
+                    // it cannot use; the server accepted this one, so only the root is left
+                    (Some(c), false) => Some(crate::cache::resolve(c, &dir).unwrap_or_else(|| "/".into())),
+                    _ => None,
+                };
+                None
+            }
+            (Cmd::Type(binary), 200..=299) => {
+                self.binary = binary;
+                None
+            }
+            (Cmd::Retr(name), code) => {
+                let path = self.cwd.as_deref().and_then(|c| crate::cache::resolve(c, &name));
+                self.events.push_back(Event::Retr { path, binary: self.binary, ok: code < 300 });
+                None
+            }
             (Cmd::Pasv, 227) => self.on_passive(line, ftp::parse_227(line), whole, dp),
             (Cmd::Epsv, 229) => self.on_passive(line, ftp::parse_229(line), whole, dp),
             _ => None,
@@ -609,6 +648,13 @@ impl Session {
             }
         }
     }
+}
+
+/// The argument of a command line, as sent.
+fn arg(line: &[u8]) -> String {
+    let b = ftp::body(line);
+    let at = b.iter().position(|&c| c == b' ').map_or(b.len(), |i| i + 1);
+    String::from_utf8_lossy(&b[at..]).into_owned()
 }
 
 fn finish(seg: &Segment, seq: Seq, ack: Seq, sack: Option<Vec<(Seq, Seq)>>, payload: Option<Vec<u8>>) -> Verdict {

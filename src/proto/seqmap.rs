@@ -18,6 +18,7 @@ use core::cmp::Ordering;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Seq(pub u32);
 
+#[allow(clippy::should_implement_trait)]
 impl Seq {
     pub fn add(self, n: usize) -> Seq {
         Seq(self.0.wrapping_add(n as u32))

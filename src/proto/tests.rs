@@ -330,6 +330,24 @@ fn garbage_never_panics_and_session_recovers() {
     while p.s.poll_event().is_some() {}
 }
 
+#[test]
+fn downloads_are_reported_with_absolute_paths() {
+    let mut p = Pair::new();
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    p.send(Dir::ToServer, b"USER alice\r\nPWD\r\nTYPE I\r\nCWD pub/x\r\nCDUP\r\nRETR ../f.bin\r\n", &[5]);
+    p.send(Dir::ToClient, b"230 in\r\n257 \"/home/alice\" is cwd\r\n200 I\r\n250 ok\r\n250 ok\r\n150 go\r\n226 done\r\n", &[7]);
+    p.send(Dir::ToServer, b"TYPE A\r\nRETR /etc/x\r\n", &[]);
+    p.send(Dir::ToClient, b"200 A\r\n550 no\r\n", &[]);
+    let retrs: Vec<Event> = std::iter::from_fn(|| p.s.poll_event()).filter(|e| matches!(e, Event::Retr { .. })).collect();
+    assert_eq!(
+        retrs,
+        vec![
+            Event::Retr { path: Some("/home/alice/f.bin".into()), binary: true, ok: true },
+            Event::Retr { path: Some("/etc/x".into()), binary: false, ok: false },
+        ]
+    );
+}
+
 proptest! {
     /// Random segmentation of both directions gives the same byte streams as one segment each.
     #[test]
