@@ -187,7 +187,8 @@ mod tests {
         assert!(r.contains("-t mangle -A FORWARD -p tcp --sport 21"));
         assert!(r.contains("--queue-num 7 --queue-bypass"));
         assert!(r.contains("-m socket --transparent"));
-        assert!(!r.contains("NOTRACK") && !r.contains("notrack"));
+        // no CT target at all: the control connection stays tracked and no helper is assigned
+        assert!(!r.contains("-j CT"));
         let closed = RuleSet { queue: 7, fail_open: false, mark: 0x10000, table: 2121 }.show();
         assert!(!closed.contains("--queue-bypass"));
     }
