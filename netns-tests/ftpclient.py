@@ -141,6 +141,32 @@ def main():
         c.cmd("TYPE I", "200")
         retr(c, "pasv", name, out)
         c.cmd("QUIT", "221")
+    elif what == "garbage":
+        # malformed and oversized lines must not break the helper; the session still works
+        host, name, out = sys.argv[2:5]
+        c = Raw(host)
+        c.login("garbage@")
+        for line in ("\x00\xff\xfe junk", "PORT " + ",".join(["1"] * 1000), "PORT 1,2,3",
+                     "PORT 10,0,1,2,300,1", "EPRT |7|10.0.1.2|99999|", "EPRT |1|10.0.1.2|99999|",
+                     "A" * 3000):
+            c.send(line + "\r\n")
+            r = c.expect("")
+            if not r[:1] in ("4", "5"):
+                raise SystemExit(f"{line[:40]!r} answered {r!r}, expected an error")
+        c.cmd("TYPE I", "200")
+        retr(c, "pasv", name, out)
+        c.cmd("QUIT", "221")
+        # 9,000 bytes without CRLF, then the connection closes: the next session must work
+        s = socket.create_connection((host, 21), timeout=20)
+        s.recv(100)
+        s.sendall(b"P" * 9000)
+        time.sleep(0.2)
+        s.close()
+        c = Raw(host)
+        c.login("after@")
+        c.cmd("TYPE I", "200")
+        retr(c, "port", name, out)
+        c.cmd("QUIT", "221")
     elif what == "ops":
         host, src = sys.argv[2], sys.argv[3]
         f = ftplib.FTP(host, timeout=20)

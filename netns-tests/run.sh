@@ -50,6 +50,7 @@ clients() { # topology label
   done
   dl "$t one byte at a time, Nagle, PORT" small.txt -- ip netns exec $C $PY typist $SRV_IP port small.txt "$OUT" nagle 0.01
   dl "$t one byte per 50 ms, EPRT" small.txt -- ip netns exec $C $PY typist $SRV_IP eprt small.txt "$OUT" nodelay 0.05
+  dl "$t garbage lines, then downloads on the same and a new session" small.txt -- ip netns exec $C $PY garbage $SRV_IP small.txt "$OUT"
   dl "$t pipelined TYPE I + PASV" big.bin -- ip netns exec $C $PY pipeline $SRV_IP big.bin "$OUT"
 }
 
