@@ -74,14 +74,10 @@ impl Pair {
     /// Sends `data` at sequence `seq` in `dir`, delivers what the helper lets through, and
     /// returns the receiver's ACK through the helper to the sender.
     fn send_at(&mut self, dir: Dir, seq: Seq, data: &[u8]) {
-        let (tx, rx) = self.ends(dir);
-        let seg_ack = rx.snd_nxt;
-        let _ = tx;
         let ack_field = match dir {
             Dir::ToServer => self.c.rcv_nxt,
             Dir::ToClient => self.v.rcv_nxt,
         };
-        let _ = seg_ack;
         let flags = Flags { ack: true, ..Default::default() };
         let seg = Segment { seq, ack: ack_field, flags, sack: &[], payload: data };
         let v = self.s.handle_segment(dir, &seg, &mut self.dp, self.now);

@@ -217,7 +217,7 @@ pub fn transparent_listener(at: SocketAddrV4) -> io::Result<TcpListener> {
 fn connect_from(src: Ipv4Addr, avoid: u16, to: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
     let fd = loop {
         let fd = transparent_socket(SocketAddrV4::new(src, 0))?;
-        let s = socket2_local_port(&fd)?;
+        let s = local_port(&fd)?;
         if s != avoid {
             break fd;
         }
@@ -252,7 +252,7 @@ fn connect_from(src: Ipv4Addr, avoid: u16, to: SocketAddrV4, timeout: Duration) 
     Ok(stream)
 }
 
-fn socket2_local_port(fd: &OwnedFd) -> io::Result<u16> {
+fn local_port(fd: &OwnedFd) -> io::Result<u16> {
     // SAFETY: getsockname into a sockaddr_in of the right size.
     unsafe {
         let mut sa: libc::sockaddr_in = core::mem::zeroed();
