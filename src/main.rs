@@ -10,7 +10,10 @@ use clap::{Args, Parser, Subcommand};
 use ftpgate::filter::RuleSet;
 use ftpgate::log;
 use ftpgate::nfq_loop::{self, Helper, LoopConfig};
-use ftpgate::relay::{Relay, RelayConfig};
+use ftpgate::cache::fresh::Checker;
+use ftpgate::cache::store::{self, Store};
+use ftpgate::relay::{CacheCtx, Relay, RelayConfig};
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "ftpgate", version, about = "Transparent FTP gateway for Linux routers")]
@@ -28,6 +31,25 @@ enum Cmd {
     },
     /// Run the gateway in the foreground until SIGTERM/SIGINT.
     Run(RunArgs),
+    /// Inspect or empty the download cache.
+    Cache {
+        #[command(subcommand)]
+        op: CacheOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheOp {
+    /// List the entries: server, login, path, size, MDTM.
+    List(CacheDirArg),
+    /// Delete every entry (stop `ftpgate run` first, or it forgets entries as it finds them gone).
+    Clear(CacheDirArg),
+}
+
+#[derive(Args)]
+struct CacheDirArg {
+    #[arg(long)]
+    cache_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -72,6 +94,35 @@ struct RunArgs {
     /// Drop queued packets when the queue overflows instead of passing them.
     #[arg(long)]
     fail_closed: bool,
+    /// Size limit of the cache (bytes; K, M, G suffixes); least recently used entries go first.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    cache_max_bytes: u64,
+    /// Files modified less than this many seconds before their download are not cached (MDTM
+    /// has one-second resolution; this also absorbs small clock differences).
+    #[arg(long, default_value_t = 3)]
+    cache_settle: u64,
+    /// Seconds ftpgate waits for the server's answer to MDTM/SIZE before a cached RETR goes
+    /// to the server uncached.
+    #[arg(long, default_value_t = 3)]
+    check_timeout: u64,
+    /// Relay downloads without caching them.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
+        Some((i, 'T' | 't')) => (&t[..i], 1 << 40),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("bad size {s:?} (expected bytes, optionally with K, M, G or T)"))
 }
 
 fn parse_hex(s: &str) -> Result<u32, String> {
@@ -114,23 +165,65 @@ fn run(a: RunArgs) -> Result<()> {
         bail!("--data-timeout must be at least 1 second");
     }
     handle_signals()?;
+    let cache = if a.no_cache {
+        None
+    } else {
+        let store = Store::open(&a.cache_dir, a.cache_max_bytes)
+            .with_context(|| format!("cache dir {}: cannot open", a.cache_dir.display()))?;
+        let (entries, bytes) = store.totals();
+        log!("cache {}: {entries} entries, {bytes} bytes (limit {})", a.cache_dir.display(), a.cache_max_bytes);
+        Some(Arc::new(CacheCtx {
+            store,
+            checker: Arc::new(Checker::new(Duration::from_secs(a.check_timeout.max(1)))),
+            settle: a.cache_settle as i64,
+        }))
+    };
     let relay = Relay::new(
         RelayConfig {
             accept_timeout: Duration::from_secs(a.data_timeout),
             idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
         },
         ftpgate::conntrack::server_side_client_addr,
+        cache.clone(),
     );
     let helper = Helper::new(
         relay,
+        cache,
         LoopConfig {
             queue: a.queue,
             fail_open: !a.fail_closed,
             idle: Duration::from_secs(3600),
             mapped_idle: Duration::from_secs(5 * 24 * 3600),
         },
-    );
+    )?;
     nfq_loop::run(helper)
+}
+
+fn cache_cmd(op: CacheOp) -> Result<()> {
+    match op {
+        CacheOp::List(d) => {
+            let entries = store::list(&d.cache_dir).with_context(|| format!("cache dir {}", d.cache_dir.display()))?;
+            let total: u64 = entries.iter().map(|l| l.meta.size).sum();
+            for l in &entries {
+                let m = &l.meta;
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    m.key.server,
+                    m.key.user,
+                    if m.key.binary { "I" } else { "A" },
+                    m.size,
+                    m.mdtm,
+                    m.key.path
+                );
+            }
+            println!("{} entries, {total} bytes", entries.len());
+        }
+        CacheOp::Clear(d) => {
+            let n = store::clear(&d.cache_dir).with_context(|| format!("cache dir {}", d.cache_dir.display()))?;
+            println!("removed {n} entries");
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -143,6 +236,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Cmd::Run(a) => run(a),
+        Cmd::Cache { op } => cache_cmd(op),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,16 +1,22 @@
 //! The NFQUEUE shell: receive a queued control segment, decode it ([`crate::wire`]), run it
-//! through its [`Session`], write the verdict back. Nothing else happens here.
+//! through its [`Session`], write the verdict back. A segment the session holds (a RETR of a
+//! cached file) keeps its verdict until the freshness check, run on a thread of its own, answers
+//! or [`HOLD_LIMIT`] passes; the loop polls the queue socket and the answers' pipe together.
 
 use core::net::SocketAddrV4;
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use nfq::{Queue, Verdict as NfVerdict};
+use nfq::{Message, Queue, Verdict as NfVerdict};
 
+use crate::cache::{decide, Decision};
 use crate::log;
 use crate::proto::{Dir, Event, Segment, Session, Verdict};
-use crate::relay::Relay;
+use crate::relay::{CacheCtx, Relay};
 use crate::wire::Packet;
 
 pub const FTP_PORT: u16 = 21;
@@ -27,25 +33,62 @@ pub struct LoopConfig {
 
 type Key = (SocketAddrV4, SocketAddrV4);
 
+/// How long a RETR may wait for the freshness check before it goes to the server unchanged.
+const HOLD_LIMIT: Duration = Duration::from_secs(5);
+
+struct Held {
+    msg: Message,
+    token: u64,
+    deadline: Instant,
+}
+
+/// A freshness check's outcome, sent back from its thread.
+struct Checked {
+    session: Key,
+    token: u64,
+    decision: Decision,
+    took: Duration,
+}
+
 pub struct Helper {
     sessions: HashMap<Key, Session>,
     relay: Relay,
     cfg: LoopConfig,
     last_sweep: Instant,
+    cache: Option<Arc<CacheCtx>>,
+    held: HashMap<Key, Held>,
+    next_token: u64,
+    tx: Sender<Checked>,
+    rx: Receiver<Checked>,
+    wake: Arc<Wake>,
 }
 
 impl Helper {
-    pub fn new(relay: Relay, cfg: LoopConfig) -> Helper {
-        Helper { sessions: HashMap::new(), relay, cfg, last_sweep: Instant::now() }
+    pub fn new(relay: Relay, cache: Option<Arc<CacheCtx>>, cfg: LoopConfig) -> Result<Helper> {
+        let (tx, rx) = channel();
+        let wake = Arc::new(Wake::new().context("cannot create a pipe")?);
+        Ok(Helper {
+            sessions: HashMap::new(),
+            relay,
+            cfg,
+            last_sweep: Instant::now(),
+            cache,
+            held: HashMap::new(),
+            next_token: 0,
+            tx,
+            rx,
+            wake,
+        })
     }
 
-    /// Decides one packet; returns the verdict and, when edited, the new packet bytes.
-    pub fn handle(&mut self, buf: &[u8], now: Instant) -> (NfVerdict, Option<Vec<u8>>) {
-        let pkt = match Packet::parse(buf) {
+    /// Decides one queued packet. Returns it ready for its verdict, or `None` when it is held.
+    fn handle(&mut self, mut msg: Message, now: Instant) -> Option<Message> {
+        let pkt = match Packet::parse(msg.get_payload()) {
             Ok(p) => p,
             Err(e) => {
                 log!("queued packet not understood ({e}); passed unchanged");
-                return (NfVerdict::Accept, None);
+                msg.set_verdict(NfVerdict::Accept);
+                return Some(msg);
             }
         };
         let (dir, key) = if pkt.dst().port() == FTP_PORT {
@@ -59,33 +102,98 @@ impl Helper {
         });
         let seg = Segment { seq: pkt.seq(), ack: pkt.ack(), flags: pkt.flags(), sack: &pkt.sack, payload: pkt.payload };
         let verdict = session.handle_segment(dir, &seg, &mut self.relay, now);
-        while let Some(ev) = session.poll_event() {
-            log_event(&key, session.user(), ev);
+        drop(pkt);
+        self.drain_events(key);
+        if verdict == Verdict::Hold {
+            let token = self.next_token;
+            self.next_token += 1;
+            self.held.insert(key, Held { msg, token, deadline: now + HOLD_LIMIT });
+            self.start_check(key, token);
+            return None;
         }
-        let out = match verdict {
-            Verdict::Pass => (NfVerdict::Accept, None),
-            Verdict::Drop => (NfVerdict::Drop, None),
-            Verdict::Edit(e) => match pkt.edited(&e) {
-                Ok(bytes) => (NfVerdict::Accept, Some(bytes)),
-                Err(err) => {
-                    // bytes of this segment may already be acknowledged to the sender: passing
-                    // the original would corrupt the stream, so drop and let TCP retransmit
-                    log!("session {} -> {}: cannot rebuild segment ({err}); dropped", key.0, key.1);
-                    (NfVerdict::Drop, None)
-                }
-            },
-        };
+        apply(&mut msg, verdict, &key);
         if now.duration_since(self.last_sweep) > Duration::from_secs(5) {
             self.sweep(now);
         }
+        Some(msg)
+    }
+
+    fn drain_events(&mut self, key: Key) {
+        let Some(session) = self.sessions.get_mut(&key) else { return };
+        while let Some(ev) = session.poll_event() {
+            log_event(&key, session.user(), ev);
+        }
+    }
+
+    /// Asks the server on a thread of its own; the answer comes back through the channel.
+    fn start_check(&mut self, key: Key, token: u64) {
+        let session = &self.sessions[&key];
+        let (Some(cache), Some(login), Some(entry)) = (self.cache.clone(), session.login(), session.held_key().cloned())
+        else {
+            let _ = self.tx.send(Checked { session: key, token, decision: Decision::Bypass, took: Duration::ZERO });
+            self.wake.notify();
+            return;
+        };
+        let (tx, wake) = (self.tx.clone(), self.wake.clone());
+        let spawned = std::thread::Builder::new().name("ftpgate-check".into()).spawn(move || {
+            let t = Instant::now();
+            let facts = cache.checker.check(&login, &entry.path);
+            let decision = match cache.store.lookup(&entry) {
+                Some(meta) => decide(&meta, &facts.mdtm, &facts.size),
+                None => Decision::Stale, // evicted meanwhile: fetch and capture again
+            };
+            if matches!(decision, Decision::Gone | Decision::Stale) {
+                cache.store.remove(&entry);
+            }
+            let _ = tx.send(Checked { session: key, token, decision, took: t.elapsed() });
+            wake.notify();
+        });
+        if spawned.is_err() {
+            let _ = self.tx.send(Checked { session: key, token, decision: Decision::Bypass, took: Duration::ZERO });
+            self.wake.notify();
+        }
+    }
+
+    /// Releases held packets whose checks answered or whose time is up; returns them ready
+    /// for their verdicts.
+    fn release_ready(&mut self, now: Instant) -> Vec<Message> {
+        self.wake.drain();
+        let mut ready: Vec<(Key, u64, Decision, Duration)> = Vec::new();
+        while let Ok(c) = self.rx.try_recv() {
+            ready.push((c.session, c.token, c.decision, c.took));
+        }
+        for (k, h) in &self.held {
+            if h.deadline <= now {
+                ready.push((*k, h.token, Decision::Bypass, HOLD_LIMIT));
+            }
+        }
+        let mut out = Vec::new();
+        for (key, token, decision, took) in ready {
+            if self.held.get(&key).is_none_or(|h| h.token != token) {
+                continue; // already released
+            }
+            let Some(mut h) = self.held.remove(&key) else { continue };
+            let verdict = self.sessions.get_mut(&key).and_then(|s| s.release(decision, &mut self.relay));
+            log!("session {} -> {}: freshness check {decision:?} in {:.3} s", key.0, key.1, took.as_secs_f64());
+            self.drain_events(key);
+            match verdict {
+                Some(v) => apply(&mut h.msg, v, &key),
+                None => h.msg.set_verdict(NfVerdict::Drop),
+            }
+            out.push(h.msg);
+        }
         out
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.held.values().map(|h| h.deadline).min()
     }
 
     fn sweep(&mut self, now: Instant) {
         self.last_sweep = now;
         let (idle, mapped) = (self.cfg.idle, self.cfg.mapped_idle);
         self.sessions.retain(|k, s| {
-            let keep = s.expires_at(idle, mapped) > now;
+            let keep = s.is_holding() || s.expires_at(idle, mapped) > now;
             if !keep {
                 log!("session {} -> {}: closed (user {})", k.0, k.1, s.user().unwrap_or("-"));
             }
@@ -96,6 +204,75 @@ impl Helper {
     pub fn sessions(&self) -> usize {
         self.sessions.len()
     }
+}
+
+/// Sets a message's verdict (and payload, when edited).
+fn apply(msg: &mut Message, verdict: Verdict, key: &Key) {
+    let edited = match &verdict {
+        Verdict::Edit(e) => Some(Packet::parse(msg.get_payload()).and_then(|p| p.edited(e))),
+        _ => None,
+    };
+    match (verdict, edited) {
+        (Verdict::Pass, _) => msg.set_verdict(NfVerdict::Accept),
+        (Verdict::Drop, _) | (Verdict::Hold, _) => msg.set_verdict(NfVerdict::Drop),
+        (Verdict::Edit(_), Some(Ok(bytes))) => {
+            msg.set_payload(bytes);
+            msg.set_verdict(NfVerdict::Accept);
+        }
+        (Verdict::Edit(_), _) => {
+            // bytes of this segment may already be acknowledged to the sender: passing the
+            // original would corrupt the stream, so drop and let TCP retransmit
+            log!("session {} -> {}: cannot rebuild segment; dropped", key.0, key.1);
+            msg.set_verdict(NfVerdict::Drop);
+        }
+    }
+}
+
+/// A self-pipe that wakes the queue loop when a freshness check answers.
+struct Wake {
+    r: OwnedFd,
+    w: OwnedFd,
+}
+
+impl Wake {
+    fn new() -> std::io::Result<Wake> {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 writes two fds into the array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: both fds are fresh and owned from here on.
+        Ok(unsafe { Wake { r: OwnedFd::from_raw_fd(fds[0]), w: OwnedFd::from_raw_fd(fds[1]) } })
+    }
+    fn notify(&self) {
+        // SAFETY: one byte from a live buffer; a full pipe already wakes the loop.
+        unsafe { libc::write(self.w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+    }
+    fn drain(&self) {
+        let mut buf = [0u8; 64];
+        // SAFETY: reads into a live buffer from a non-blocking pipe.
+        while unsafe { libc::read(self.r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    }
+}
+
+/// The file descriptors of this process's NETLINK_NETFILTER sockets.
+fn netfilter_sockets() -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return out };
+    for e in dir.flatten() {
+        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let get = |opt| {
+            let mut v: libc::c_int = 0;
+            let mut len = core::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt into a live int; fails harmlessly on non-sockets.
+            let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut v as *mut libc::c_int).cast(), &mut len) };
+            (r == 0).then_some(v)
+        };
+        if get(libc::SO_DOMAIN) == Some(libc::AF_NETLINK) && get(libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER) {
+            out.push(fd);
+        }
+    }
+    out
 }
 
 fn log_event(key: &Key, user: Option<&str>, ev: Event) {
@@ -112,6 +289,8 @@ fn log_event(key: &Key, user: Option<&str>, ev: Event) {
             if binary { "binary" } else { "ascii" },
             if ok { "completed" } else { "failed" }
         ),
+        Event::Cache { path, outcome } => log!("{who}: RETR {path}: {outcome}"),
+        Event::CheckFresh(k) => log!("{who}: RETR {}: cached; asking the server whether it changed", k.path),
         Event::Note(n) => log!("{who}: {n}"),
     }
 }
@@ -119,7 +298,14 @@ fn log_event(key: &Key, user: Option<&str>, ev: Event) {
 /// Binds the queue and runs until the process is stopped.
 pub fn run(mut helper: Helper) -> Result<()> {
     let q = helper.cfg.queue;
+    let before = netfilter_sockets();
     let mut queue = Queue::open().context("cannot open an NFQUEUE netlink socket (need CAP_NET_ADMIN)")?;
+    // the nfq crate does not expose its socket; it is the one NETLINK_NETFILTER socket that
+    // open() added, and the loop polls it together with the check-answer pipe
+    let qfd = match netfilter_sockets().into_iter().filter(|f| !before.contains(f)).collect::<Vec<_>>()[..] {
+        [fd] => fd,
+        _ => anyhow::bail!("cannot find the NFQUEUE socket"),
+    };
     queue.bind(q).map_err(|e| match e.raw_os_error() {
         Some(libc::EBUSY) | Some(libc::EEXIST) | Some(libc::EPERM) => {
             anyhow::anyhow!("NFQUEUE {q} is already bound by another process (or CAP_NET_ADMIN is missing)")
@@ -129,22 +315,43 @@ pub fn run(mut helper: Helper) -> Result<()> {
     queue.set_fail_open(q, helper.cfg.fail_open).context("cannot set fail-open")?;
     queue.set_queue_max_len(q, 4096).context("cannot set the queue length")?;
     queue.set_copy_range(q, 0xffff).context("cannot set the copy range")?;
+    queue.set_nonblocking(true);
     log!("bound NFQUEUE {q} ({})", if helper.cfg.fail_open { "fail-open" } else { "fail-closed" });
     loop {
-        let mut msg = match queue.recv() {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                log!("NFQUEUE {q}: the kernel dropped queued packets (ENOBUFS)");
-                continue;
+        let now = Instant::now();
+        let wait = helper.next_deadline().map_or(1000, |d| d.saturating_duration_since(now).as_millis().min(1000) as i32);
+        let mut pfds = [
+            libc::pollfd { fd: qfd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: helper.wake.r.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two valid pollfds.
+        if unsafe { libc::poll(pfds.as_mut_ptr(), 2, wait) } < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e).context("poll failed");
             }
-            Err(e) => return Err(e).context("NFQUEUE receive failed"),
-        };
-        let (verdict, payload) = helper.handle(msg.get_payload(), Instant::now());
-        if let Some(p) = payload {
-            msg.set_payload(p);
         }
-        msg.set_verdict(verdict);
-        queue.verdict(msg).context("NFQUEUE verdict failed")?;
+        for msg in helper.release_ready(Instant::now()) {
+            queue.verdict(msg).context("NFQUEUE verdict failed")?;
+        }
+        loop {
+            let msg = match queue.recv() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    log!("NFQUEUE {q}: the kernel dropped queued packets (ENOBUFS)");
+                    continue;
+                }
+                Err(e) => return Err(e).context("NFQUEUE receive failed"),
+            };
+            if let Some(msg) = helper.handle(msg, Instant::now()) {
+                queue.verdict(msg).context("NFQUEUE verdict failed")?;
+            }
+        }
+        let now = Instant::now();
+        if now.duration_since(helper.last_sweep) > Duration::from_secs(5) {
+            helper.sweep(now);
+        }
     }
 }

@@ -1,7 +1,16 @@
-//! Download cache, sans-IO core (issue 4, in progress): what an entry is keyed by, how a relative
+//! Download cache. This module is the sans-IO core: what an entry is keyed by, how a relative
 //! name resolves against the tracked working directory, when an entry may be served, and which
-//! entries the size limit evicts. The capture (tee in the relay) and the hit path in the control
-//! session are not wired yet; nothing here touches the disk or the network.
+//! entries the size limit evicts. [`store`] keeps entries on disk; [`fresh`] asks the server
+//! (MDTM, SIZE) on a control connection of ftpgate's own. The control session
+//! (`crate::proto`) decides hit/miss per RETR; the relay (`crate::relay`) captures and serves.
+//!
+//! How a hit stays a valid FTP dialogue on both sides: the client's `RETR x` is held while the
+//! server is asked whether `x` is unchanged; then it goes to the server as `REST <size>\r\nRETR
+//! x\r\n`. The server answers `350` (removed from the client's view), `150`, sends no bytes and
+//! `226`; the relay sends the cached bytes on the client's data connection meanwhile.
+
+pub mod fresh;
+pub mod store;
 
 use core::net::SocketAddrV4;
 use std::collections::HashMap;
@@ -38,6 +47,21 @@ impl Key {
             h = h.wrapping_mul(0x100000001b3);
         }
         format!("{h:016x}")
+    }
+}
+
+/// The credentials a session logged in with, for ftpgate's own freshness checks on the same
+/// server under the same login. Held in memory only; `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Login {
+    pub server: SocketAddrV4,
+    pub user: String,
+    pub pass: String,
+}
+
+impl core::fmt::Debug for Login {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Login {{ server: {}, user: {:?}, pass: <hidden> }}", self.server, self.user)
     }
 }
 
@@ -126,6 +150,27 @@ pub fn decide(entry: &Meta, mdtm: &Answer<String>, size: &Answer<u64>) -> Decisi
     }
 }
 
+/// The answer in a reply to MDTM (`213 YYYYMMDDHHMMSS`).
+pub fn mdtm_answer(code: u16, text: &str) -> Answer<String> {
+    match code {
+        213 => match text.split_whitespace().next() {
+            Some(t) if mdtm_seconds(t).is_some() => Answer::Ok(t.to_string()),
+            _ => Answer::Unknown,
+        },
+        550 => Answer::Gone,
+        _ => Answer::Unknown,
+    }
+}
+
+/// The answer in a reply to SIZE (`213 <bytes>`).
+pub fn size_answer(code: u16, text: &str) -> Answer<u64> {
+    match code {
+        213 => text.split_whitespace().next().and_then(|t| t.parse().ok()).map_or(Answer::Unknown, Answer::Ok),
+        550 => Answer::Gone,
+        _ => Answer::Unknown,
+    }
+}
+
 /// Parses MDTM's `YYYYMMDDHHMMSS[.sss]` into seconds since the Unix epoch (UTC).
 pub fn mdtm_seconds(s: &str) -> Option<i64> {
     let s = s.split('.').next()?;
@@ -173,6 +218,9 @@ impl Index {
     }
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.entries.values().map(|m| &m.key)
     }
     pub fn get(&self, key: &Key) -> Option<&Meta> {
         self.entries.get(&key.file_name()).filter(|m| m.key == *key)
@@ -265,6 +313,17 @@ mod tests {
         assert_eq!(decide(&m, &Answer::Ok("20260101000001".into()), &Answer::Ok(10)), Decision::Stale);
         assert_eq!(decide(&m, &Answer::Gone, &Answer::Ok(10)), Decision::Gone);
         assert_eq!(decide(&m, &t, &Answer::Unknown), Decision::Bypass);
+    }
+
+    #[test]
+    fn answers_from_replies() {
+        assert_eq!(mdtm_answer(213, "20261122031500"), Answer::Ok("20261122031500".into()));
+        assert_eq!(mdtm_answer(213, "yesterday"), Answer::Unknown);
+        assert_eq!(mdtm_answer(550, "No such file"), Answer::Gone);
+        assert_eq!(mdtm_answer(500, "unknown command"), Answer::Unknown);
+        assert_eq!(size_answer(213, "20971520"), Answer::Ok(20971520));
+        assert_eq!(size_answer(213, "-1"), Answer::Unknown);
+        assert_eq!(size_answer(550, "Could not get file size."), Answer::Gone);
     }
 
     #[test]

@@ -34,6 +34,7 @@ use core::net::{Ipv4Addr, SocketAddrV4};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::cache::{Decision, Key, Login};
 pub use seqmap::Seq;
 use seqmap::SeqMap;
 
@@ -74,6 +75,9 @@ pub enum Verdict {
     Drop,
     /// Forward with these fields replaced.
     Edit(Edit),
+    /// Keep this segment until [`Session::release`] says what it becomes (a download that may be
+    /// answered from the cache waits for the freshness check; see [`Event::CheckFresh`]).
+    Hold,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,10 +108,40 @@ pub struct DataRequest {
     pub target: SocketAddrV4,
 }
 
-/// The seam to the data path. `open` must have the relay listening when it returns; it returns
-/// the endpoint to announce in the rewritten line.
+/// Names one prepared data connection in the data plane.
+pub type DataId = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The endpoint to announce in the (possibly rewritten) line.
+    pub announce: SocketAddrV4,
+    pub id: DataId,
+}
+
+/// What a prepared data connection carries, once the transfer command is known. Connections
+/// without one (LIST, STOR, uncacheable downloads) are relayed as they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transfer {
+    /// A download to copy into the cache as it passes; `login` lets the cache confirm the file
+    /// afterwards.
+    Capture { key: Key, login: Login },
+    /// The server was told to send nothing (`REST <size>`): serve the cached entry from `offset`.
+    Serve { key: Key, offset: u64 },
+}
+
+/// The seam to the data path and the cache.
 pub trait DataPlane {
-    fn open(&mut self, req: &DataRequest) -> Result<SocketAddrV4, String>;
+    /// Prepares a data connection; the relay must be listening when this returns.
+    fn open(&mut self, req: &DataRequest) -> Result<Opened, String>;
+    /// The size of a cached entry for `key`, if there is one.
+    fn cached(&mut self, key: &Key) -> Option<u64>;
+    /// Tells the data connection `id` what it carries. `false`: it cannot (cache busy or
+    /// unwritable, entry gone) and relays plainly.
+    fn transfer(&mut self, id: DataId, what: Transfer) -> bool;
+    /// The transfer command on `id` got its final reply; `ok` is a 2xx.
+    fn finished(&mut self, id: DataId, ok: bool);
+    /// `path` on `server` is being changed (STOR, APPE, DELE, RNFR, RNTO): forget cached copies.
+    fn invalidate(&mut self, server: SocketAddrV4, path: &str);
 }
 
 /// Things worth a log line, drained with [`Session::poll_event`].
@@ -119,8 +153,13 @@ pub enum Event {
     Malformed { dir: Dir, line: String, why: String },
     TlsStarted,
     /// A download the server accepted (final reply `226`/`250`) or refused/aborted; `path` is
-    /// absolute when the working directory is known. The cache keys on these.
+    /// absolute when the working directory is known.
     Retr { path: Option<String>, binary: bool, ok: bool },
+    /// What the cache does with a download: `hit`, `miss`, `stale`, `gone` or `bypass (why)`.
+    Cache { path: String, outcome: String },
+    /// A RETR of a cached file is held ([`Verdict::Hold`]): ask the server whether the file is
+    /// unchanged (with [`Session::login`]) and call [`Session::release`] with the answer.
+    CheckFresh(Key),
     Note(String),
 }
 
@@ -134,8 +173,35 @@ enum Cmd {
     Pwd,
     Cwd(String),
     Type(bool),
-    Retr(String),
+    Retr(String, Option<DataId>),
+    Rest(u64),
+    /// Injected by ftpgate (the `REST` before a cache hit): its reply is removed.
+    Hidden,
     Other,
+}
+
+/// A RETR waiting for the freshness check.
+#[derive(Debug)]
+struct Hold {
+    key: Key,
+    name: String,
+    id: DataId,
+    /// Size of the cached entry.
+    size: u64,
+    /// The client's own REST offset.
+    offset: u64,
+    line: Vec<u8>,
+    start: Seq,
+}
+
+/// The held segment, as it will go out apart from the RETR line.
+#[derive(Debug)]
+struct HeldPacket {
+    seq: Seq,
+    ack: Seq,
+    sack: Option<Vec<(Seq, Seq)>>,
+    /// Bytes before the RETR line (pipelined commands).
+    prefix: Vec<u8>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -196,9 +262,19 @@ pub struct Session {
     multiline: Option<u16>,
     tls: bool,
     user: Option<String>,
+    /// Kept in memory for the cache's freshness checks; never logged or written.
+    pass: Option<String>,
+    logged_in: bool,
     /// Working directory on the server, once a PWD reply told it.
     cwd: Option<String>,
     binary: bool,
+    /// REST offset accepted for the next transfer.
+    rest: u64,
+    /// The data connection prepared by the last PASV/EPSV/PORT/EPRT, not yet used.
+    data: Option<DataId>,
+    hold: Option<Hold>,
+    held: Option<HeldPacket>,
+    hold_new: bool,
     events: VecDeque<Event>,
     last_seen: Instant,
     rst: bool,
@@ -225,8 +301,15 @@ impl Session {
             multiline: None,
             tls: false,
             user: None,
+            pass: None,
+            logged_in: false,
             cwd: None,
             binary: false,
+            rest: 0,
+            data: None,
+            hold: None,
+            held: None,
+            hold_new: false,
             events: VecDeque::new(),
             last_seen: now,
             rst: false,
@@ -244,6 +327,21 @@ impl Session {
     }
     pub fn is_tls(&self) -> bool {
         self.tls
+    }
+    /// The credentials this session logged in with, for ftpgate's own freshness checks.
+    pub fn login(&self) -> Option<Login> {
+        if !self.logged_in {
+            return None;
+        }
+        Some(Login { server: self.server, user: self.user.clone()?, pass: self.pass.clone().unwrap_or_default() })
+    }
+    /// The cache entry a held RETR asks about.
+    pub fn held_key(&self) -> Option<&Key> {
+        self.hold.as_ref().map(|h| &h.key)
+    }
+    /// Whether a segment is held waiting for [`Session::release`].
+    pub fn is_holding(&self) -> bool {
+        self.held.is_some()
     }
     /// True once lengths changed: the session must outlive idle periods, or later segments
     /// would go out unmapped.
@@ -318,8 +416,12 @@ impl Session {
             return finish(seg, seq, ack, sack, None);
         }
         let tls = self.tls;
+        let holding = dir == Dir::ToServer && self.hold.is_some();
         let st = self.stream(dir);
         let end = seg.seq.add(seg.payload.len());
+        if holding && (end > st.next || seg.flags.fin) {
+            return Verdict::Drop; // nothing may pass the held RETR; TCP retransmits it later
+        }
         if seg.flags.fin {
             st.fin = true;
         }
@@ -349,6 +451,11 @@ impl Session {
             let s = st.map.map(emit_from);
             out_seq.get_or_insert(s);
             out.extend_from_slice(&bytes);
+            if std::mem::take(&mut self.hold_new) {
+                let seq = out_seq.unwrap_or(s);
+                self.held = Some(HeldPacket { seq, ack, sack, prefix: out });
+                return Verdict::Hold;
+            }
         }
         let st = self.stream(dir);
         if out.is_empty() && st.absorbing {
@@ -410,6 +517,21 @@ impl Session {
             } else {
                 self.on_line(dir, &line, line_pos.is_some(), dp)
             };
+            if self.hold_new {
+                // keep the RETR line in hand (absorbed: the client sees it acknowledged); what
+                // followed it in this segment is left for the client to send again
+                if let Some(h) = self.hold.as_mut() {
+                    h.start = start;
+                }
+                let st = self.stream(dir);
+                out.truncate(line_pos.unwrap_or(out.len()));
+                st.next = start.add(len);
+                st.line = line;
+                st.line_start = start;
+                st.line_len = len;
+                st.absorbing = true;
+                return (emit_from, out);
+            }
             let st = self.stream(dir);
             match (replacement, line_pos) {
                 (Some(new), Some(p)) => {
@@ -467,7 +589,11 @@ impl Session {
             return false;
         }
         match dir {
-            Dir::ToServer => is_prefix_ci(l, b"PORT ") || is_prefix_ci(l, b"EPRT "),
+            Dir::ToServer => {
+                is_prefix_ci(l, b"PORT ")
+                    || is_prefix_ci(l, b"EPRT ")
+                    || (is_prefix_ci(l, b"RETR ") && self.data.is_some() && self.logged_in && self.binary)
+            }
             Dir::ToClient => {
                 if !self.greeted || self.multiline.is_some() {
                     return false;
@@ -475,7 +601,7 @@ impl Session {
                 match self.cmds.front() {
                     Some(Cmd::Pasv) => is_prefix_ci(l, b"227 "),
                     Some(Cmd::Epsv) => is_prefix_ci(l, b"229 "),
-                    Some(Cmd::Refused(_)) => l.first().is_none_or(|&c| c != b'1'),
+                    Some(Cmd::Refused(_)) | Some(Cmd::Hidden) => l.first().is_none_or(|&c| c != b'1'),
                     _ => false,
                 }
             }
@@ -510,11 +636,43 @@ impl Session {
             Some(b"CWD ") | Some(b"XCWD") => (Cmd::Cwd(arg(line)), None),
             Some(b"CDUP") | Some(b"XCUP") => (Cmd::Cwd("..".into()), None),
             Some(b"TYPE") => (Cmd::Type(arg(line).to_ascii_uppercase().starts_with('I')), None),
-            Some(b"RETR") => (Cmd::Retr(arg(line)), None),
+            Some(b"RETR") => {
+                let (name, id, offset) = (arg(line), self.data.take(), std::mem::take(&mut self.rest));
+                if self.plan_retr(&name, id, offset, line, whole, dp) {
+                    return None; // held: the command is queued when released
+                }
+                (Cmd::Retr(name, id), None)
+            }
+            Some(b"REST") => (Cmd::Rest(arg(line).trim().parse().unwrap_or(0)), None),
+            Some(b"LIST") | Some(b"NLST") | Some(b"MLSD") | Some(b"STOU") => {
+                self.data = None;
+                self.rest = 0;
+                (Cmd::Other, None)
+            }
+            Some(b"STOR") | Some(b"APPE") | Some(b"DELE") | Some(b"RNFR") | Some(b"RNTO") => {
+                if matches!(verb.as_ref(), Some(b"STOR") | Some(b"APPE")) {
+                    self.data = None;
+                    self.rest = 0;
+                }
+                if let Some(path) = self.cwd.as_deref().and_then(|c| crate::cache::resolve(c, &arg(line))) {
+                    dp.invalidate(self.server, &path);
+                }
+                (Cmd::Other, None)
+            }
+            Some(b"PASS") => {
+                self.pass = Some(arg(line));
+                (Cmd::Other, None)
+            }
+            Some(b"REIN") => {
+                self.logged_in = false;
+                (Cmd::Other, None)
+            }
             Some(b"USER") => {
                 let name = String::from_utf8_lossy(&ftp::body(line)[4..]).trim().to_string();
                 self.events.push_back(Event::User(name.clone()));
                 self.user = Some(name);
+                self.pass = None;
+                self.logged_in = false;
                 (Cmd::Other, None)
             }
             _ => (Cmd::Other, None),
@@ -545,7 +703,8 @@ impl Session {
         }
         let req = DataRequest { mode: Mode::Active, client: self.client, server: self.server, target: named };
         match dp.open(&req) {
-            Ok(announce) => {
+            Ok(Opened { announce, id }) => {
+                self.data = Some(id);
                 self.cmds.push_back(Cmd::Other);
                 (announce != named).then(|| self.rewrite(Dir::ToServer, line, &ep, announce))
             }
@@ -579,9 +738,22 @@ impl Session {
             self.greeted = true;
             return None;
         }
+        if code == 230 {
+            self.logged_in = true;
+        }
         let cmd = self.cmds.pop_front().unwrap_or(Cmd::Other);
         match (cmd, code) {
             (Cmd::Refused(text), _) => Some(text),
+            (Cmd::Hidden, code) => {
+                if code != 350 {
+                    self.events.push_back(Event::Note(format!("server refused ftpgate's REST ({code}); relaying its data")));
+                }
+                Some(Vec::new())
+            }
+            (Cmd::Rest(n), code) => {
+                self.rest = if code == 350 { n } else { 0 };
+                None
+            }
             (Cmd::Auth, 234) => {
                 self.tls = true;
                 self.events.push_back(Event::TlsStarted);
@@ -596,6 +768,7 @@ impl Session {
                     // resolve() gives None for the root itself ("CDUP" in "/") and for names
                     // it cannot use; the server accepted this one, so only the root is left
                     (Some(c), false) => Some(crate::cache::resolve(c, &dir).unwrap_or_else(|| "/".into())),
+                    (None, false) if dir.starts_with('/') => crate::cache::resolve("/", &dir).or(Some("/".into())),
                     _ => None,
                 };
                 None
@@ -604,15 +777,136 @@ impl Session {
                 self.binary = binary;
                 None
             }
-            (Cmd::Retr(name), code) => {
-                let path = self.cwd.as_deref().and_then(|c| crate::cache::resolve(c, &name));
+            (Cmd::Retr(name, id), code) => {
+                let path = self.resolve(&name);
                 self.events.push_back(Event::Retr { path, binary: self.binary, ok: code < 300 });
+                if let Some(id) = id {
+                    dp.finished(id, code < 300);
+                }
                 None
             }
             (Cmd::Pasv, 227) => self.on_passive(line, ftp::parse_227(line), whole, dp),
             (Cmd::Epsv, 229) => self.on_passive(line, ftp::parse_229(line), whole, dp),
             _ => None,
         }
+    }
+
+    /// The absolute path a name given to a command refers to, if the working directory is known
+    /// (or the name is absolute).
+    fn resolve(&self, name: &str) -> Option<String> {
+        match self.cwd.as_deref() {
+            Some(c) => crate::cache::resolve(c, name),
+            None if name.starts_with('/') => crate::cache::resolve("/", name),
+            None => None,
+        }
+    }
+
+    fn cache_key(&self, name: &str) -> Result<Key, &'static str> {
+        if self.tls {
+            return Err("encrypted session");
+        }
+        if !self.logged_in {
+            return Err("not logged in");
+        }
+        if !self.binary {
+            return Err("ASCII transfer");
+        }
+        let user = self.user.as_deref().ok_or("login name unknown")?;
+        let path = self.resolve(name).ok_or("working directory unknown")?;
+        Ok(Key::new(self.server, user, path, true))
+    }
+
+    /// Decides what the cache does with a RETR. Returns true when the line is held for a
+    /// freshness check.
+    fn plan_retr(
+        &mut self,
+        name: &str,
+        id: Option<DataId>,
+        offset: u64,
+        line: &[u8],
+        whole: bool,
+        dp: &mut dyn DataPlane,
+    ) -> bool {
+        let key = match self.cache_key(name) {
+            Ok(k) => k,
+            Err(why) => {
+                let path = self.resolve(name).unwrap_or_else(|| name.to_string());
+                self.events.push_back(Event::Cache { path, outcome: format!("bypass ({why})") });
+                return false;
+            }
+        };
+        let bypass = |s: &mut Self, why: &str| {
+            s.events.push_back(Event::Cache { path: key.path.clone(), outcome: format!("bypass ({why})") });
+            false
+        };
+        let Some(id) = id else { return bypass(self, "no data connection prepared") };
+        if let Some(size) = dp.cached(&key) {
+            if !whole {
+                return bypass(self, "command split before ftpgate saw it");
+            }
+            self.events.push_back(Event::CheckFresh(key.clone()));
+            self.hold = Some(Hold { key, name: name.to_string(), id, size, offset, line: line.to_vec(), start: Seq(0) });
+            self.hold_new = true;
+            return true;
+        }
+        if offset > 0 {
+            return bypass(self, "resumed download");
+        }
+        self.capture(key, id, "miss", dp);
+        false
+    }
+
+    fn capture(&mut self, key: Key, id: DataId, outcome: &str, dp: &mut dyn DataPlane) {
+        let path = key.path.clone();
+        let outcome = match self.login() {
+            Some(login) => {
+                if dp.transfer(id, Transfer::Capture { key, login }) {
+                    outcome.to_string()
+                } else {
+                    format!("{outcome}, not captured (cache busy or unwritable)")
+                }
+            }
+            None => format!("{outcome}, not captured (login unknown)"),
+        };
+        self.events.push_back(Event::Cache { path, outcome });
+    }
+
+    /// Resolves a held RETR with the freshness check's answer; returns the held segment's
+    /// verdict. A hit goes to the server as `REST <size>` + the RETR (the server sends nothing,
+    /// its `350` is removed from the client's view) and the relay serves the entry.
+    pub fn release(&mut self, decision: Decision, dp: &mut dyn DataPlane) -> Option<Verdict> {
+        let h = self.hold.take()?;
+        let p = self.held.take()?;
+        let mut new = h.line.clone();
+        let path = h.key.path.clone();
+        match decision {
+            Decision::Hit => {
+                if dp.transfer(h.id, Transfer::Serve { key: h.key.clone(), offset: h.offset }) {
+                    new = [format!("REST {}\r\n", h.size).as_bytes(), &h.line].concat();
+                    self.cmds.push_back(Cmd::Hidden);
+                    self.events.push_back(Event::Cache { path, outcome: "hit".into() });
+                } else {
+                    self.events.push_back(Event::Cache { path, outcome: "bypass (entry unavailable)".into() });
+                }
+            }
+            Decision::Stale if h.offset == 0 => {
+                self.capture(h.key.clone(), h.id, "stale", dp);
+            }
+            Decision::Stale => self.events.push_back(Event::Cache { path, outcome: "stale, resumed: not captured".into() }),
+            Decision::Gone => self.events.push_back(Event::Cache { path, outcome: "gone".into() }),
+            Decision::Bypass => {
+                self.events.push_back(Event::Cache { path, outcome: "bypass (server did not confirm the file)".into() })
+            }
+        }
+        self.cmds.push_back(Cmd::Retr(h.name, Some(h.id)));
+        let len = h.line.len();
+        let st = &mut self.c2s;
+        st.map.push(h.start, len, new.clone());
+        st.reset_line(h.start.add(len));
+        st.next = h.start.add(len);
+        let mut payload = p.prefix;
+        payload.extend_from_slice(&new);
+        Some(Verdict::Edit(Edit { seq: p.seq, ack: p.ack, sack: p.sack, payload: Some(payload) }))
     }
 
     fn on_passive(
@@ -635,13 +929,17 @@ impl Session {
         }
         let req = DataRequest { mode: Mode::Passive, client: self.client, server: self.server, target };
         let named = SocketAddrV4::new(ep.ip.unwrap_or(*self.server.ip()), ep.port);
-        match dp.open(&req) {
-            Ok(announce) if announce == named => None,
+        let opened = dp.open(&req);
+        if let Ok(o) = &opened {
+            self.data = Some(o.id);
+        }
+        match opened {
+            Ok(o) if o.announce == named => None,
             Ok(_) | Err(_) if !whole => {
                 self.events.push_back(Event::Note(format!("{} split before ftpgate saw it; cannot rewrite", show(line))));
                 None
             }
-            Ok(announce) => Some(self.rewrite(Dir::ToClient, line, &ep, announce)),
+            Ok(o) => Some(self.rewrite(Dir::ToClient, line, &ep, o.announce)),
             Err(e) => {
                 self.events.push_back(Event::Refused { reason: format!("passive data connection: {e}") });
                 Some(format!("425 ftpgate: cannot prepare the data connection: {e}.\r\n").into_bytes())

@@ -131,7 +131,8 @@ impl SeqMap {
         for e in &self.edits {
             let out_start = e.start.offset(delta);
             let out_end = out_start.add(e.new.len());
-            if a <= out_start {
+            // an ACK at a removed region's start covers the region: nothing of it is to come
+            if a < out_start || (a == out_start && !e.new.is_empty()) {
                 break;
             }
             if a < out_end {
@@ -227,6 +228,20 @@ mod tests {
         // untouched region
         let (s, out) = m.render(Seq(105), b"yyy");
         assert_eq!((s, out.as_slice()), (Seq(107), &b"yyy"[..]));
+    }
+
+    #[test]
+    fn removed_region_is_acknowledged_by_an_ack_at_its_start() {
+        // "350 ...\r\n" at 200..210 removed from the receiver's view
+        let mut m = SeqMap::default();
+        m.push(Seq(200), 10, Vec::new());
+        assert_eq!(m.map(Seq(200)), Seq(200));
+        assert_eq!(m.map(Seq(210)), Seq(200));
+        assert_eq!(m.unmap(Seq(199)), Seq(199));
+        assert_eq!(m.unmap(Seq(200)), Seq(210));
+        assert_eq!(m.unmap(Seq(205)), Seq(215));
+        let (s, out) = m.render(Seq(200), b"350 rest\r\n");
+        assert_eq!((s, out.len()), (Seq(200), 0));
     }
 
     #[test]

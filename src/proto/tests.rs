@@ -12,18 +12,37 @@ const SERVER: &str = "10.0.2.2:21";
 struct FakeDp {
     opened: Vec<DataRequest>,
     fail: bool,
+    /// Cached entries: path -> size.
+    cache: std::collections::HashMap<String, u64>,
+    transfers: Vec<(DataId, Transfer)>,
+    finished: Vec<(DataId, bool)>,
+    invalidated: Vec<String>,
 }
 
 impl DataPlane for FakeDp {
-    fn open(&mut self, req: &DataRequest) -> Result<SocketAddrV4, String> {
+    fn open(&mut self, req: &DataRequest) -> Result<Opened, String> {
         self.opened.push(req.clone());
         if self.fail {
             return Err("no ports left".into());
         }
-        Ok(match req.mode {
+        let announce = match req.mode {
             Mode::Active => "10.0.2.1:5000".parse().unwrap(),
             Mode::Passive => SocketAddrV4::new(*req.target.ip(), req.target.port() + 1),
-        })
+        };
+        Ok(Opened { announce, id: self.opened.len() as DataId })
+    }
+    fn cached(&mut self, key: &Key) -> Option<u64> {
+        self.cache.get(&key.path).copied()
+    }
+    fn transfer(&mut self, id: DataId, what: Transfer) -> bool {
+        self.transfers.push((id, what));
+        true
+    }
+    fn finished(&mut self, id: DataId, ok: bool) {
+        self.finished.push((id, ok));
+    }
+    fn invalidate(&mut self, _server: SocketAddrV4, path: &str) {
+        self.invalidated.push(path.to_string());
     }
 }
 
@@ -42,6 +61,8 @@ struct Pair {
     v: End,
     now: Instant,
     probes: usize,
+    /// Answers of freshness checks, in order.
+    answer: VecDeque<Decision>,
 }
 
 impl Pair {
@@ -54,6 +75,7 @@ impl Pair {
             v: End { snd_nxt: Seq(5001), acked: Seq(5001), rcv_nxt: Seq(1001), received: vec![] },
             now,
             probes: 0,
+            answer: VecDeque::new(),
         };
         let syn = Flags { syn: true, ..Default::default() };
         let seg = Segment { seq: Seq(1000), ack: Seq(0), flags: syn, sack: &[], payload: &[] };
@@ -87,6 +109,14 @@ impl Pair {
             Verdict::Edit(e) => {
                 (e.seq, e.payload.unwrap_or_else(|| data.to_vec()))
             }
+            Verdict::Hold => {
+                // the freshness check answers; then the held segment goes out
+                let decision = self.answer.pop_front().expect("held without an answer queued");
+                match self.s.release(decision, &mut self.dp).expect("nothing held") {
+                    Verdict::Edit(e) => (e.seq, e.payload.unwrap_or_else(|| data.to_vec())),
+                    v => panic!("release gave {v:?}"),
+                }
+            }
         };
         let (_, rx) = self.ends(dir);
         let end = oseq.add(payload.len());
@@ -109,7 +139,7 @@ impl Pair {
         let mapped = match self.s.handle_segment(back, &seg, &mut self.dp, self.now) {
             Verdict::Pass => ack,
             Verdict::Edit(e) => e.ack,
-            Verdict::Drop => panic!("pure ACK dropped"),
+            Verdict::Drop | Verdict::Hold => panic!("pure ACK dropped or held"),
         };
         let (tx, _) = self.ends(dir);
         assert!(mapped <= tx.snd_nxt.max(seq.add(data.len())), "ACK beyond what was sent");
@@ -277,7 +307,7 @@ fn retransmissions_are_rewritten_identically() {
                 Verdict::Pass => {
                     assert_eq!(&p.v.received[8 + a..8 + b], &line[a..b], "range {a}..{b}");
                 }
-                Verdict::Drop => panic!("retransmission dropped"),
+                Verdict::Drop | Verdict::Hold => panic!("retransmission dropped or held"),
             }
         }
     }
@@ -342,6 +372,129 @@ fn downloads_are_reported_with_absolute_paths() {
             Event::Retr { path: Some("/etc/x".into()), binary: false, ok: false },
         ]
     );
+}
+
+/// Logged in as alice in /home/alice, TYPE I, PASV prepared (data id 1).
+fn cache_session(sizes: &[usize]) -> Pair {
+    let mut p = Pair::new();
+    p.dp.cache.insert("/home/alice/f.bin".into(), 1000);
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    p.send(Dir::ToServer, b"USER alice\r\n", sizes);
+    p.send(Dir::ToClient, b"331 pw\r\n", &[]);
+    p.send(Dir::ToServer, b"PASS secret\r\n", sizes);
+    p.send(Dir::ToClient, b"230 in\r\n", &[]);
+    p.send(Dir::ToServer, b"PWD\r\nTYPE I\r\nPASV\r\n", sizes);
+    p.send(Dir::ToClient, b"257 \"/home/alice\"\r\n200 I\r\n227 ok (10,0,2,2,117,48)\r\n", &[]);
+    p
+}
+
+const CACHE_PREFIX_TO_CLIENT: &str = "220 hello\r\n331 pw\r\n230 in\r\n257 \"/home/alice\"\r\n200 I\r\n227 ok (10,0,2,2,117,49)\r\n";
+
+#[test]
+fn cache_hit_sends_rest_and_hides_its_reply() {
+    for sizes in [&[][..], &[1; 64][..], &[3, 5][..]] {
+        let mut p = cache_session(sizes);
+        p.answer.push_back(Decision::Hit);
+        p.send(Dir::ToServer, b"RETR f.bin\r\n", sizes);
+        assert!(p.received(Dir::ToServer).ends_with("PASV\r\nREST 1000\r\nRETR f.bin\r\n"), "{sizes:?}");
+        p.send(Dir::ToClient, b"350 Restart position accepted (1000).\r\n150 Opening\r\n226 done\r\n", &[7]);
+        p.send(Dir::ToServer, b"QUIT\r\n", sizes);
+        p.send(Dir::ToClient, b"221 bye\r\n", &[]);
+        assert_eq!(p.received(Dir::ToClient), format!("{CACHE_PREFIX_TO_CLIENT}150 Opening\r\n226 done\r\n221 bye\r\n"));
+        assert!(p.received(Dir::ToServer).ends_with("RETR f.bin\r\nQUIT\r\n"));
+        let key = Key::new(SERVER.parse().unwrap(), "alice", "/home/alice/f.bin".into(), true);
+        assert_eq!(p.dp.transfers, vec![(1, Transfer::Serve { key, offset: 0 })]);
+        assert_eq!(p.dp.finished, vec![(1, true)]);
+    }
+}
+
+#[test]
+fn cache_hit_honours_the_clients_rest() {
+    let mut p = cache_session(&[]);
+    p.send(Dir::ToServer, b"REST 100\r\n", &[]);
+    p.send(Dir::ToClient, b"350 ok\r\n", &[]);
+    p.answer.push_back(Decision::Hit);
+    p.send(Dir::ToServer, b"RETR f.bin\r\n", &[]);
+    p.send(Dir::ToClient, b"350 ok\r\n150 go\r\n226 done\r\n", &[]);
+    assert_eq!(p.received(Dir::ToClient), format!("{CACHE_PREFIX_TO_CLIENT}350 ok\r\n150 go\r\n226 done\r\n"));
+    assert!(matches!(p.dp.transfers[..], [(1, Transfer::Serve { offset: 100, .. })]));
+}
+
+#[test]
+fn stale_or_unconfirmed_retr_goes_out_unchanged() {
+    for (d, captured) in [(Decision::Stale, true), (Decision::Bypass, false), (Decision::Gone, false)] {
+        let mut p = cache_session(&[]);
+        p.answer.push_back(d);
+        p.send(Dir::ToServer, b"RETR f.bin\r\n", &[]);
+        assert!(p.received(Dir::ToServer).ends_with("PASV\r\nRETR f.bin\r\n"));
+        p.send(Dir::ToClient, b"150 go\r\n226 done\r\n", &[]);
+        assert_eq!(p.received(Dir::ToClient), format!("{CACHE_PREFIX_TO_CLIENT}150 go\r\n226 done\r\n"));
+        let login = Login { server: SERVER.parse().unwrap(), user: "alice".into(), pass: "secret".into() };
+        let want: Vec<_> = if captured {
+            let key = Key::new(SERVER.parse().unwrap(), "alice", "/home/alice/f.bin".into(), true);
+            vec![(1, Transfer::Capture { key, login })]
+        } else {
+            vec![]
+        };
+        assert_eq!(p.dp.transfers, want, "{d:?}");
+    }
+}
+
+#[test]
+fn miss_is_captured_and_uncacheable_downloads_bypass() {
+    let mut p = cache_session(&[]);
+    p.send(Dir::ToServer, b"RETR other.bin\r\n", &[]);
+    p.send(Dir::ToClient, b"150 go\r\n226 done\r\n", &[]);
+    assert!(matches!(&p.dp.transfers[..], [(1, Transfer::Capture { key, .. })] if key.path == "/home/alice/other.bin"));
+    assert_eq!(p.dp.finished, vec![(1, true)]);
+    // ASCII, a resumed download, no data connection: no capture
+    for (cmd, reply) in [
+        (&b"TYPE A\r\n"[..], &b"200 A\r\n"[..]),
+        (b"PASV\r\n", b"227 ok (10,0,2,2,117,50)\r\n"),
+        (b"RETR a.txt\r\n", b"150 go\r\n226 done\r\n"),
+        (b"TYPE I\r\n", b"200 I\r\n"),
+        (b"PASV\r\n", b"227 ok (10,0,2,2,117,51)\r\n"),
+        (b"REST 5\r\n", b"350 ok\r\n"),
+        (b"RETR b\r\n", b"150 go\r\n226 done\r\n"),
+        (b"RETR c\r\n", b"425 no data\r\n"),
+    ] {
+        p.send(Dir::ToServer, cmd, &[]);
+        p.send(Dir::ToClient, reply, &[]);
+    }
+    assert_eq!(p.dp.transfers.len(), 1);
+    let outcomes: Vec<String> = std::iter::from_fn(|| p.s.poll_event())
+        .filter_map(|e| match e {
+            Event::Cache { outcome, .. } => Some(outcome),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(outcomes, ["miss", "bypass (ASCII transfer)", "bypass (resumed download)", "bypass (no data connection prepared)"]);
+    // changes invalidate
+    p.send(Dir::ToServer, b"DELE x\r\nSTOR /pub/y\r\n", &[]);
+    assert_eq!(p.dp.invalidated, ["/home/alice/x", "/pub/y"]);
+}
+
+#[test]
+fn commands_behind_a_held_retr_wait_for_it() {
+    let mut p = cache_session(&[]);
+    p.answer.push_back(Decision::Hit);
+    // RETR and QUIT in one segment: QUIT is left for the client to send again
+    let start = p.c.snd_nxt;
+    p.c.snd_nxt = start.add(18);
+    p.send_at(Dir::ToServer, start, b"RETR f.bin\r\nQUIT\r\n");
+    assert!(p.received(Dir::ToServer).ends_with("REST 1000\r\nRETR f.bin\r\n"));
+    assert_eq!(p.c.acked, start.add(12));
+    p.send_at(Dir::ToServer, start.add(12), b"QUIT\r\n");
+    assert!(p.received(Dir::ToServer).ends_with("RETR f.bin\r\nQUIT\r\n"));
+    assert_eq!(p.c.acked, start.add(18));
+}
+
+#[test]
+fn password_is_not_in_debug_output() {
+    let p = cache_session(&[]);
+    let l = p.s.login().unwrap();
+    assert_eq!(l.pass, "secret");
+    assert!(!format!("{l:?}").contains("secret"));
 }
 
 proptest! {

@@ -11,17 +11,28 @@
 //!
 //! Each data connection runs on its own threads, so a slow client never stalls other sessions
 //! or the control path.
+//!
+//! The control session tells a data connection what it carries ([`Transfer`]) before the server
+//! can send a byte of it (the RETR's verdict is issued after): a download to capture into the
+//! cache as it passes (`tee`), or a cache hit to serve (`sendfile`) while the server, told
+//! `REST <size>`, sends nothing. Without one, bytes are relayed as they are.
 
 pub mod splice;
 
 use core::net::{Ipv4Addr, SocketAddrV4};
+use std::collections::HashMap;
+use std::fs::File;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::cache::fresh::Checker;
+use crate::cache::store::{Capture, Store};
+use crate::cache::{settled, Answer, Key, Login, Meta};
 use crate::log;
-use crate::proto::{DataPlane, DataRequest, Mode};
+use crate::proto::{DataId, DataPlane, DataRequest, Mode, Opened, Transfer};
 
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
@@ -34,19 +45,103 @@ pub struct RelayConfig {
 /// Finds the client's address as the server sees it (conntrack's NAT); `None` = not translated.
 pub type NatLookup = fn(SocketAddrV4, SocketAddrV4) -> Option<Ipv4Addr>;
 
+/// The cache as the relay uses it.
+pub struct CacheCtx {
+    pub store: Arc<Store>,
+    pub checker: Arc<Checker>,
+    /// A file modified less than this many seconds before its download started is not kept
+    /// (MDTM has one-second resolution).
+    pub settle: i64,
+}
+
+/// What one data connection carries, once known.
+enum Plan {
+    Capture { cap: Capture, login: Login },
+    Serve { file: File, meta: Meta, offset: u64 },
+}
+
+#[derive(Default)]
+struct SlotState {
+    plan: Option<Plan>,
+    /// The transfer command's final reply: 2xx or not.
+    finished: Option<bool>,
+}
+
+/// Shared between the control path and one data connection's thread.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    cv: Condvar,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+type Slots = Arc<Mutex<HashMap<DataId, Arc<Slot>>>>;
+
 pub struct Relay {
     cfg: RelayConfig,
     nat: NatLookup,
+    cache: Option<Arc<CacheCtx>>,
+    slots: Slots,
+    next_id: DataId,
 }
 
 impl Relay {
-    pub fn new(cfg: RelayConfig, nat: NatLookup) -> Relay {
-        Relay { cfg, nat }
+    pub fn new(cfg: RelayConfig, nat: NatLookup, cache: Option<Arc<CacheCtx>>) -> Relay {
+        Relay { cfg, nat, cache, slots: Arc::default(), next_id: 1 }
+    }
+
+    fn slot(&self, id: DataId) -> Option<Arc<Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
     }
 }
 
 impl DataPlane for Relay {
-    fn open(&mut self, req: &DataRequest) -> Result<SocketAddrV4, String> {
+    fn cached(&mut self, key: &Key) -> Option<u64> {
+        self.cache.as_ref()?.store.lookup(key).map(|m| m.size)
+    }
+
+    fn transfer(&mut self, id: DataId, what: Transfer) -> bool {
+        let (Some(cache), Some(slot)) = (self.cache.as_ref(), self.slot(id)) else { return false };
+        let plan = match what {
+            Transfer::Capture { key, login } => match cache.store.begin(&key) {
+                Ok(Some(cap)) => Plan::Capture { cap, login },
+                Ok(None) => return false, // another download of this file is being captured
+                Err(e) => {
+                    log!("cache: cannot capture {}: {e}; relaying uncached", key.path);
+                    return false;
+                }
+            },
+            Transfer::Serve { key, offset } => match cache.store.open_entry(&key) {
+                Some((file, meta)) if offset <= meta.size => Plan::Serve { file, meta, offset },
+                _ => return false,
+            },
+        };
+        slot.lock().plan = Some(plan);
+        true
+    }
+
+    fn finished(&mut self, id: DataId, ok: bool) {
+        if let Some(slot) = self.slot(id) {
+            slot.lock().finished = Some(ok);
+            slot.cv.notify_all();
+        }
+    }
+
+    fn invalidate(&mut self, server: SocketAddrV4, path: &str) {
+        if let Some(c) = &self.cache {
+            let n = c.store.invalidate(server, path);
+            if n > 0 {
+                log!("cache: {path} on {server} is being changed; dropped {n} entr{}", if n == 1 { "y" } else { "ies" });
+            }
+        }
+    }
+
+    fn open(&mut self, req: &DataRequest) -> Result<Opened, String> {
         let (listen_ip, port, peer, src) = match req.mode {
             Mode::Passive => (*req.server.ip(), req.target.port(), *req.client.ip(), *req.client.ip()),
             Mode::Active => {
@@ -62,12 +157,21 @@ impl DataPlane for Relay {
             Ok(std::net::SocketAddr::V4(a)) => a,
             _ => return Err("listener has no IPv4 address".into()),
         };
-        let job = Job { req: req.clone(), peer, src, listener, cfg: self.cfg.clone() };
-        std::thread::Builder::new()
-            .name("ftpgate-data".into())
-            .spawn(move || job.run())
-            .map_err(|e| format!("cannot start relay: {e}"))?;
-        Ok(announce)
+        let id = self.next_id;
+        self.next_id += 1;
+        let slot = Arc::new(Slot::default());
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).insert(id, slot.clone());
+        let job = Job { req: req.clone(), peer, src, listener: Some(listener), cfg: self.cfg.clone(), slot, cache: self.cache.clone() };
+        let slots = self.slots.clone();
+        let spawned = std::thread::Builder::new().name("ftpgate-data".into()).spawn(move || {
+            job.run();
+            slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        });
+        if let Err(e) = spawned {
+            self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            return Err(format!("cannot start relay: {e}"));
+        }
+        Ok(Opened { announce, id })
     }
 }
 
@@ -77,8 +181,10 @@ struct Job {
     peer: Ipv4Addr,
     /// Source address for the onward connection.
     src: Ipv4Addr,
-    listener: TcpListener,
+    listener: Option<TcpListener>,
     cfg: RelayConfig,
+    slot: Arc<Slot>,
+    cache: Option<Arc<CacheCtx>>,
 }
 
 impl Job {
@@ -90,19 +196,20 @@ impl Job {
         format!("data {m} {} <-> {}", self.req.client.ip(), self.req.target)
     }
 
-    fn run(self) {
+    fn run(mut self) {
         let name = self.name();
         let started = Instant::now();
         let deadline = started + self.cfg.accept_timeout;
         let (inbound, from) = loop {
-            match accept_until(&self.listener, deadline) {
+            let Some(listener) = &self.listener else { return };
+            match accept_until(listener, deadline) {
                 Ok(Some((s, std::net::SocketAddr::V4(a)))) if *a.ip() == self.peer => break (s, a),
                 Ok(Some((_, a))) => log!("{name}: refused connection from {a} (expected {})", self.peer),
                 Ok(None) => return log!("{name}: no connection from {} within {:?}", self.peer, self.cfg.accept_timeout),
                 Err(e) => return log!("{name}: accept failed: {e}"),
             }
         };
-        drop(self.listener); // one connection per announced port
+        self.listener = None; // one connection per announced port
         let avoid = from.port();
         let outbound = match connect_from(self.src, avoid, self.req.target, self.cfg.accept_timeout) {
             Ok(s) => s,
@@ -122,7 +229,7 @@ impl Job {
             _ => return log!("{name}: cannot clone sockets"),
         };
         let up = std::thread::spawn(move || splice::pump(&cli2, &srv2));
-        let down = splice::pump(&srv, &cli);
+        let down = self.down(&srv, &cli);
         let up = up.join().unwrap_or_else(|_| Err(io::Error::other("relay thread panicked")));
         let secs = started.elapsed().as_secs_f64();
         match (&down, &up) {
@@ -132,6 +239,88 @@ impl Job {
                 show(&down),
                 show(&up)
             ),
+        }
+    }
+}
+
+impl Job {
+    /// Server → client: waits for the first byte (or EOF), by which time the control path has
+    /// said what the connection carries, and moves the bytes accordingly.
+    fn down(&self, srv: &TcpStream, cli: &TcpStream) -> io::Result<u64> {
+        if !splice::wait_readable(srv, self.cfg.idle_timeout)? {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "server sent nothing"));
+        }
+        let plan = self.slot.lock().plan.take();
+        match plan {
+            None => splice::pump(srv, cli),
+            Some(Plan::Serve { file, meta, offset }) => {
+                if !splice::at_eof(srv) {
+                    log!("cache: server sent data for {} although told REST {}; relaying it", meta.key.path, meta.size);
+                    return splice::pump(srv, cli);
+                }
+                let t = Instant::now();
+                let r = splice::send_file(&file, offset, meta.size, cli);
+                match &r {
+                    Ok(n) => log!(
+                        "cache hit {}: {n} bytes sent from the cache in {:.3} s",
+                        meta.key.path,
+                        t.elapsed().as_secs_f64()
+                    ),
+                    Err(e) => log!("cache hit {}: sending failed: {e}", meta.key.path),
+                }
+                r
+            }
+            Some(Plan::Capture { cap, login }) => {
+                let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+                let t = Instant::now();
+                let (n, copy) = splice::pump_tee(srv, cli, &cap.file)?;
+                let took = t.elapsed().as_secs_f64();
+                self.keep(cap, &login, n, copy, started, took);
+                Ok(n)
+            }
+        }
+    }
+
+    /// Makes a capture an entry if the download completed (226) and the server confirms the
+    /// size, with a modification time settled before the download started.
+    fn keep(&self, cap: Capture, login: &Login, n: u64, copy: io::Result<()>, started: i64, took: f64) {
+        let Some(cache) = &self.cache else { return };
+        let path = cap.key.path.clone();
+        let not = |why: String| log!("cache miss {path}: {n} bytes relayed in {took:.3} s; not kept: {why}");
+        if let Err(e) = copy {
+            return not(format!("cannot write the cache ({e})"));
+        }
+        let finished = {
+            let st = self.slot.lock();
+            let (st, _) = self
+                .slot
+                .cv
+                .wait_timeout_while(st, Duration::from_secs(30), |s| s.finished.is_none())
+                .unwrap_or_else(|e| e.into_inner());
+            st.finished
+        };
+        match finished {
+            Some(true) => {}
+            Some(false) => return not("the server did not complete the transfer".into()),
+            None => return not("no final reply from the server".into()),
+        }
+        let facts = cache.checker.check(login, &path);
+        match (facts.size, facts.mdtm) {
+            (Answer::Ok(size), _) if size != n => not(format!("the server reports {size} bytes")),
+            (Answer::Ok(_), Answer::Ok(m)) if !settled(&m, started, cache.settle) => {
+                not(format!("modified within {} s of the download (MDTM {m})", cache.settle))
+            }
+            (Answer::Ok(_), Answer::Ok(m)) => match cache.store.commit(cap, n, &m) {
+                Ok(evicted) => {
+                    let (entries, bytes) = cache.store.totals();
+                    log!(
+                        "cache miss {path}: {n} bytes relayed in {took:.3} s; kept ({entries} entries, {bytes} bytes{})",
+                        if evicted.is_empty() { String::new() } else { format!(", evicted {}", evicted.len()) }
+                    );
+                }
+                Err(e) => not(format!("cannot write the cache ({e})")),
+            },
+            _ => not("the server did not confirm MDTM and SIZE".into()),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Zero-copy byte moving: socket → pipe → socket with `splice(2)`.
 
+use std::fs::File;
 use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -42,6 +43,109 @@ fn splice(from: i32, to: i32, len: usize, more: bool) -> io::Result<usize> {
             return Err(e);
         }
     }
+}
+
+fn tee(from: i32, to: i32, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: tee between two valid pipe fds.
+        let n = unsafe { libc::tee(from, to, len, 0) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Moves exactly `n` bytes out of a pipe into `to`.
+fn drain(pipe: &Pipe, to: i32, mut n: usize) -> io::Result<()> {
+    while n > 0 {
+        let m = splice(pipe.r.as_raw_fd(), to, n, false)?;
+        if m == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "peer stopped reading"));
+        }
+        n -= m;
+    }
+    Ok(())
+}
+
+/// Like [`pump`], and also copies every byte into `file` (`tee(2)` into a second pipe, then
+/// `splice(2)` to the file: no userspace copy). A failing file write (disk full) stops only the
+/// copy. Returns the bytes moved and whether the copy is complete.
+pub fn pump_tee(src: &TcpStream, dst: &TcpStream, file: &File) -> io::Result<(u64, io::Result<()>)> {
+    let (pipe, copy) = (Pipe::new()?, Pipe::new()?);
+    let mut total = 0u64;
+    let mut capture: io::Result<()> = Ok(());
+    loop {
+        let n = splice(src.as_raw_fd(), pipe.w.as_raw_fd(), CHUNK, false)?;
+        if n == 0 {
+            break;
+        }
+        if capture.is_ok() {
+            capture = match tee(pipe.r.as_raw_fd(), copy.w.as_raw_fd(), n) {
+                Ok(t) if t == n => Ok(()),
+                Ok(t) => Err(io::Error::other(format!("tee copied {t} of {n} bytes"))),
+                Err(e) => Err(e),
+            };
+        }
+        drain(&pipe, dst.as_raw_fd(), n)?;
+        if capture.is_ok() {
+            capture = drain(&copy, file.as_raw_fd(), n);
+        }
+        total += n as u64;
+    }
+    let _ = dst.shutdown(Shutdown::Write);
+    Ok((total, capture))
+}
+
+/// Sends `len` bytes of `file` from `offset` to `dst` with `sendfile(2)`, then half-closes `dst`.
+pub fn send_file(file: &File, mut offset: u64, len: u64, dst: &TcpStream) -> io::Result<u64> {
+    let end = len;
+    let mut sent = 0u64;
+    while offset < end {
+        let mut off = offset as libc::off_t;
+        let want = (end - offset).min(1 << 30) as usize;
+        // SAFETY: sendfile between valid fds with a live offset.
+        let n = unsafe { libc::sendfile(dst.as_raw_fd(), file.as_raw_fd(), &mut off, want) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cache file shorter than its entry"));
+        }
+        offset += n as u64;
+        sent += n as u64;
+    }
+    let _ = dst.shutdown(Shutdown::Write);
+    Ok(sent)
+}
+
+/// Waits until `s` has data or EOF (or `timeout` passes: `Ok(false)`).
+pub fn wait_readable(s: &TcpStream, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        if n >= 0 {
+            return Ok(n > 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// True when the peer closed without sending anything more (the next read gives EOF).
+pub fn at_eof(s: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(s.peek(&mut b), Ok(0))
 }
 
 /// Moves bytes from `src` to `dst` until EOF, then half-closes `dst` (propagating the peer's
