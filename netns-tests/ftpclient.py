@@ -3,7 +3,8 @@
   ftpclient.py typist HOST MODE FILE OUT [nagle|nodelay [SECONDS]]
                                            # every command sent one byte at a time (default TCP_NODELAY, 2 ms apart)
   ftpclient.py pipeline HOST FILE OUT      # "TYPE I\\r\\nPASV\\r\\n" in one segment
-  ftpclient.py ftplib HOST MODE FILE OUT   # Python ftplib, MODE pasv|port
+  ftpclient.py ftplib HOST MODE FILE OUT [USER PASS]   # Python ftplib, MODE pasv|port
+  ftpclient.py abort HOST FILE             # reads 256 KiB of a download, then ABOR and close
   ftpclient.py ops HOST                    # ftpuser: PWD CWD MKD STOR LIST RNFR/RNTO DELE RMD
 MODE is one of pasv, epsv, port, eprt.
 """
@@ -110,11 +111,26 @@ def main():
     elif what == "ftplib":
         host, mode, name, out = sys.argv[2:6]
         f = ftplib.FTP(host, timeout=20)
-        f.login()
+        f.login(*sys.argv[6:8])
         f.set_pasv(mode == "pasv")
         with open(out, "wb") as o:
             f.retrbinary("RETR " + name, o.write)
         f.quit()
+    elif what == "abort":
+        host, name = sys.argv[2:4]
+        f = ftplib.FTP(host, timeout=20)
+        f.login()
+        f.voidcmd("TYPE I")
+        conn = f.transfercmd("RETR " + name)
+        got = 0
+        while got < 262144:
+            got += len(conn.recv(65536))
+        conn.close()
+        try:
+            f.abort()
+        except ftplib.all_errors:
+            pass
+        f.close()
     elif what == "many":
         # one session, many transfers alternating active/passive: length-changing rewrites pile up
         host, name, ref, n = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])

@@ -42,6 +42,8 @@ make_files() {
   usermod -d "$WORK/home" ftpuser
   echo ftpuser:ftppass | chpasswd
   chown -R ftpuser "$WORK/home"
+  # settled files: the cache keeps nothing modified within seconds of its download
+  touch -d '1 hour ago' "$WORK"/pub/* "$WORK"/home/*
 }
 
 vsftpd_start() { # [ssl]
@@ -120,5 +122,10 @@ gate_kill_keep_rules() {
 
 alg_start() { inR iptables -t raw -A PREROUTING -p tcp --dport 21 -j CT --helper ftp; }
 alg_stop() { inR iptables -t raw -D PREROUTING -p tcp --dport 21 -j CT --helper ftp 2>/dev/null; }
+
+wan_rx() { inR cat "/sys/class/net/${P}wan/statistics/rx_bytes"; }
+logmark() { wc -l <"$WORK/ftpgate.log"; }
+# logsince MARK PATTERN: the log gained a line matching PATTERN (extended regex) after MARK
+logsince() { tail -n +$(($1 + 1)) "$WORK/ftpgate.log" | grep -Eq "$2"; }
 
 relayed() { local n; n=$(grep -c "bytes to client" "$WORK/ftpgate.log" 2>/dev/null); echo "${n:-0}"; }

@@ -32,6 +32,117 @@ dl() {
   pass "$name"
 }
 
+# cdl NAME WANT FILE -- CMD...: CMD writes $OUT identical to FILE (a path), the log shows the
+# download's cache outcome WANT (hit, miss, stale, gone), and a hit moved < 1 % of the file over
+# the router's WAN interface. A miss must then be kept (or, with WANT "miss-notkept", not).
+cdl() {
+  local name=$1 want=$2 src=$3; shift 3
+  [[ $1 == -- ]] && shift
+  rm -f "$OUT"
+  local mark w0 w size
+  mark=$(logmark); w0=$(wan_rx)
+  if ! timeout 60 "$@" >"$WORK/case.log" 2>&1; then
+    fail "$name (exit $?: $(tail -c 300 "$WORK/case.log" | tr '\n' ' '))"; return
+  fi
+  w=$(($(wan_rx) - w0)); size=$(stat -c %s "$src")
+  cmp -s "$OUT" "$src" || { fail "$name (file differs)"; return; }
+  case $want in
+    hit)
+      busywait 3000 logsince "$mark" "cache hit .* bytes sent from the cache" || { fail "$name (no cache hit logged)"; return; }
+      ((w * 100 < size)) || { fail "$name (hit moved $w WAN bytes for a $size-byte file)"; return; } ;;
+    miss|stale)
+      logsince "$mark" "RETR [^ ]+: $want\$" || { fail "$name (no '$want' logged)"; return; }
+      busywait 5000 logsince "$mark" "cache miss .*; kept" || { fail "$name (not kept: $(tail -n +$((mark + 1)) "$WORK/ftpgate.log" | grep -o 'not kept.*'))"; return; } ;;
+    miss-notkept)
+      busywait 5000 logsince "$mark" "not kept" || { fail "$name (no 'not kept' logged)"; return; } ;;
+  esac
+  echo "INFO: $name: $(tail -n +$((mark + 1)) "$WORK/ftpgate.log" | grep -Eo '(bytes relayed|sent from the cache) in [0-9.]+ s' | head -1), WAN $w bytes"
+  pass "$name"
+}
+
+listed() { inR "$BIN" cache list --cache-dir "$WORK/cache" | grep -c "$1"; }
+
+cache_tests() { # server label; the server runs, ftpgate not
+  local t="nat $1" U=ftp://$SRV_IP PYC="ip netns exec $C $PY"
+  rm -rf "$WORK/cache"; gate_start
+  # miss, then hits from other clients in other modes
+  cdl "$t cache: first download is a miss and kept" miss "$WORK/pub/big.bin" -- ip netns exec $C curl -sS -o "$OUT" $U/big.bin
+  cdl "$t cache: curl PORT hit" hit "$WORK/pub/big.bin" -- ip netns exec $C curl -sS -P - --disable-eprt -o "$OUT" $U/big.bin
+  cdl "$t cache: curl EPSV hit" hit "$WORK/pub/big.bin" -- ip netns exec $C curl -sS -o "$OUT" $U/big.bin
+  cdl "$t cache: lftp passive hit" hit "$WORK/pub/big.bin" -- ip netns exec $C lftp -e "set net:max-retries 1; set ftp:passive-mode on; get big.bin -o $OUT; bye" $U
+  cdl "$t cache: lftp active hit" hit "$WORK/pub/big.bin" -- ip netns exec $C lftp -e "set net:max-retries 1; set ftp:passive-mode off; get big.bin -o $OUT; bye" $U
+  cdl "$t cache: wget active hit" hit "$WORK/pub/big.bin" -- ip netns exec $C wget -q --no-passive-ftp -O "$OUT" $U/big.bin
+  cdl "$t cache: ftplib miss (home-relative path)" miss "$WORK/pub/big.bin" -- $PYC ftplib $SRV_IP port big.bin "$OUT"
+  cdl "$t cache: ftplib PASV hit" hit "$WORK/pub/big.bin" -- $PYC ftplib $SRV_IP pasv big.bin "$OUT"
+  cdl "$t cache: busybox ftpget hit" hit "$WORK/pub/big.bin" -- ip netns exec $C busybox ftpget $SRV_IP "$OUT" big.bin
+  cdl "$t cache: RETR typed one byte per segment, hit" hit "$WORK/pub/big.bin" -- $PYC typist $SRV_IP eprt big.bin "$OUT"
+  cdl "$t cache: curl resumed download (REST) from a hit" hit "$WORK/pub/big.bin" -- bash -c "head -c 1000000 '$WORK/pub/big.bin' >'$OUT' && ip netns exec $C curl -sS -C - -o '$OUT' $U/big.bin"
+  # never stale
+  head -c 1048576 /dev/urandom >"$WORK/pub/rep.bin"; touch -d '1 hour ago' "$WORK/pub/rep.bin"
+  cdl "$t cache: rep.bin miss" miss "$WORK/pub/rep.bin" -- ip netns exec $C curl -sS -o "$OUT" $U/rep.bin
+  head -c 1048576 /dev/urandom >"$WORK/pub/rep.bin"; touch -d '1 minute ago' "$WORK/pub/rep.bin"
+  cdl "$t cache: same-size file with a newer mtime is served fresh" stale "$WORK/pub/rep.bin" -- ip netns exec $C curl -sS -o "$OUT" $U/rep.bin
+  cdl "$t cache: and the new copy is a hit" hit "$WORK/pub/rep.bin" -- ip netns exec $C curl -sS -P - -o "$OUT" $U/rep.bin
+  head -c 1048576 /dev/urandom >"$WORK/pub/new.bin"
+  cdl "$t cache: a file modified seconds ago is not kept" miss-notkept "$WORK/pub/new.bin" -- ip netns exec $C curl -sS -o "$OUT" $U/new.bin
+  cp "$WORK/pub/rep.bin" "$WORK/pub/del.bin"; touch -d '1 hour ago' "$WORK/pub/del.bin"
+  cdl "$t cache: del.bin miss" miss "$WORK/pub/del.bin" -- $PYC ftplib $SRV_IP pasv del.bin "$OUT"
+  rm -f "$WORK/pub/del.bin" "$OUT"
+  local mark; mark=$(logmark)
+  if ! $PYC ftplib $SRV_IP pasv del.bin "$OUT" >"$WORK/case.log" 2>&1 && grep -q "550" "$WORK/case.log" && [[ ! -s $OUT ]] &&
+     logsince "$mark" "RETR ~/del.bin: gone" && [[ $(listed del.bin) == 0 ]]; then
+    pass "$t cache: a deleted file is not served (client gets the server's 550) and its entry is dropped"
+  else
+    fail "$t cache: deleted file ($(stat -c %s "$OUT" 2>/dev/null) bytes served; $(tail -1 "$WORK/case.log"); entries $(listed del.bin))"
+  fi
+  # logins: different files at the same path for anonymous and ftpuser
+  head -c 1048576 /dev/urandom >"$WORK/pub/same.bin"; head -c 1048576 /dev/urandom >"$WORK/home/same.bin"
+  chown ftpuser "$WORK/home/same.bin"; touch -d '1 hour ago' "$WORK/pub/same.bin" "$WORK/home/same.bin"
+  cdl "$t cache: anonymous same.bin (PASV)" miss "$WORK/pub/same.bin" -- $PYC ftplib $SRV_IP pasv same.bin "$OUT"
+  cdl "$t cache: ftpuser same.bin is its own (PORT)" miss "$WORK/home/same.bin" -- $PYC ftplib $SRV_IP port same.bin "$OUT" ftpuser ftppass
+  cdl "$t cache: ftpuser same.bin hit (PASV)" hit "$WORK/home/same.bin" -- $PYC ftplib $SRV_IP pasv same.bin "$OUT" ftpuser ftppass
+  cdl "$t cache: anonymous same.bin hit (PORT)" hit "$WORK/pub/same.bin" -- $PYC ftplib $SRV_IP port same.bin "$OUT"
+  # an aborted download leaves no entry
+  head -c 20971520 /dev/urandom >"$WORK/pub/abort.bin"; touch -d '1 hour ago' "$WORK/pub/abort.bin"
+  mark=$(logmark)
+  inC $PY abort $SRV_IP abort.bin >"$WORK/case.log" 2>&1
+  if busywait 5000 logsince "$mark" "cache miss .*abort.bin.*not kept" && [[ $(listed abort.bin) == 0 ]] &&
+     [[ -z $(ls -A "$WORK/cache/tmp") ]]; then
+    pass "$t cache: an aborted download leaves no entry ($(tail -n +$((mark + 1)) "$WORK/ftpgate.log" | grep -o 'not kept.*'))"
+  else
+    fail "$t cache: aborted download ($(cat "$WORK/case.log"; ls "$WORK/cache/tmp"))"
+  fi
+  # two downloads of one uncached file at once: both correct, one entry
+  mark=$(logmark)
+  inC curl -sS -o "$WORK/dl/c1" $U/abort.bin & local p1=$!
+  inC curl -sS -P - -o "$WORK/dl/c2" $U/abort.bin & local p2=$!
+  wait $p1; local r1=$?; wait $p2; local r2=$?
+  if [[ $r1 == 0 && $r2 == 0 ]] && cmp -s "$WORK/dl/c1" "$WORK/pub/abort.bin" && cmp -s "$WORK/dl/c2" "$WORK/pub/abort.bin" &&
+     busywait 5000 logsince "$mark" "abort.bin.*; kept" && [[ $(listed abort.bin) == 1 ]]; then
+    pass "$t cache: two concurrent downloads of one file, both correct, one entry"
+  else
+    fail "$t cache: concurrent downloads (rc $r1 $r2, entries $(listed abort.bin))"
+  fi
+  # restart keeps entries; eviction at the size limit (least recently used first)
+  gate_stop; gate_start
+  cdl "$t cache: entries survive a restart (hit)" hit "$WORK/pub/abort.bin" -- ip netns exec $C curl -sS -o "$OUT" $U/abort.bin
+  gate_stop; gate_start --cache-max-bytes 30M
+  cdl "$t cache: under a 30 MB limit big.bin (evicted at start) is a miss" miss "$WORK/pub/big.bin" -- ip netns exec $C curl -sS -o "$OUT" $U/big.bin
+  local total; total=$(inR "$BIN" cache list --cache-dir "$WORK/cache" | tail -1)
+  if [[ $(listed /big.bin) == 1 && $(listed abort.bin) == 0 ]] && (( $(awk '{print $3}' <<<"$total") <= 31457280 )); then
+    pass "$t cache: size limit evicts the least recently used ($total)"
+  else
+    fail "$t cache: eviction ($(inR "$BIN" cache list --cache-dir "$WORK/cache" | tr '\n' ';'))"
+  fi
+  # a full cache disk: downloads pass uncached
+  gate_stop; mkdir -p "$WORK/cache"; mount -t tmpfs -o size=4m ftpgate-test "$WORK/cache"
+  gate_start
+  cdl "$t cache: full cache disk, download passes uncached" miss-notkept "$WORK/pub/big.bin" -- ip netns exec $C curl -sS -o "$OUT" $U/big.bin
+  gate_stop; umount "$WORK/cache"
+  local n; n=$(inR "$BIN" cache clear --cache-dir "$WORK/cache"); [[ $(listed bin) == 0 ]] &&
+    pass "$t cache clear ($n)" || fail "$t cache clear left entries"
+}
+
 clients() { # topology label
   local t=$1 U=ftp://$SRV_IP
   dl "$t curl EPSV" big.bin -- ip netns exec $C curl -sS -o "$OUT" $U/big.bin
@@ -82,7 +193,7 @@ compare_alg() { # topology: 20 MB PASV download time, kernel ALG vs ftpgate
   gate_stop; alg_start
   ta=$(inC curl -sS --disable-epsv -o "$OUT" -w '%{time_total}' ftp://$SRV_IP/big.bin) && cmp -s "$OUT" "$WORK/pub/big.bin" ||
     { fail "$t kernel ALG reference download"; ta=-; }
-  alg_stop; gate_start
+  alg_stop; gate_start --no-cache
   tg=$(inC curl -sS --disable-epsv -o "$OUT" -w '%{time_total}' ftp://$SRV_IP/big.bin) && cmp -s "$OUT" "$WORK/pub/big.bin" ||
     { fail "$t ftpgate timed download"; tg=-; }
   echo "INFO: $t 20 MB PASV download: kernel ALG ${ta}s, ftpgate ${tg}s"
@@ -92,7 +203,7 @@ for topo in nat routed; do
   topo_up $topo
   rules_idempotent
   vsftpd_start
-  gate_start || fail "$topo ftpgate did not start"
+  gate_start --no-cache || fail "$topo ftpgate did not start"
   if [[ $topo == nat ]]; then
     msg=$(inR "$BIN" run --cache-dir "$WORK/cache2" 2>&1 >/dev/null); rc=$?
     [[ $rc != 0 && $(wc -l <<<"$msg") == 1 && $msg == *"already bound"* ]] &&
@@ -104,6 +215,9 @@ for topo in nat routed; do
   clients "$topo vsftpd"
   ops "$topo vsftpd"
   compare_alg "$topo"
+  if [[ $topo == nat ]]; then
+    gate_stop; cache_tests vsftpd; gate_start
+  fi
   server_stop
   vsftpd_start ssl
   dl "$topo FTPS lftp ssl-force passive" big.bin norelay -- ip netns exec $C lftp -e "set net:max-retries 1; set net:timeout 15; set ftp:ssl-force true; set ssl:verify-certificate no; set ftp:passive-mode on; get big.bin -o $OUT; bye" ftp://$SRV_IP
@@ -117,6 +231,9 @@ for topo in nat routed; do
   dl "$topo pyftpdlib lftp active" big.bin -- ip netns exec $C lftp -e "set net:max-retries 1; set net:timeout 15; set ftp:passive-mode off; get big.bin -o $OUT; bye" ftp://$SRV_IP
   dl "$topo pyftpdlib one byte per segment port" small.txt -- ip netns exec $C $PY typist $SRV_IP port small.txt "$OUT"
   ops "$topo pyftpdlib"
+  if [[ $topo == nat ]]; then
+    gate_stop; cache_tests pyftpdlib; gate_start
+  fi
   server_stop
   pyftpd_start foreign masq
   dl "$topo 227 naming a third party is not followed" small.txt -- ip netns exec $C $PY typist $SRV_IP pasv small.txt "$OUT"

@@ -170,8 +170,6 @@ fn run(a: RunArgs) -> Result<()> {
     } else {
         let store = Store::open(&a.cache_dir, a.cache_max_bytes)
             .with_context(|| format!("cache dir {}: cannot open", a.cache_dir.display()))?;
-        let (entries, bytes) = store.totals();
-        log!("cache {}: {entries} entries, {bytes} bytes (limit {})", a.cache_dir.display(), a.cache_max_bytes);
         Some(Arc::new(CacheCtx {
             store,
             checker: Arc::new(Checker::new(Duration::from_secs(a.check_timeout.max(1)))),

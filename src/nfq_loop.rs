@@ -317,6 +317,13 @@ pub fn run(mut helper: Helper) -> Result<()> {
     queue.set_copy_range(q, 0xffff).context("cannot set the copy range")?;
     queue.set_nonblocking(true);
     log!("bound NFQUEUE {q} ({})", if helper.cfg.fail_open { "fail-open" } else { "fail-closed" });
+    match &helper.cache {
+        Some(c) => {
+            let (entries, bytes) = c.store.totals();
+            log!("cache: {entries} entries, {bytes} bytes");
+        }
+        None => log!("cache: off"),
+    }
     loop {
         let now = Instant::now();
         let wait = helper.next_deadline().map_or(1000, |d| d.saturating_duration_since(now).as_millis().min(1000) as i32);

@@ -44,7 +44,27 @@ impl Checker {
         Checker { timeout, pool: Mutex::new(HashMap::new()) }
     }
 
-    /// Asks for `path`'s MDTM and SIZE. A pooled connection that fails is replaced once.
+    /// Asks for `path`'s MDTM and SIZE on a connection of its own, closed afterwards.
+    ///
+    /// Used right after a download: a connection opened at that moment must not be pooled,
+    /// because pyftpdlib 1.5 can lose track of a session accepted while it tears down another
+    /// one's data channel (seen here: the pooled session never answered again).
+    pub fn check_once(&self, login: &Login, path: &str) -> Facts {
+        if path.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Facts::unknown();
+        }
+        match self.connect(login).and_then(|mut c| {
+            let f = ask(&mut c, path);
+            let _ = send(&mut c, "QUIT\r\n");
+            f
+        }) {
+            Ok(f) => f,
+            Err(_) => Facts::unknown(),
+        }
+    }
+
+    /// Asks for `path`'s MDTM and SIZE, reusing an idle connection of the same login. A pooled
+    /// connection that fails is replaced once.
     pub fn check(&self, login: &Login, path: &str) -> Facts {
         if path.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
             return Facts::unknown();
@@ -141,8 +161,11 @@ fn expect(c: &mut Conn, want: u16) -> io::Result<()> {
 }
 
 fn ask(c: &mut Conn, path: &str) -> io::Result<Facts> {
-    send(c, &format!("MDTM {path}\r\nSIZE {path}\r\n"))?;
+    let path = super::server_path(path);
+    // one at a time: pyftpdlib stops answering a session that pipelined commands earlier
+    send(c, &format!("MDTM {path}\r\n"))?;
     let (mc, mt) = reply(c)?;
+    send(c, &format!("SIZE {path}\r\n"))?;
     let (sc, st) = reply(c)?;
     Ok(Facts { mdtm: mdtm_answer(mc, &mt), size: size_answer(sc, &st) })
 }

@@ -65,27 +65,49 @@ impl core::fmt::Debug for Login {
     }
 }
 
-/// Resolves `name` (as given to RETR/STOR/DELE/RNTO) against the working directory `cwd`.
-/// `None` when the result would be empty or the name has NUL/CR/LF.
+/// Resolves a file `name` (as given to RETR/STOR/DELE/RNTO) against the working directory `cwd`.
+/// `None` when the result would be a root or unknown, or the name has NUL/CR/LF.
+///
+/// `cwd` is absolute, or relative to the login's home directory (`~`, `~/sub`) while no PWD
+/// reply has told where home is; such paths stay `~/…` and are asked about relative to home
+/// (see [`server_path`]).
 pub fn resolve(cwd: &str, name: &str) -> Option<String> {
+    resolve_dir(cwd, name).filter(|p| p != "/" && p != "~")
+}
+
+/// Like [`resolve`], for directories (CWD): a root (`/` or `~`) is a valid result.
+pub fn resolve_dir(cwd: &str, name: &str) -> Option<String> {
     if name.is_empty() || name.bytes().any(|b| b == 0 || b == b'\r' || b == b'\n') {
         return None;
     }
-    let joined = if name.starts_with('/') { name.to_string() } else { format!("{cwd}/{name}") };
+    let (root, base) = match cwd.strip_prefix('~') {
+        _ if name.starts_with('/') => ("/", ""),
+        Some(rest) => ("~", rest),
+        None => ("/", cwd),
+    };
     let mut parts: Vec<&str> = Vec::new();
-    for p in joined.split('/') {
+    for p in base.split('/').chain(name.split('/')) {
         match p {
             "" | "." => {}
             ".." => {
-                parts.pop();
+                if parts.pop().is_none() && root == "~" {
+                    return None; // above home: where that is, is unknown
+                }
             }
             p => parts.push(p),
         }
     }
-    if parts.is_empty() {
-        return None;
-    }
-    Some(format!("/{}", parts.join("/")))
+    Some(match (parts.is_empty(), root) {
+        (true, r) => r.to_string(),
+        (false, "/") => format!("/{}", parts.join("/")),
+        (false, _) => format!("~/{}", parts.join("/")),
+    })
+}
+
+/// The name to send the server for a resolved path, on a connection whose working directory
+/// is the login's home.
+pub fn server_path(path: &str) -> &str {
+    path.strip_prefix("~/").unwrap_or(path)
 }
 
 /// The directory named in a `257 "<dir>" …` reply (PWD, MKD); `""` inside quotes is a quote.
@@ -294,6 +316,15 @@ mod tests {
         assert_eq!(resolve("/", "../../etc").as_deref(), Some("/etc"));
         assert_eq!(resolve("/pub", ""), None);
         assert_eq!(resolve("/pub", "a\rb"), None);
+        assert_eq!(resolve("/", ".."), None);
+        assert_eq!(resolve("~", "big.bin").as_deref(), Some("~/big.bin"));
+        assert_eq!(resolve("~/a", "../b/c").as_deref(), Some("~/b/c"));
+        assert_eq!(resolve("~", "../x"), None);
+        assert_eq!(resolve("~/a", "/abs").as_deref(), Some("/abs"));
+        assert_eq!(resolve_dir("~/a", "..").as_deref(), Some("~"));
+        assert_eq!(resolve_dir("/a", "..").as_deref(), Some("/"));
+        assert_eq!(server_path("~/b/c"), "b/c");
+        assert_eq!(server_path("/b/c"), "/b/c");
     }
 
     #[test]

@@ -17,8 +17,9 @@ use super::{Index, Key, Meta};
 
 const MAGIC: &str = "ftpgate-cache 1";
 
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+/// Last-use times are milliseconds since the epoch (kept as the meta file's mtime on disk).
+fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 pub struct Store {
@@ -68,7 +69,10 @@ impl Store {
         }
         let mut index = Index::new(max_bytes);
         let mut evict = Vec::new();
-        for l in list(dir)? {
+        let mut entries = list(dir)?;
+        // oldest first: each insert may evict only entries used before it
+        entries.sort_by_key(|l| l.meta.last_used);
+        for l in entries {
             evict.extend(index.insert(l.meta));
         }
         let store = Arc::new(Store { dir: dir.to_path_buf(), inner: Mutex::new(Inner { index, capturing: HashSet::new(), next_tmp: 0 }) });
@@ -105,7 +109,7 @@ impl Store {
         let name = key.file_name();
         match File::open(self.data_path(&name)) {
             Ok(f) if f.metadata().map(|m| m.len()) .ok() == Some(meta.size) => {
-                inner.index.touch(key, now_secs());
+                inner.index.touch(key, now_millis());
                 let _ = File::options().write(true).open(self.meta_path(&name)).and_then(|m| m.set_modified(SystemTime::now()));
                 Some((f, meta))
             }
@@ -143,7 +147,7 @@ impl Store {
     /// Makes a finished capture an entry. Returns the keys' file names evicted for room.
     pub fn commit(&self, mut cap: Capture, size: u64, mdtm: &str) -> io::Result<Vec<String>> {
         let name = cap.key.file_name();
-        let meta = Meta { key: cap.key.clone(), size, mdtm: mdtm.to_string(), last_used: now_secs() };
+        let meta = Meta { key: cap.key.clone(), size, mdtm: mdtm.to_string(), last_used: now_millis() };
         cap.file.sync_data()?;
         let meta_tmp = cap.tmp.with_extension("meta");
         let write_meta = || -> io::Result<()> {
@@ -245,7 +249,7 @@ pub fn list(dir: &Path) -> io::Result<Vec<Listed>> {
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
+            .map_or(0, |d| d.as_millis() as u64);
         let meta = fs::read_to_string(&p).ok().and_then(|t| parse_meta(&t, used));
         match (meta, fs::metadata(&data)) {
             (Some(m), Ok(d)) if d.len() == m.size && p.file_stem().and_then(|s| s.to_str()) == Some(&m.key.file_name()) => {

@@ -673,6 +673,7 @@ impl Session {
                 self.user = Some(name);
                 self.pass = None;
                 self.logged_in = false;
+                self.cwd = None;
                 (Cmd::Other, None)
             }
             _ => (Cmd::Other, None),
@@ -740,6 +741,8 @@ impl Session {
         }
         if code == 230 {
             self.logged_in = true;
+            // until a PWD reply says where, the working directory is the login's home
+            self.cwd.get_or_insert_with(|| "~".into());
         }
         let cmd = self.cmds.pop_front().unwrap_or(Cmd::Other);
         match (cmd, code) {
@@ -764,12 +767,10 @@ impl Session {
                 None
             }
             (Cmd::Cwd(dir), 200..=299) => {
-                self.cwd = match (self.cwd.as_deref(), dir.is_empty()) {
-                    // resolve() gives None for the root itself ("CDUP" in "/") and for names
-                    // it cannot use; the server accepted this one, so only the root is left
-                    (Some(c), false) => Some(crate::cache::resolve(c, &dir).unwrap_or_else(|| "/".into())),
-                    (None, false) if dir.starts_with('/') => crate::cache::resolve("/", &dir).or(Some("/".into())),
-                    _ => None,
+                self.cwd = match self.cwd.as_deref() {
+                    Some(c) => crate::cache::resolve_dir(c, &dir),
+                    None if dir.starts_with('/') => crate::cache::resolve_dir("/", &dir),
+                    None => None,
                 };
                 None
             }

@@ -262,9 +262,10 @@ impl Job {
                 let r = splice::send_file(&file, offset, meta.size, cli);
                 match &r {
                     Ok(n) => log!(
-                        "cache hit {}: {n} bytes sent from the cache in {:.3} s",
+                        "cache hit {}: {n} bytes sent from the cache in {:.3} s{}",
                         meta.key.path,
-                        t.elapsed().as_secs_f64()
+                        t.elapsed().as_secs_f64(),
+                        if offset > 0 { format!(" (from offset {offset})") } else { String::new() }
                     ),
                     Err(e) => log!("cache hit {}: sending failed: {e}", meta.key.path),
                 }
@@ -273,7 +274,13 @@ impl Job {
             Some(Plan::Capture { cap, login }) => {
                 let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
                 let t = Instant::now();
-                let (n, copy) = splice::pump_tee(srv, cli, &cap.file)?;
+                let (n, copy) = match splice::pump_tee(srv, cli, &cap.file) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        log!("cache miss {}: transfer failed ({e}); not kept", cap.key.path);
+                        return Err(e);
+                    }
+                };
                 let took = t.elapsed().as_secs_f64();
                 self.keep(cap, &login, n, copy, started, took);
                 Ok(n)
@@ -304,7 +311,7 @@ impl Job {
             Some(false) => return not("the server did not complete the transfer".into()),
             None => return not("no final reply from the server".into()),
         }
-        let facts = cache.checker.check(login, &path);
+        let facts = cache.checker.check_once(login, &path);
         match (facts.size, facts.mdtm) {
             (Answer::Ok(size), _) if size != n => not(format!("the server reports {size} bytes")),
             (Answer::Ok(_), Answer::Ok(m)) if !settled(&m, started, cache.settle) => {
