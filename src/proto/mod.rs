@@ -280,7 +280,11 @@ pub struct Session {
     rst: bool,
 }
 
+/// A line as it may appear in a log: escaped, and never a password.
 fn show(line: &[u8]) -> String {
+    if is_prefix_ci(line, b"PASS ") && line.len() >= 5 {
+        return "PASS <hidden>".into();
+    }
     ftp::body(line).escape_ascii().to_string()
 }
 
@@ -507,7 +511,7 @@ impl Session {
             let replacement = if len > LINE_CAP {
                 self.events.push_back(Event::Malformed {
                     dir,
-                    line: show(&line[..64]),
+                    line: show(&line[..64.min(line.len())]),
                     why: format!("line of {len} bytes passed through unparsed"),
                 });
                 if dir == Dir::ToServer {

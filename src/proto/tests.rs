@@ -491,6 +491,13 @@ fn commands_behind_a_held_retr_wait_for_it() {
 
 #[test]
 fn password_is_not_in_debug_output() {
+    let mut q = Pair::new();
+    q.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    let long = format!("PASS {}\r\n", "secret".repeat(100));
+    q.send(Dir::ToServer, long.as_bytes(), &[]);
+    let events: Vec<String> = std::iter::from_fn(|| q.s.poll_event()).map(|e| format!("{e:?}")).collect();
+    assert!(events.iter().all(|e| !e.contains("secret")), "{events:?}");
+    assert!(!events.is_empty(), "an over-long line is reported");
     let p = cache_session(&[]);
     let l = p.s.login().unwrap();
     assert_eq!(l.pass, "secret");
