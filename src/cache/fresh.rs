@@ -46,21 +46,22 @@ impl Checker {
 
     /// Asks for `path`'s MDTM and SIZE on a connection of its own, closed afterwards.
     ///
-    /// Used right after a download: a connection opened at that moment must not be pooled,
-    /// because pyftpdlib 1.5 can lose track of a session accepted while it tears down another
-    /// one's data channel (seen here: the pooled session never answered again).
+    /// Used right after a download, and tried twice: pyftpdlib 1.5 closes a stale file
+    /// descriptor number when a session that used active mode ends, and a connection it
+    /// accepted just before (ours) can be that number — it then never answers again
+    /// (giampaolo/pyftpdlib PR #657). Such a connection is not pooled.
     pub fn check_once(&self, login: &Login, path: &str) -> Facts {
         if path.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
             return Facts::unknown();
         }
-        match self.connect(login).and_then(|mut c| {
-            let f = ask(&mut c, path);
-            let _ = send(&mut c, "QUIT\r\n");
-            f
-        }) {
-            Ok(f) => f,
-            Err(_) => Facts::unknown(),
-        }
+        let once = || {
+            self.connect(login).and_then(|mut c| {
+                let f = ask(&mut c, path);
+                let _ = send(&mut c, "QUIT\r\n");
+                f
+            })
+        };
+        once().or_else(|_| once()).unwrap_or_else(|_| Facts::unknown())
     }
 
     /// Asks for `path`'s MDTM and SIZE, reusing an idle connection of the same login. A pooled
