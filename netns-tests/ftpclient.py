@@ -5,6 +5,10 @@
   ftpclient.py pipeline HOST FILE OUT      # "TYPE I\\r\\nPASV\\r\\n" in one segment
   ftpclient.py ftplib HOST MODE FILE OUT [USER PASS]   # Python ftplib, MODE pasv|port
   ftpclient.py abort HOST FILE             # reads 256 KiB of a download, then ABOR and close
+  ftpclient.py restart HOST FILE REF SIG   # active download from data port 1030 (the PORT line
+                                           # grows when rewritten), creates SIG.ready, waits for
+                                           # SIG.go, then active (port 1031) and passive downloads
+                                           # on the same session
   ftpclient.py ops HOST                    # ftpuser: PWD CWD MKD STOR LIST RNFR/RNTO DELE RMD
 MODE is one of pasv, epsv, port, eprt.
 """
@@ -131,6 +135,41 @@ def main():
         except ftplib.all_errors:
             pass
         f.close()
+    elif what == "restart":
+        import os
+        host, name, ref, sig = sys.argv[2:6]
+        want = open(ref, "rb").read()
+        f = ftplib.FTP(host, timeout=20)
+        f.login()
+        f.voidcmd("TYPE I")
+        def active(port):
+            l = socket.socket()
+            l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            l.bind((f.sock.getsockname()[0], port)); l.listen(1); l.settimeout(20)
+            f.sendport(f.sock.getsockname()[0], port)
+            r = f.sendcmd("RETR " + name)
+            assert r.startswith("1"), r
+            conn, _ = l.accept()
+            got = b""
+            while b := conn.recv(65536):
+                got += b
+            conn.close(); l.close()
+            f.voidresp()
+            assert got == want, "active download differs"
+        active(1030)
+        open(sig + ".ready", "w").close()
+        for _ in range(400):
+            if os.path.exists(sig + ".go"):
+                break
+            time.sleep(0.05)
+        else:
+            raise SystemExit("no go signal")
+        active(1031)
+        f.set_pasv(True)
+        got = []
+        f.retrbinary("RETR " + name, got.append)
+        assert b"".join(got) == want, "passive download differs"
+        f.quit()
     elif what == "many":
         # one session, many transfers alternating active/passive: length-changing rewrites pile up
         host, name, ref, n = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])

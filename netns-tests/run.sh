@@ -246,6 +246,22 @@ for topo in nat routed; do
   else
     fail "$topo 40 transfers in one session ($(tail -c 300 "$WORK/case.log" | tr '\n' ' '))"
   fi
+  if [[ $topo == nat ]]; then
+    # kill -9 in the middle of a session whose PORT line grew when rewritten: the restarted
+    # helper resumes its sequence offsets and the same session downloads again
+    rm -f "$WORK"/sig.*
+    inC $PY restart $SRV_IP small.txt "$WORK/pub/small.txt" "$WORK/sig" >"$WORK/case.log" 2>&1 & cpid=$!
+    if busywait 10000 test -f "$WORK/sig.ready"; then
+      gate_kill_keep_rules; gate_start; touch "$WORK/sig.go"
+      if wait $cpid && grep -Eq "resumed [0-9]+ sessions" "$WORK/ftpgate.log"; then
+        pass "$topo kill -9 mid-session after a length-changing rewrite: the same session downloads again"
+      else
+        fail "$topo kill -9 mid-session ($(tail -c 300 "$WORK/case.log" | tr '\n' ' '))"
+      fi
+    else
+      kill $cpid; fail "$topo kill -9 mid-session: client not ready ($(tail -c 300 "$WORK/case.log"))"
+    fi
+  fi
   gate_kill_keep_rules
   if [[ $topo == nat ]]; then
     dl "$topo fail-open: passive download while no ftpgate runs" big.bin norelay -- ip netns exec $C curl -sS -o "$OUT" ftp://$SRV_IP/big.bin

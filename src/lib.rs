@@ -10,6 +10,8 @@
 pub mod cache;
 pub mod conntrack;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod nfq_loop;
 pub mod proto;
 pub mod wire;

@@ -192,6 +192,7 @@ fn run(a: RunArgs) -> Result<()> {
             fail_open: !a.fail_closed,
             idle: Duration::from_secs(3600),
             mapped_idle: Duration::from_secs(5 * 24 * 3600),
+            state_file: Some(a.cache_dir.join("sessions.state")),
         },
     )?;
     nfq_loop::run(helper)

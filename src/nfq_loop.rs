@@ -6,6 +6,7 @@
 use core::net::SocketAddrV4;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use nfq::{Message, Queue, Verdict as NfVerdict};
 
 use crate::cache::{decide, Decision};
 use crate::log;
-use crate::proto::{Dir, Event, Segment, Session, Verdict};
+use crate::proto::{Dir, Event, Segment, Seq, SeqState, Session, Verdict};
 use crate::relay::{CacheCtx, Relay};
 use crate::wire::Packet;
 
@@ -29,6 +30,9 @@ pub struct LoopConfig {
     pub idle: Duration,
     /// The same for sessions whose sequence numbers are mapped (conntrack's own timeout).
     pub mapped_idle: Duration,
+    /// Where the sequence offsets of sessions with length changes are kept, so a restarted
+    /// helper (even after `kill -9`) resumes them.
+    pub state_file: Option<PathBuf>,
 }
 
 type Key = (SocketAddrV4, SocketAddrV4);
@@ -67,8 +71,18 @@ impl Helper {
     pub fn new(relay: Relay, cache: Option<Arc<CacheCtx>>, cfg: LoopConfig) -> Result<Helper> {
         let (tx, rx) = channel();
         let wake = Arc::new(Wake::new().context("cannot create a pipe")?);
+        let now = Instant::now();
+        let mut sessions = HashMap::new();
+        if let Some(f) = &cfg.state_file {
+            for (key, st) in load_state(f) {
+                sessions.insert(key, Session::resume(key.0, key.1, st, now));
+            }
+            if !sessions.is_empty() {
+                log!("resumed {} sessions with changed lengths from {}", sessions.len(), f.display());
+            }
+        }
         Ok(Helper {
-            sessions: HashMap::new(),
+            sessions,
             relay,
             cfg,
             last_sweep: Instant::now(),
@@ -101,9 +115,14 @@ impl Helper {
             Session::new(key.0, key.1, now)
         });
         let seg = Segment { seq: pkt.seq(), ack: pkt.ack(), flags: pkt.flags(), sack: &pkt.sack, payload: pkt.payload };
+        let before = session.seq_state();
         let verdict = session.handle_segment(dir, &seg, &mut self.relay, now);
+        let changed = session.seq_state() != before;
         drop(pkt);
         self.drain_events(key);
+        if changed {
+            self.save_state();
+        }
         if verdict == Verdict::Hold {
             let token = self.next_token;
             self.next_token += 1;
@@ -174,6 +193,7 @@ impl Helper {
             }
             let Some(mut h) = self.held.remove(&key) else { continue };
             let verdict = self.sessions.get_mut(&key).and_then(|s| s.release(decision, &mut self.relay));
+            self.save_state();
             log!("session {} -> {}: freshness check {decision:?} in {:.3} s", key.0, key.1, took.as_secs_f64());
             self.drain_events(key);
             match verdict {
@@ -192,13 +212,33 @@ impl Helper {
     fn sweep(&mut self, now: Instant) {
         self.last_sweep = now;
         let (idle, mapped) = (self.cfg.idle, self.cfg.mapped_idle);
+        let mut mapped_gone = false;
         self.sessions.retain(|k, s| {
             let keep = s.is_holding() || s.expires_at(idle, mapped) > now;
             if !keep {
                 log!("session {} -> {}: closed (user {})", k.0, k.1, s.user().unwrap_or("-"));
+                mapped_gone |= s.has_length_changes();
             }
             keep
         });
+        if mapped_gone {
+            self.save_state();
+        }
+    }
+
+    /// Writes the sequence offsets of every session with length changes (write, then rename).
+    fn save_state(&self) {
+        let Some(f) = &self.cfg.state_file else { return };
+        let mut text = String::new();
+        for (k, s) in &self.sessions {
+            if let Some(st) = s.seq_state() {
+                text.push_str(&format!("{} {} {} {} {} {}\n", k.0, k.1, st.c2s.0, st.c2s.1 .0, st.s2c.0, st.s2c.1 .0));
+            }
+        }
+        let tmp = f.with_extension("tmp");
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, f)) {
+            log!("cannot save session state to {}: {e}", f.display());
+        }
     }
 
     pub fn sessions(&self) -> usize {
@@ -226,6 +266,23 @@ fn apply(msg: &mut Message, verdict: Verdict, key: &Key) {
             msg.set_verdict(NfVerdict::Drop);
         }
     }
+}
+
+/// Reads what [`Helper::save_state`] wrote; damaged lines are skipped.
+fn load_state(f: &std::path::Path) -> Vec<(Key, SeqState)> {
+    let Ok(text) = std::fs::read_to_string(f) else { return Vec::new() };
+    text.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let [c, s, cd, cs, sd, ss] = w[..] else { return None };
+            let key = (c.parse().ok()?, s.parse().ok()?);
+            let st = SeqState {
+                c2s: (cd.parse().ok()?, Seq(cs.parse().ok()?)),
+                s2c: (sd.parse().ok()?, Seq(ss.parse().ok()?)),
+            };
+            Some((key, st))
+        })
+        .collect()
 }
 
 /// A self-pipe that wakes the queue loop when a freshness check answers.

@@ -111,7 +111,7 @@ fn port_number(s: &[u8]) -> Result<u16, ParseError> {
 }
 
 fn args_start(b: &[u8], verb_len: usize) -> usize {
-    let mut i = verb_len;
+    let mut i = verb_len.min(b.len());
     while b.get(i) == Some(&b' ') {
         i += 1;
     }

@@ -250,6 +250,14 @@ impl Stream {
     }
 }
 
+/// What must survive a restart of the helper for a connection whose lengths changed: per
+/// direction, the total length change and the original sequence number it applies from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqState {
+    pub c2s: (i64, Seq),
+    pub s2c: (i64, Seq),
+}
+
 /// Per control connection state.
 #[derive(Debug)]
 pub struct Session {
@@ -318,6 +326,32 @@ impl Session {
             last_seen: now,
             rst: false,
         }
+    }
+
+    /// A session the helper tracked before a restart: its sequence offsets are restored, the
+    /// rest (lines, commands) is picked up from the next segment that starts a line.
+    pub fn resume(client: SocketAddrV4, server: SocketAddrV4, st: SeqState, now: Instant) -> Self {
+        let mut s = Session::new(client, server, now);
+        s.c2s.map = SeqMap::from_offset(st.c2s.0, st.c2s.1);
+        s.s2c.map = SeqMap::from_offset(st.s2c.0, st.s2c.1);
+        s.greeted = true;
+        s
+    }
+
+    /// Both sides sent FIN, or one sent RST.
+    pub fn is_closed(&self) -> bool {
+        self.rst || (self.c2s.fin && self.s2c.fin)
+    }
+
+    /// The sequence offsets to save so a restarted helper can resume this session; `None`
+    /// while no length changed, and once the connection is closing.
+    pub fn seq_state(&self) -> Option<SeqState> {
+        if !self.has_length_changes() || self.is_closed() {
+            return None;
+        }
+        let (cd, cs) = self.c2s.map.offset_state();
+        let (sd, ss) = self.s2c.map.offset_state();
+        Some(SeqState { c2s: (cd, cs.unwrap_or(self.c2s.first)), s2c: (sd, ss.unwrap_or(self.s2c.first)) })
     }
 
     pub fn client(&self) -> SocketAddrV4 {
@@ -406,8 +440,20 @@ impl Session {
             st.start_at(seg.seq.add(1));
             return finish(seg, seg.seq, ack, sack, None);
         }
+        if !st.synced && looks_like_line(dir, seg.payload) {
+            // Joined mid-stream (e.g. after a restart) and this segment is one whole line or
+            // more, as clients and servers send them: take it as line-aligned.
+            st.synced = true;
+            st.first = seg.seq.sub(1); // bytes came before, so probes are possible
+            st.next = seg.seq;
+            st.reset_line(seg.seq);
+            if dir == Dir::ToClient {
+                self.greeted = true;
+            }
+        }
+        let st = self.stream(dir);
         if !st.synced {
-            // Joined mid-stream (e.g. after a restart): wait for a line end to find our footing.
+            // Joined mid-stream: wait for a line end to find our footing.
             let end = seg.seq.add(seg.payload.len());
             if seg.payload.last() == Some(&b'\n') {
                 st.start_at(end);
@@ -950,6 +996,22 @@ impl Session {
                 Some(format!("425 ftpgate: cannot prepare the data connection: {e}.\r\n").into_bytes())
             }
         }
+    }
+}
+
+/// Whether a segment seen mid-stream plausibly starts a line and ends one: a command verb
+/// (3–4 letters, then space or CRLF) towards the server, a reply code (3 digits, then space or
+/// dash) towards the client, and a final `\n`.
+fn looks_like_line(dir: Dir, p: &[u8]) -> bool {
+    if p.last() != Some(&b'\n') || p.len() < 5 {
+        return false;
+    }
+    match dir {
+        Dir::ToServer => {
+            let n = p.iter().take_while(|c| c.is_ascii_alphabetic()).count();
+            (3..=4).contains(&n) && matches!(p[n], b' ' | b'\r')
+        }
+        Dir::ToClient => p[..3].iter().all(u8::is_ascii_digit) && matches!(p[3], b' ' | b'-'),
     }
 }
 

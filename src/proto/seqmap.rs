@@ -79,6 +79,20 @@ impl SeqMap {
         self.base_delta == 0 && self.edits.iter().all(|e| e.delta() == 0)
     }
 
+    /// A map that shifts every number from `since` on by `delta`: what is left of a history
+    /// after a restart (see [`SeqMap::offset_state`]).
+    pub fn from_offset(delta: i64, since: Seq) -> SeqMap {
+        SeqMap { base_delta: delta, base_end: Some(since), edits: Vec::new() }
+    }
+
+    /// The history folded to one offset: the total length change, and the original sequence
+    /// number from which it applies (the end of the last edit). Enough to keep mapping new
+    /// segments; not enough to re-render retransmissions of the edited regions themselves.
+    pub fn offset_state(&self) -> (i64, Option<Seq>) {
+        let end = self.edits.last().map(Edit::end).or(self.base_end);
+        (self.total_delta(), end)
+    }
+
     /// Total length change so far (bytes added minus bytes removed).
     pub fn total_delta(&self) -> i64 {
         self.base_delta + self.edits.iter().map(Edit::delta).sum::<i64>()
@@ -242,6 +256,18 @@ mod tests {
         assert_eq!(m.unmap(Seq(205)), Seq(215));
         let (s, out) = m.render(Seq(200), b"350 rest\r\n");
         assert_eq!((s, out.len()), (Seq(200), 0));
+    }
+
+    #[test]
+    fn offset_state_round_trip() {
+        let m = grown();
+        let (d, since) = m.offset_state();
+        assert_eq!((d, since), (1, Some(Seq(112))));
+        let r = SeqMap::from_offset(d, since.unwrap());
+        for s in [112u32, 150, 4000] {
+            assert_eq!(r.map(Seq(s)), m.map(Seq(s)));
+            assert_eq!(r.unmap(m.map(Seq(s))), Seq(s));
+        }
     }
 
     #[test]

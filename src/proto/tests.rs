@@ -504,6 +504,33 @@ fn password_is_not_in_debug_output() {
     assert!(!format!("{l:?}").contains("secret"));
 }
 
+#[test]
+fn resumed_session_keeps_mapping_and_rewriting() {
+    let mut p = Pair::new();
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    p.send(Dir::ToServer, b"USER a\r\nPORT 10,0,1,2,4,1\r\n", &[]);
+    p.send(Dir::ToClient, b"230 in\r\n200 PORT ok\r\n", &[]);
+    assert!(p.received(Dir::ToServer).ends_with("PORT 10,0,2,1,19,136\r\n"), "grew by 3 bytes");
+    let st = p.s.seq_state().expect("lengths changed");
+    assert_eq!(st.c2s.0, 3);
+    // the helper restarts: a new Session from the saved offsets only
+    p.s = Session::resume(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), st, p.now);
+    p.send(Dir::ToServer, b"PORT 10,0,1,2,4,2\r\n", &[]);
+    p.send(Dir::ToClient, b"200 PORT ok\r\n", &[]);
+    p.send(Dir::ToServer, b"NOOP\r\n", &[]);
+    assert!(p.received(Dir::ToServer).ends_with("PORT 10,0,2,1,19,136\r\nPORT 10,0,2,1,19,136\r\nNOOP\r\n"));
+    assert_eq!(p.received(Dir::ToClient), "220 hello\r\n230 in\r\n200 PORT ok\r\n200 PORT ok\r\n");
+    // without the saved offsets the client's next bytes would land 3 bytes early: the same
+    // test with a fresh Session must not pass
+    let mut q = Pair::new();
+    q.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    q.send(Dir::ToServer, b"PORT 10,0,1,2,4,1\r\n", &[]);
+    q.s = Session::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), q.now);
+    let seg = Segment { seq: q.c.snd_nxt, ack: q.c.rcv_nxt, flags: Flags { ack: true, ..Default::default() }, sack: &[], payload: b"NOOP\r\n" };
+    let v = q.s.handle_segment(Dir::ToServer, &seg, &mut q.dp, q.now);
+    assert!(matches!(v, Verdict::Pass), "a fresh session cannot know the offset: {v:?}");
+}
+
 proptest! {
     /// Random segmentation of both directions gives the same byte streams as one segment each.
     #[test]

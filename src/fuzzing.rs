@@ -1,0 +1,197 @@
+//! Fuzz harnesses, shared by the `cargo fuzz` targets (`fuzz/fuzz_targets/`) and by the test
+//! that replays the checked-in corpus in CI (`tests/fuzz_corpus.rs`). Each takes arbitrary
+//! bytes, drives one sans-IO component and panics only when an invariant breaks.
+
+use core::net::SocketAddrV4;
+use std::time::Instant;
+
+use crate::cache::{Decision, Key};
+use crate::proto::seqmap::SeqMap;
+use crate::proto::{ftp, DataId, DataPlane, DataRequest, Dir, Flags, Mode, Opened, Segment, Seq, Session, Transfer, Verdict};
+
+/// A data plane that accepts everything and claims every file is cached.
+struct Dp(u64);
+
+impl DataPlane for Dp {
+    fn open(&mut self, req: &DataRequest) -> Result<Opened, String> {
+        self.0 += 1;
+        if self.0 % 7 == 0 {
+            return Err("no ports left".into());
+        }
+        let announce = match req.mode {
+            Mode::Active => "10.0.2.1:5000".parse().unwrap(),
+            Mode::Passive => SocketAddrV4::new(*req.target.ip(), req.target.port().wrapping_add(1)),
+        };
+        Ok(Opened { announce, id: self.0 })
+    }
+    fn cached(&mut self, _key: &Key) -> Option<u64> {
+        (self.0 % 2 == 0).then_some(1000)
+    }
+    fn transfer(&mut self, _id: DataId, _what: Transfer) -> bool {
+        true
+    }
+    fn finished(&mut self, _id: DataId, _ok: bool) {}
+    fn invalidate(&mut self, _server: SocketAddrV4, _path: &str) {}
+}
+
+/// One end's view: what it sent, and the stream it received (by receiver-space offset).
+struct End {
+    snd_nxt: Seq,
+    isn_peer: Seq,
+    received: Vec<u8>,
+}
+
+/// Two TCP ends with the helper between them. Input bytes are read as a script: a control byte
+/// picks the direction, a retransmission or new data and its length; data bytes follow. The
+/// invariants: a retransmission never changes bytes the receiver already has, the helper never
+/// skips ahead of what the receiver has (no gap), and ACKs never claim unsent data.
+pub fn session(data: &[u8]) {
+    let now = Instant::now();
+    let mut s = Session::new("10.0.1.2:40000".parse().unwrap(), "10.0.2.2:21".parse().unwrap(), now);
+    let mut dp = Dp(0);
+    let mut c = End { snd_nxt: Seq(1001), isn_peer: Seq(5001), received: Vec::new() };
+    let mut v = End { snd_nxt: Seq(5001), isn_peer: Seq(1001), received: Vec::new() };
+    let syn = Flags { syn: true, ..Default::default() };
+    s.handle_segment(Dir::ToServer, &Segment { seq: Seq(1000), ack: Seq(0), flags: syn, sack: &[], payload: &[] }, &mut dp, now);
+    let synack = Flags { syn: true, ack: true, ..Default::default() };
+    s.handle_segment(Dir::ToClient, &Segment { seq: Seq(5000), ack: Seq(1001), flags: synack, sack: &[], payload: &[] }, &mut dp, now);
+    // the original streams, to draw retransmissions from
+    let mut sent_c: Vec<u8> = Vec::new();
+    let mut sent_v: Vec<u8> = Vec::new();
+    let mut i = 0;
+    let decisions = [Decision::Hit, Decision::Stale, Decision::Gone, Decision::Bypass];
+    while i < data.len() {
+        let ctl = data[i];
+        i += 1;
+        let dir = if ctl & 1 == 0 { Dir::ToServer } else { Dir::ToClient };
+        let rexmit = ctl & 2 != 0;
+        let len = ((ctl >> 2) as usize % 24) + 1;
+        let (tx, rx, sent) = match dir {
+            Dir::ToServer => (&mut c, &mut v, &mut sent_c),
+            Dir::ToClient => (&mut v, &mut c, &mut sent_v),
+        };
+        let (seq, payload) = if rexmit && !sent.is_empty() {
+            let from = data.get(i).map_or(0, |&b| b as usize) % sent.len();
+            i += 1;
+            let to = (from + len).min(sent.len());
+            (rx.isn_peer.add(from), sent[from..to].to_vec())
+        } else {
+            let take = len.min(data.len() - i);
+            let bytes = data[i..i + take].to_vec();
+            i += take;
+            let seq = tx.snd_nxt;
+            tx.snd_nxt = seq.add(bytes.len());
+            sent.extend_from_slice(&bytes);
+            (seq, bytes)
+        };
+        if payload.is_empty() {
+            continue;
+        }
+        let ack = tx.isn_peer.add(tx.received.len());
+        let seg = Segment { seq, ack, flags: Flags { ack: true, ..Default::default() }, sack: &[], payload: &payload };
+        let mut verdict = s.handle_segment(dir, &seg, &mut dp, now);
+        if verdict == Verdict::Hold {
+            let d = decisions[ctl as usize % decisions.len()];
+            verdict = s.release(d, &mut dp).expect("held segment has a release");
+        }
+        let (oseq, out) = match verdict {
+            Verdict::Pass => (seq, payload),
+            Verdict::Drop | Verdict::Hold => continue,
+            Verdict::Edit(e) => (e.seq, e.payload.unwrap_or(payload)),
+        };
+        let off = oseq.diff(rx.isn_peer);
+        assert!(off >= 0, "segment before the stream start");
+        let off = off as usize;
+        assert!(off <= rx.received.len(), "helper created a gap");
+        let overlap = (rx.received.len() - off).min(out.len());
+        assert_eq!(&rx.received[off..off + overlap], &out[..overlap], "retransmission changed delivered bytes");
+        rx.received.extend_from_slice(&out[overlap..]);
+        // the receiver acknowledges everything it has; mapped back, that must not exceed what
+        // the sender sent
+        let back = match dir {
+            Dir::ToServer => Dir::ToClient,
+            Dir::ToClient => Dir::ToServer,
+        };
+        let rack = rx.isn_peer.add(rx.received.len());
+        let seg = Segment { seq: rx.snd_nxt, ack: rack, flags: Flags { ack: true, ..Default::default() }, sack: &[], payload: &[] };
+        let mapped = match s.handle_segment(back, &seg, &mut dp, now) {
+            Verdict::Edit(e) => e.ack,
+            Verdict::Pass => rack,
+            Verdict::Drop | Verdict::Hold => continue,
+        };
+        assert!(mapped <= tx.snd_nxt, "ACK claims unsent data");
+        while s.poll_event().is_some() {}
+    }
+}
+
+/// Random edit histories: `map` is monotonic, `unmap(map(s)) == s` outside edited regions, and
+/// `render` of an unedited range returns it unchanged.
+pub fn seqmap(data: &[u8]) {
+    let mut m = SeqMap::default();
+    let base = Seq(u32::MAX - 300); // exercise wrap-around
+    let mut pos = 0usize;
+    // (start, end, replacement is empty)
+    let mut edits: Vec<(usize, usize, bool)> = Vec::new();
+    for ch in data.chunks(3) {
+        let [gap, old, new] = match ch {
+            [a, b, c] => [*a as usize, *b as usize % 40, *c as usize % 60],
+            _ => break,
+        };
+        let start = pos + gap % 50;
+        m.push(base.add(start), old, vec![b'x'; new]);
+        edits.push((start, start + old, new == 0));
+        pos = start + old;
+    }
+    // inside an edited region, or anywhere in a removed one (an ACK there acknowledges all of
+    // it): no exact inverse
+    let inside = |s: usize| edits.iter().any(|&(a, b, gone)| (s > a && s < b) || (gone && s >= a && s <= b));
+    // edits older than the last MAX_EDITS are folded into one offset: numbers before their end
+    // are history the connection has left behind and are not checked
+    let folded_end = match edits.len().checked_sub(crate::proto::seqmap::MAX_EDITS + 1) {
+        Some(k) => edits[k].1,
+        None => 0,
+    };
+    let mut last = None;
+    for s in folded_end..pos + 60 {
+        let mapped = m.map(base.add(s));
+        if let Some(l) = last {
+            assert!(mapped >= l, "map is not monotonic at {s}");
+        }
+        last = Some(mapped);
+        if !inside(s) {
+            assert_eq!(m.unmap(mapped), base.add(s), "unmap(map({s}))");
+        }
+    }
+    let after = base.add(pos + 5);
+    let (at, bytes) = m.render(after, b"abc");
+    assert_eq!((at, bytes.as_slice()), (m.map(after), &b"abc"[..]));
+}
+
+/// The PORT/EPRT/227/229 parsers and the packet decoder on arbitrary bytes: no panic, and what
+/// parses re-emits to a line that parses to the new endpoint.
+pub fn parsers(data: &[u8]) {
+    let to: SocketAddrV4 = "10.0.2.1:5000".parse().unwrap();
+    for (parse, _) in [
+        (ftp::parse_port as fn(&[u8]) -> _, "PORT"),
+        (ftp::parse_eprt, "EPRT"),
+        (ftp::parse_227, "227"),
+        (ftp::parse_229, "229"),
+    ] {
+        if let Ok(ep) = parse(data) {
+            let line = ftp::emit(data, &ep, to);
+            let again = parse(&line).expect("emitted line parses");
+            assert_eq!(again.port, to.port());
+            if let Some(ip) = again.ip {
+                assert_eq!(ip, *to.ip());
+            }
+        }
+    }
+    let _ = ftp::reply_code(data);
+    let _ = ftp::verb(data);
+    let _ = crate::wire::Packet::parse(data);
+    let _ = crate::cache::dir_from_257(data);
+    if let Ok(t) = core::str::from_utf8(data) {
+        let _ = crate::cache::resolve("~/a", t);
+        let _ = crate::cache::mdtm_seconds(t);
+    }
+}
