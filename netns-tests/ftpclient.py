@@ -5,6 +5,9 @@
   ftpclient.py pipeline HOST FILE OUT      # "TYPE I\\r\\nPASV\\r\\n" in one segment
   ftpclient.py ftplib HOST MODE FILE OUT [USER PASS]   # Python ftplib, MODE pasv|port
   ftpclient.py abort HOST FILE             # reads 256 KiB of a download, then ABOR and close
+  ftpclient.py limits HOST N M             # N sessions fit, the next gets 421; M PASV fit, the next 425
+  ftpclient.py load HOST FILE REF N STALLED  # N concurrent sessions download FILE (== REF), while
+                                           # STALLED clients open a download and never read
   ftpclient.py restart HOST FILE REF SIG   # active download from data port 1030 (the PORT line
                                            # grows when rewritten), creates SIG.ready, waits for
                                            # SIG.go, then active (port 1031) and passive downloads
@@ -170,6 +173,74 @@ def main():
         f.retrbinary("RETR " + name, got.append)
         assert b"".join(got) == want, "passive download differs"
         f.quit()
+    elif what == "limits":
+        host, n, m = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+        sessions = [Raw(host) for _ in range(n)]
+        for c in sessions:
+            c.login("limits@")
+        s = socket.create_connection((host, 21), timeout=20)
+        g = s.makefile("r", encoding="latin-1").readline()
+        if not g.startswith("421 "):
+            raise SystemExit(f"session {n + 1}: greeting {g!r}, expected 421")
+        print("over the session limit:", g.strip())
+        s.close()
+        pending = []
+        for c in sessions[:m]:
+            r = c.cmd("PASV", "227")
+            nums = [int(x) for x in re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", r).groups()]
+            pending.append((".".join(map(str, nums[:4])), nums[4] * 256 + nums[5]))
+        c = sessions[m]
+        c.send("PASV\r\n")
+        r = c.expect("")
+        if not r.startswith("425"):
+            raise SystemExit(f"PASV over the data limit answered {r!r}, expected 425")
+        print("over the data limit:", r.strip())
+        for ep in pending:  # use the announced ports up, so the relay frees them
+            socket.create_connection(ep, timeout=20).close()
+        for c in sessions:
+            c.cmd("QUIT", "221")
+    elif what == "load":
+        import threading
+        host, name, ref, n, stalled = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+        want = open(ref, "rb").read()
+        hold = []
+        for i in range(stalled):  # a download whose reader never reads
+            f = ftplib.FTP(host, timeout=60); f.login(); f.voidcmd("TYPE I")
+            conn = f.transfercmd("RETR big.bin")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            hold.append((f, conn))
+        failures = []
+        # connects are paced (vsftpd's standalone listener loses connections in a burst of
+        # 200 at once, with or without ftpgate); all downloads start together once every
+        # session is logged in
+        barrier = threading.Barrier(n, timeout=120)
+        def worker(i):
+            f = ftplib.FTP(timeout=60)
+            try:
+                time.sleep(i * 0.01)
+                f.connect(host)
+                f.login()
+                f.set_pasv(i % 2 == 0)
+                barrier.wait()
+                got = []
+                f.retrbinary("RETR " + name, got.append)
+                if b"".join(got) != want:
+                    failures.append(f"{i}: content differs")
+                f.quit()
+            except Exception as e:
+                port = f.sock.getsockname()[1] if f and f.sock else "-"
+                failures.append(f"{i} (control port {port}): {e!r}")
+                barrier.abort()
+        t0 = time.time()
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        took = time.time() - t0
+        for f, conn in hold:
+            conn.close(); f.close()
+        print(f"{n} sessions, {len(failures)} failures, {took:.1f} s, {stalled} stalled clients")
+        for x in failures[:40]: print(" ", x)
+        sys.exit(1 if failures else 0)
     elif what == "many":
         # one session, many transfers alternating active/passive: length-changing rewrites pile up
         host, name, ref, n = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])

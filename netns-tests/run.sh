@@ -143,6 +143,28 @@ cache_tests() { # server label; the server runs, ftpgate not
     pass "$t cache clear ($n)" || fail "$t cache clear left entries"
 }
 
+limits_and_load() { # topology label; vsftpd runs, ftpgate not
+  local t=$1
+  gate_start --max-sessions 3 --max-data 2
+  if timeout 60 ip netns exec $C $PY limits $SRV_IP 3 2 >"$WORK/case.log" 2>&1; then
+    pass "$t limits: 4th session gets 421, 3rd pending data connection gets 425 ($(tr '\n' ';' <"$WORK/case.log"))"
+  else
+    fail "$t limits ($(tail -c 300 "$WORK/case.log" | tr '\n' ' '))"
+  fi
+  dl "$t limits: a download works once sessions are gone" big.bin -- ip netns exec $C curl -sS -o "$OUT" ftp://$SRV_IP/big.bin
+  gate_stop
+  head -c 1048576 /dev/urandom >"$WORK/pub/load.bin"; touch -d '1 hour ago' "$WORK/pub/load.bin"
+  rm -rf "$WORK/cache"; gate_start
+  local pid; pid=$(cat "$WORK/gate.pid")
+  if timeout 240 ip netns exec $C $PY load $SRV_IP load.bin "$WORK/pub/load.bin" 200 3 >"$WORK/case.log" 2>&1; then
+    pass "$t load: $(head -1 "$WORK/case.log"), peak RSS $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
+  else
+    fail "$t load ($(tail -c 400 "$WORK/case.log" | tr '\n' ' '))"
+  fi
+  echo "INFO: $t load: ftpgate peak RSS $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status), $(grep -c 'RETR .*: hit$' "$WORK/ftpgate.log") hits"
+  gate_stop
+}
+
 clients() { # topology label
   local t=$1 U=ftp://$SRV_IP
   dl "$t curl EPSV" big.bin -- ip netns exec $C curl -sS -o "$OUT" $U/big.bin
@@ -216,7 +238,7 @@ for topo in nat routed; do
   ops "$topo vsftpd"
   compare_alg "$topo"
   if [[ $topo == nat ]]; then
-    gate_stop; cache_tests vsftpd; gate_start
+    gate_stop; cache_tests vsftpd; limits_and_load "$topo vsftpd"; gate_start
   fi
   server_stop
   vsftpd_start ssl

@@ -108,6 +108,12 @@ struct RunArgs {
     /// Relay downloads without caching them.
     #[arg(long)]
     no_cache: bool,
+    /// Control sessions at once; a new one beyond gets "421" instead of the server's greeting.
+    #[arg(long, default_value_t = 1024)]
+    max_sessions: usize,
+    /// Data connections (announced or transferring) at once; beyond, PASV/PORT get "425".
+    #[arg(long, default_value_t = 512)]
+    max_data: usize,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -180,6 +186,7 @@ fn run(a: RunArgs) -> Result<()> {
         RelayConfig {
             accept_timeout: Duration::from_secs(a.data_timeout),
             idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
+            max_data: a.max_data,
         },
         ftpgate::conntrack::server_side_client_addr,
         cache.clone(),
@@ -193,6 +200,7 @@ fn run(a: RunArgs) -> Result<()> {
             idle: Duration::from_secs(3600),
             mapped_idle: Duration::from_secs(5 * 24 * 3600),
             state_file: Some(a.cache_dir.join("sessions.state")),
+            max_sessions: a.max_sessions,
         },
     )?;
     nfq_loop::run(helper)

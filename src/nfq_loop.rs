@@ -33,6 +33,8 @@ pub struct LoopConfig {
     /// Where the sequence offsets of sessions with length changes are kept, so a restarted
     /// helper (even after `kill -9`) resumes them.
     pub state_file: Option<PathBuf>,
+    /// Control sessions tracked at once; new ones beyond are answered `421`.
+    pub max_sessions: usize,
 }
 
 type Key = (SocketAddrV4, SocketAddrV4);
@@ -44,6 +46,8 @@ struct Held {
     msg: Message,
     token: u64,
     deadline: Instant,
+    /// Its TCP timestamps (TSval, TSecr).
+    ts: Option<(u32, u32)>,
 }
 
 /// A freshness check's outcome, sent back from its thread.
@@ -61,10 +65,32 @@ pub struct Helper {
     last_sweep: Instant,
     cache: Option<Arc<CacheCtx>>,
     held: HashMap<Key, Held>,
+    /// The newest TCP timestamps each session's client sent while a segment was held.
+    held_ts: HashMap<Key, (u32, u32)>,
+    /// Held segments of connections that were replaced, waiting for their drop verdict.
+    stale: Vec<Message>,
     next_token: u64,
     tx: Sender<Checked>,
     rx: Receiver<Checked>,
     wake: Arc<Wake>,
+    state_writer: Option<Sender<String>>,
+}
+
+/// Writes the newest state text it was sent (older ones still queued are skipped).
+fn state_writer(f: PathBuf) -> Option<Sender<String>> {
+    let (tx, rx) = channel::<String>();
+    let spawned = std::thread::Builder::new().name("ftpgate-state".into()).spawn(move || {
+        while let Ok(mut text) = rx.recv() {
+            while let Ok(newer) = rx.try_recv() {
+                text = newer;
+            }
+            let tmp = f.with_extension("tmp");
+            if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &f)) {
+                log!("cannot save session state to {}: {e}", f.display());
+            }
+        }
+    });
+    spawned.ok().map(|_| tx)
 }
 
 impl Helper {
@@ -81,6 +107,7 @@ impl Helper {
                 log!("resumed {} sessions with changed lengths from {}", sessions.len(), f.display());
             }
         }
+        let state_writer = cfg.state_file.clone().and_then(state_writer);
         Ok(Helper {
             sessions,
             relay,
@@ -88,10 +115,13 @@ impl Helper {
             last_sweep: Instant::now(),
             cache,
             held: HashMap::new(),
+            held_ts: HashMap::new(),
+            stale: Vec::new(),
             next_token: 0,
             tx,
             rx,
             wake,
+            state_writer,
         })
     }
 
@@ -110,10 +140,43 @@ impl Helper {
         } else {
             (Dir::ToClient, (pkt.dst(), pkt.src()))
         };
-        let session = self.sessions.entry(key).or_insert_with(|| {
-            log!("session {} -> {}: tracking", key.0, key.1);
-            Session::new(key.0, key.1, now)
-        });
+        let flags = pkt.flags();
+        if dir == Dir::ToServer && flags.syn && !flags.ack {
+            // the client's ports may be reused at once: a SYN that is not a retransmission
+            // starts over, with nothing of the old connection's state
+            if self.sessions.get(&key).is_some_and(|s| s.is_new_connection(pkt.seq())) {
+                self.sessions.remove(&key);
+                if let Some(h) = self.held.get_mut(&key) {
+                    h.deadline = now; // the old connection's held segment is dropped
+                }
+            }
+        }
+        if !self.sessions.contains_key(&key) {
+            let live = self.sessions.values().filter(|s| s.is_live()).count();
+            if self.sessions.len() >= 4 * self.cfg.max_sessions.max(1) {
+                // refused sessions are tracked too, until they close; past this, not even that
+                msg.set_verdict(NfVerdict::Accept);
+                return Some(msg);
+            }
+            let mut s = Session::new(key.0, key.1, now);
+            if live >= self.cfg.max_sessions {
+                log!("session {} -> {}: over the limit of {} sessions; answering 421", key.0, key.1, self.cfg.max_sessions);
+                s.refuse_session(&format!("too many FTP sessions through this gateway (limit {}), try again later", self.cfg.max_sessions));
+            } else {
+                log!("session {} -> {}: tracking", key.0, key.1);
+            }
+            self.sessions.insert(key, s);
+        }
+        let session = self.sessions.get_mut(&key).expect("inserted above");
+        if dir == Dir::ToServer && self.held.contains_key(&key) {
+            if let Some(t) = pkt.ts {
+                let newest = self.held_ts.entry(key).or_insert(t);
+                if Seq(t.0) > Seq(newest.0) {
+                    *newest = t;
+                }
+            }
+        }
+        let ts = pkt.ts;
         let seg = Segment { seq: pkt.seq(), ack: pkt.ack(), flags: pkt.flags(), sack: &pkt.sack, payload: pkt.payload };
         let before = session.seq_state();
         let verdict = session.handle_segment(dir, &seg, &mut self.relay, now);
@@ -126,11 +189,15 @@ impl Helper {
         if verdict == Verdict::Hold {
             let token = self.next_token;
             self.next_token += 1;
-            self.held.insert(key, Held { msg, token, deadline: now + HOLD_LIMIT });
+            self.held_ts.remove(&key);
+            if let Some(old) = self.held.insert(key, Held { msg, token, deadline: now + HOLD_LIMIT, ts }) {
+                // only possible when a dead connection's segment is still held: drop it
+                self.stale.push(old.msg);
+            }
             self.start_check(key, token);
             return None;
         }
-        apply(&mut msg, verdict, &key);
+        apply(&mut msg, verdict, &key, None);
         if now.duration_since(self.last_sweep) > Duration::from_secs(5) {
             self.sweep(now);
         }
@@ -186,7 +253,10 @@ impl Helper {
                 ready.push((*k, h.token, Decision::Bypass, HOLD_LIMIT));
             }
         }
-        let mut out = Vec::new();
+        let mut out: Vec<Message> = self.stale.drain(..).collect();
+        for m in &mut out {
+            m.set_verdict(NfVerdict::Drop);
+        }
         for (key, token, decision, took) in ready {
             if self.held.get(&key).is_none_or(|h| h.token != token) {
                 continue; // already released
@@ -196,8 +266,14 @@ impl Helper {
             self.save_state();
             log!("session {} -> {}: freshness check {decision:?} in {:.3} s", key.0, key.1, took.as_secs_f64());
             self.drain_events(key);
+            // segments that passed while this one was held (probes, ACKs) carried newer TCP
+            // timestamps: going out with its own older one, PAWS would have the server drop it
+            let ts = match (h.ts, self.held_ts.remove(&key)) {
+                (Some(old), Some(new)) if Seq(new.0) > Seq(old.0) => Some(new),
+                _ => None,
+            };
             match verdict {
-                Some(v) => apply(&mut h.msg, v, &key),
+                Some(v) => apply(&mut h.msg, v, &key, ts),
                 None => h.msg.set_verdict(NfVerdict::Drop),
             }
             out.push(h.msg);
@@ -226,19 +302,17 @@ impl Helper {
         }
     }
 
-    /// Writes the sequence offsets of every session with length changes (write, then rename).
+    /// Hands the sequence offsets of every session with length changes to the writer thread
+    /// (which writes, then renames): the queue loop never waits for the disk.
     fn save_state(&self) {
-        let Some(f) = &self.cfg.state_file else { return };
+        let Some(w) = &self.state_writer else { return };
         let mut text = String::new();
         for (k, s) in &self.sessions {
             if let Some(st) = s.seq_state() {
                 text.push_str(&format!("{} {} {} {} {} {}\n", k.0, k.1, st.c2s.0, st.c2s.1 .0, st.s2c.0, st.s2c.1 .0));
             }
         }
-        let tmp = f.with_extension("tmp");
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, f)) {
-            log!("cannot save session state to {}: {e}", f.display());
-        }
+        let _ = w.send(text);
     }
 
     pub fn sessions(&self) -> usize {
@@ -247,9 +321,9 @@ impl Helper {
 }
 
 /// Sets a message's verdict (and payload, when edited).
-fn apply(msg: &mut Message, verdict: Verdict, key: &Key) {
+fn apply(msg: &mut Message, verdict: Verdict, key: &Key, ts: Option<(u32, u32)>) {
     let edited = match &verdict {
-        Verdict::Edit(e) => Some(Packet::parse(msg.get_payload()).and_then(|p| p.edited(e))),
+        Verdict::Edit(e) => Some(Packet::parse(msg.get_payload()).and_then(|p| p.edited(e, ts))),
         _ => None,
     };
     match (verdict, edited) {
@@ -373,6 +447,17 @@ pub fn run(mut helper: Helper) -> Result<()> {
     queue.set_queue_max_len(q, 4096).context("cannot set the queue length")?;
     queue.set_copy_range(q, 0xffff).context("cannot set the copy range")?;
     queue.set_nonblocking(true);
+    // Queued packets wait in this socket's buffer; when it is full the kernel accepts them
+    // unprocessed (fail-open) or drops them. A burst of new sessions must fit.
+    let size: libc::c_int = 16 << 20;
+    // SAFETY: setsockopt with a live int on the queue's socket.
+    unsafe {
+        let p = (&size as *const libc::c_int).cast();
+        let n = core::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        if libc::setsockopt(qfd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, p, n) < 0 {
+            libc::setsockopt(qfd, libc::SOL_SOCKET, libc::SO_RCVBUF, p, n);
+        }
+    }
     log!("bound NFQUEUE {q} ({})", if helper.cfg.fail_open { "fail-open" } else { "fail-closed" });
     match &helper.cache {
         Some(c) => {

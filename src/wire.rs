@@ -11,6 +11,7 @@ use etherparse::{Ipv4Header, TcpHeader};
 use crate::proto::{Edit, Flags, Seq};
 
 const SACK: u8 = 5;
+const TIMESTAMP: u8 = 8;
 const NOP: u8 = 1;
 const EOL: u8 = 0;
 
@@ -20,6 +21,8 @@ pub struct Packet<'a> {
     tcp: TcpHeader,
     pub payload: &'a [u8],
     pub sack: Vec<(Seq, Seq)>,
+    /// The timestamp option (TSval, TSecr), if present.
+    pub ts: Option<(u32, u32)>,
 }
 
 impl<'a> Packet<'a> {
@@ -36,7 +39,8 @@ impl<'a> Packet<'a> {
         let rest = rest.get(..ip_payload_len).ok_or("truncated IPv4 payload")?;
         let (tcp, payload) = TcpHeader::from_slice(rest).map_err(|e| format!("TCP header: {e}"))?;
         let sack = sack_blocks(tcp.options.as_slice());
-        Ok(Packet { ip, tcp, payload, sack })
+        let ts = timestamps(tcp.options.as_slice());
+        Ok(Packet { ip, tcp, payload, sack, ts })
     }
 
     pub fn src(&self) -> SocketAddrV4 {
@@ -55,14 +59,22 @@ impl<'a> Packet<'a> {
         Flags { syn: self.tcp.syn, ack: self.tcp.ack, fin: self.tcp.fin, rst: self.tcp.rst }
     }
 
-    /// The packet with `e` applied, lengths and checksums recomputed.
-    pub fn edited(&self, e: &Edit) -> Result<Vec<u8>, String> {
+    /// The packet with `e` applied, lengths and checksums recomputed. `ts` replaces the
+    /// timestamp option's values (a segment held back must not carry a timestamp older than
+    /// ones the receiver has seen since, or PAWS drops it).
+    pub fn edited(&self, e: &Edit, ts: Option<(u32, u32)>) -> Result<Vec<u8>, String> {
         let mut ip = self.ip.clone();
         let mut tcp = self.tcp.clone();
         tcp.sequence_number = e.seq.0;
         tcp.acknowledgment_number = e.ack.0;
-        if let Some(blocks) = &e.sack {
-            let opts = rewrite_sack(tcp.options.as_slice(), blocks);
+        if e.sack.is_some() || ts.is_some() {
+            let mut opts = tcp.options.as_slice().to_vec();
+            if let Some(blocks) = &e.sack {
+                opts = rewrite_sack(&opts, blocks);
+            }
+            if let Some(t) = ts {
+                rewrite_timestamps(&mut opts, t);
+            }
             tcp.set_options_raw(&opts).map_err(|e| format!("TCP options: {e}"))?;
         }
         let payload: &[u8] = e.payload.as_deref().unwrap_or(self.payload);
@@ -112,6 +124,20 @@ fn sack_blocks(opts: &[u8]) -> Vec<(Seq, Seq)> {
         }
     }
     v
+}
+
+fn timestamps(opts: &[u8]) -> Option<(u32, u32)> {
+    let (off, _, _) = options(opts).find(|&(_, kind, len)| kind == TIMESTAMP && len == 10)?;
+    let v = |i: usize| u32::from_be_bytes([opts[i], opts[i + 1], opts[i + 2], opts[i + 3]]);
+    Some((v(off + 2), v(off + 6)))
+}
+
+fn rewrite_timestamps(opts: &mut [u8], (val, ecr): (u32, u32)) {
+    let at = options(opts).find(|&(_, kind, len)| kind == TIMESTAMP && len == 10).map(|(off, _, _)| off);
+    if let Some(off) = at {
+        opts[off + 2..off + 6].copy_from_slice(&val.to_be_bytes());
+        opts[off + 6..off + 10].copy_from_slice(&ecr.to_be_bytes());
+    }
 }
 
 /// Replaces the SACK option's blocks, keeping the options' total length (NOP padding), so the
@@ -180,7 +206,7 @@ mod tests {
             sack: Some(vec![(Seq(17), Seq(19))]),
             payload: Some(b"PORT 10,0,2,1,19,136\r\n".to_vec()),
         };
-        let out = p.edited(&e).unwrap();
+        let out = p.edited(&e, None).unwrap();
         // etherparse's own validating parser accepts it and the checksums verify
         let (ip, rest) = Ipv4Header::from_slice(&out).unwrap();
         assert_eq!(ip.calc_header_checksum(), ip.header_checksum);
@@ -192,6 +218,20 @@ mod tests {
         let q = Packet::parse(&out).unwrap();
         assert_eq!((q.seq(), q.ack()), (Seq(1003), Seq(4990)));
         assert_eq!(q.sack, vec![(Seq(17), Seq(19))]);
+    }
+
+    #[test]
+    fn timestamps_are_read_and_replaced() {
+        let mut b = PacketBuilder::ipv4([10, 0, 1, 2], [10, 0, 2, 2], 64).tcp(40000, 21, 1000, 64240).ack(5000);
+        b = b.options_raw(&[NOP, NOP, TIMESTAMP, 10, 0, 0, 0, 5, 0, 0, 0, 6]).unwrap();
+        let mut buf = Vec::new();
+        b.write(&mut buf, b"RETR f\r\n").unwrap();
+        let p = Packet::parse(&buf).unwrap();
+        assert_eq!(p.ts, Some((5, 6)));
+        let e = Edit { seq: p.seq(), ack: p.ack(), sack: None, payload: None };
+        let q = p.edited(&e, Some((70, 80))).unwrap();
+        let q = Packet::parse(&q).unwrap();
+        assert_eq!((q.ts, q.payload), (Some((70, 80)), &b"RETR f\r\n"[..]));
     }
 
     #[test]

@@ -283,9 +283,13 @@ pub struct Session {
     hold: Option<Hold>,
     held: Option<HeldPacket>,
     hold_new: bool,
+    /// Over the gateway's session limit: the server's greeting is replaced by this.
+    refuse_greeting: Option<Vec<u8>>,
     events: VecDeque<Event>,
     last_seen: Instant,
     rst: bool,
+    /// Restored from saved state and not seen since: it may be long gone.
+    resumed_unseen: bool,
 }
 
 /// A line as it may appear in a log: escaped, and never a password.
@@ -322,9 +326,11 @@ impl Session {
             hold: None,
             held: None,
             hold_new: false,
+            refuse_greeting: None,
             events: VecDeque::new(),
             last_seen: now,
             rst: false,
+            resumed_unseen: false,
         }
     }
 
@@ -335,7 +341,26 @@ impl Session {
         s.c2s.map = SeqMap::from_offset(st.c2s.0, st.c2s.1);
         s.s2c.map = SeqMap::from_offset(st.s2c.0, st.s2c.1);
         s.greeted = true;
+        s.resumed_unseen = true;
         s
+    }
+
+    /// A live connection: not closing, and not merely restored from saved state.
+    pub fn is_live(&self) -> bool {
+        !self.is_closed() && !self.resumed_unseen
+    }
+
+    /// Refuses this session (the gateway is at its session limit): the server's greeting
+    /// reaches the client as `421 <why>`, after which clients disconnect.
+    pub fn refuse_session(&mut self, why: &str) {
+        self.refuse_greeting = Some(format!("421 ftpgate: {why}.\r\n").into_bytes());
+    }
+
+    /// Whether a client SYN with this sequence number opens a new connection on the same
+    /// addresses and ports (the old one closed, or was restored from saved state), rather
+    /// than retransmitting this one's SYN.
+    pub fn is_new_connection(&self, syn_seq: Seq) -> bool {
+        !self.c2s.synced || self.resumed_unseen || self.is_closed() || self.c2s.first != syn_seq.add(1)
     }
 
     /// Both sides sent FIN, or one sent RST.
@@ -389,6 +414,9 @@ impl Session {
 
     /// When the shell may forget this session.
     pub fn expires_at(&self, idle: Duration, mapped_idle: Duration) -> Instant {
+        if self.resumed_unseen {
+            return self.last_seen + idle; // restored but never seen again: don't keep it for days
+        }
         if self.rst || (self.c2s.fin && self.s2c.fin) {
             // keep a little while for retransmitted FINs and final ACKs
             return self.last_seen + Duration::from_secs(30).min(idle);
@@ -416,6 +444,7 @@ impl Session {
     /// Handles one segment travelling in `dir`.
     pub fn handle_segment(&mut self, dir: Dir, seg: &Segment, dp: &mut dyn DataPlane, now: Instant) -> Verdict {
         self.last_seen = now;
+        self.resumed_unseen = false;
         if seg.flags.rst {
             self.rst = true;
         }
@@ -467,6 +496,7 @@ impl Session {
         }
         let tls = self.tls;
         let holding = dir == Dir::ToServer && self.hold.is_some();
+        let refusing = dir == Dir::ToClient && self.refuse_greeting.is_some() && !self.greeted;
         let st = self.stream(dir);
         let end = seg.seq.add(seg.payload.len());
         if holding && (end > st.next || seg.flags.fin) {
@@ -482,6 +512,11 @@ impl Session {
 
         if seg.seq > st.next {
             return Verdict::Drop; // a gap: wait for the retransmission of what is missing
+        }
+        if refusing && seg.seq == st.first && end > st.next && !seg.payload.contains(&b'\n') {
+            // a greeting to replace that starts split: nothing precedes it to probe with, so
+            // wait for the server's retransmission, which carries the whole line
+            return Verdict::Drop;
         }
         // Everything before `sent_end` has gone out in some form (held bytes have not).
         let sent_end = if st.absorbing { st.line_start } else { st.next };
@@ -645,7 +680,10 @@ impl Session {
                     || (is_prefix_ci(l, b"RETR ") && self.data.is_some() && self.logged_in && self.binary)
             }
             Dir::ToClient => {
-                if !self.greeted || self.multiline.is_some() {
+                if !self.greeted {
+                    return self.refuse_greeting.is_some() && self.multiline.is_none();
+                }
+                if self.multiline.is_some() {
                     return false;
                 }
                 match self.cmds.front() {
@@ -787,6 +825,10 @@ impl Session {
         }
         if !self.greeted {
             self.greeted = true;
+            if let Some(text) = self.refuse_greeting.take() {
+                self.events.push_back(Event::Refused { reason: "session limit reached; answered 421".into() });
+                return Some(text);
+            }
             return None;
         }
         if code == 230 {

@@ -505,6 +505,24 @@ fn password_is_not_in_debug_output() {
 }
 
 #[test]
+fn over_the_limit_the_greeting_becomes_421() {
+    for sizes in [&[][..], &[5, 1, 1][..], &[9, 30][..]] {
+        let mut p = Pair::new();
+        p.s.refuse_session("too many FTP sessions through this gateway");
+        let greeting = b"220 vsFTPd 3.0.3 ready\r\n";
+        if let Some(&first) = sizes.first() {
+            // split at its start: dropped until the server retransmits it whole
+            let seq = p.v.snd_nxt;
+            let flags = Flags { ack: true, ..Default::default() };
+            let seg = Segment { seq, ack: p.v.rcv_nxt, flags, sack: &[], payload: &greeting[..first] };
+            assert_eq!(p.s.handle_segment(Dir::ToClient, &seg, &mut p.dp, p.now), Verdict::Drop);
+        }
+        p.send(Dir::ToClient, greeting, &[]);
+        assert_eq!(p.received(Dir::ToClient), "421 ftpgate: too many FTP sessions through this gateway.\r\n");
+    }
+}
+
+#[test]
 fn resumed_session_keeps_mapping_and_rewriting() {
     let mut p = Pair::new();
     p.send(Dir::ToClient, b"220 hello\r\n", &[]);

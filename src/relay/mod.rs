@@ -40,6 +40,8 @@ pub struct RelayConfig {
     pub accept_timeout: Duration,
     /// A data connection with no progress for this long is closed.
     pub idle_timeout: Duration,
+    /// Data connections (waiting or transferring) at once; more are refused (425).
+    pub max_data: usize,
 }
 
 /// Finds the client's address as the server sees it (conntrack's NAT); `None` = not translated.
@@ -142,6 +144,10 @@ impl DataPlane for Relay {
     }
 
     fn open(&mut self, req: &DataRequest) -> Result<Opened, String> {
+        let live = self.slots.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if live >= self.cfg.max_data {
+            return Err(format!("too many data connections in progress (limit {})", self.cfg.max_data));
+        }
         let (listen_ip, port, peer, src) = match req.mode {
             Mode::Passive => (*req.server.ip(), req.target.port(), *req.client.ip(), *req.client.ip()),
             Mode::Active => {
