@@ -146,7 +146,9 @@ cache_tests() { # server label; the server runs, ftpgate not
 limits_and_load() { # topology label; vsftpd runs, ftpgate not
   local t=$1
   gate_start --max-sessions 3 --max-data 2
-  if timeout 60 ip netns exec $C $PY limits $SRV_IP 3 2 >"$WORK/case.log" 2>&1; then
+  local mark; mark=$(logmark)
+  if timeout 60 ip netns exec $C $PY limits $SRV_IP 3 2 >"$WORK/case.log" 2>&1 &&
+     busywait 5000 bash -c "(( \$(tail -n +$((mark + 1)) '$WORK/ftpgate.log' | grep -c 'data passive') >= 2 ))"; then
     pass "$t limits: 4th session gets 421, 3rd pending data connection gets 425 ($(tr '\n' ';' <"$WORK/case.log"))"
   else
     fail "$t limits ($(tail -c 300 "$WORK/case.log" | tr '\n' ' '))"

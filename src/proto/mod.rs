@@ -142,6 +142,10 @@ pub trait DataPlane {
     fn finished(&mut self, id: DataId, ok: bool);
     /// `path` on `server` is being changed (STOR, APPE, DELE, RNFR, RNTO): forget cached copies.
     fn invalidate(&mut self, server: SocketAddrV4, path: &str);
+    /// Whether there is a cache at all (`--no-cache` turns it off).
+    fn cache_enabled(&self) -> bool {
+        true
+    }
 }
 
 /// Things worth a log line, drained with [`Session::poll_event`].
@@ -920,6 +924,9 @@ impl Session {
         whole: bool,
         dp: &mut dyn DataPlane,
     ) -> bool {
+        if !dp.cache_enabled() {
+            return false;
+        }
         let key = match self.cache_key(name) {
             Ok(k) => k,
             Err(why) => {

@@ -103,6 +103,10 @@ impl Relay {
 }
 
 impl DataPlane for Relay {
+    fn cache_enabled(&self) -> bool {
+        self.cache.is_some()
+    }
+
     fn cached(&mut self, key: &Key) -> Option<u64> {
         self.cache.as_ref()?.store.lookup(key).map(|m| m.size)
     }
