@@ -5,6 +5,9 @@
   ftpclient.py pipeline HOST FILE OUT      # "TYPE I\\r\\nPASV\\r\\n" in one segment
   ftpclient.py ftplib HOST MODE FILE OUT [USER PASS]   # Python ftplib, MODE pasv|port
   ftpclient.py abort HOST FILE             # reads 256 KiB of a download, then ABOR and close
+  ftpclient.py bounce HOST FILE OUT [TARGET]  # PORT/EPRT naming TARGET (and port 25) must get 5xx
+  ftpclient.py pasvwait HOST FILE OUT SIG  # PASV, writes the endpoint to SIG.ep, waits for
+                                           # SIG.go, then connects and downloads
   ftpclient.py limits HOST N M             # N sessions fit, the next gets 421; M PASV fit, the next 425
   ftpclient.py load HOST FILE REF N STALLED  # N concurrent sessions download FILE (== REF), while
                                            # STALLED clients open a download and never read
@@ -173,6 +176,55 @@ def main():
         f.retrbinary("RETR " + name, got.append)
         assert b"".join(got) == want, "passive download differs"
         f.quit()
+    elif what == "bounceattack":
+        # the attack itself: PORT/EPRT naming TARGET, each followed by LIST; prints the replies
+        host, target = sys.argv[2], sys.argv[3]
+        c = Raw(host)
+        c.login("attack@")
+        t = target.replace(".", ",")
+        for line in (f"PORT {t},31,144", f"EPRT |1|{target}|8080|", f"PORT {t},0,25"):
+            c.send(line + "\r\n"); r1 = c.expect("")
+            c.send("LIST\r\n"); r2 = c.expect("")
+            if r2.startswith("1"):
+                c.s.settimeout(5)
+                try:
+                    r2 += " / " + c.expect("")
+                except OSError:
+                    r2 += " / (no final reply)"
+                    print(f"{line!r}: {r1.strip()} | LIST: {r2.strip()}")
+                    break
+            print(f"{line!r}: {r1.strip()} | LIST: {r2.strip()}")
+    elif what == "pasvwait":
+        import os
+        host, name, out, sig = sys.argv[2:6]
+        c = Raw(host)
+        c.login("wait@"); c.cmd("TYPE I", "200")
+        r = c.cmd("PASV", "227")
+        nums = [int(x) for x in re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", r).groups()]
+        ep = (".".join(map(str, nums[:4])), nums[4] * 256 + nums[5])
+        open(sig + ".ep", "w").write(f"{ep[0]} {ep[1]}\n")
+        for _ in range(400):
+            if os.path.exists(sig + ".go"):
+                break
+            time.sleep(0.05)
+        s = socket.create_connection(ep, timeout=20)
+        c.send("RETR %s\r\n" % name); c.expect("1")
+        with open(out, "wb") as o:
+            while b := s.recv(65536):
+                o.write(b)
+        c.expect("226"); c.cmd("QUIT", "221")
+    elif what == "grab":
+        # a thief: connect to HOST PORT, print how many bytes it got (0 also when refused)
+        host, port = sys.argv[2], int(sys.argv[3])
+        got = 0
+        try:
+            s = socket.create_connection((host, port), timeout=5)
+            s.settimeout(5)
+            while b := s.recv(65536):
+                got += len(b)
+        except OSError as e:
+            print("error:", e)
+        print(got)
     elif what == "limits":
         host, n, m = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
         sessions = [Raw(host) for _ in range(n)]
@@ -257,9 +309,12 @@ def main():
     elif what == "bounce":
         # PORT/EPRT naming a third party must be refused with a 5xx; the session goes on
         host, name, out = sys.argv[2:5]
+        target = sys.argv[5] if len(sys.argv) > 5 else "10.0.2.99"
         c = Raw(host)
         c.login("bounce@")
-        for line in ("PORT 10,0,2,99,31,144", "EPRT |1|10.0.2.99|8080|", "PORT 10,0,1,2,0,25"):
+        t = target.replace(".", ",")
+        own = c.s.getsockname()[0].replace(".", ",")
+        for line in (f"PORT {t},31,144", f"EPRT |1|{target}|8080|", f"PORT {t},0,25", f"PORT {own},0,25"):
             c.send(line + "\r\n")
             r = c.expect("")
             if not r.startswith("5"):
@@ -271,6 +326,10 @@ def main():
         # malformed and oversized lines must not break the helper; the session still works
         host, name, out = sys.argv[2:5]
         c = Raw(host)
+        c.send("PASV\r\n")  # before login
+        r = c.expect("")
+        if not r[:1] in ("4", "5"):
+            raise SystemExit(f"PASV before login answered {r!r}, expected an error")
         c.login("garbage@")
         for line in ("\x00\xff\xfe junk", "PORT " + ",".join(["1"] * 1000), "PORT 1,2,3",
                      "PORT 10,0,1,2,300,1", "EPRT |7|10.0.1.2|99999|", "EPRT |1|10.0.1.2|99999|",

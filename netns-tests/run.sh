@@ -167,6 +167,62 @@ limits_and_load() { # topology label; vsftpd runs, ftpgate not
   gate_stop
 }
 
+# third_party_start / third_party_count: the listener on 10.0.4.2 (behind the server)
+third_party_start() {
+  : >"$WORK/third.log"
+  ip netns exec $P-3rd "$SYSPY" "$HERE/listener.py" "$WORK/third.log" 10.0.4.2 25 7000 8080 >/dev/null 2>&1 &
+  echo $! >"$WORK/third.pid"
+  busywait 3000 inS bash -c "exec 3<>/dev/tcp/10.0.4.2/8080" 2>/dev/null  # reachable from the server
+  busywait 3000 grep -q 8080 "$WORK/third.log"; : >"$WORK/third.log"
+}
+third_party_stop() { kill "$(cat "$WORK/third.pid")" 2>/dev/null; }
+
+security() { # topology label; ftpgate runs
+  local t=$1 mark
+  # 1. bounce: pyftpdlib would obey (permit_foreign_addresses); the third party sees nothing
+  server_stop; pyftpd_start foreign; third_party_start
+  inC $PY bounceattack $SRV_IP 10.0.4.2 >"$WORK/case.log" 2>&1
+  if [[ ! -s $WORK/third.log ]] && grep -q "500 ftpgate" "$WORK/case.log"; then
+    pass "$t bounce: PORT/EPRT + LIST at a third party refused, nothing connected to it"
+  else
+    fail "$t bounce: third party saw $(wc -l <"$WORK/third.log") connections ($(tr '\n' ' ' <"$WORK/case.log"))"
+  fi
+  gate_stop  # reference: without ftpgate the same attack reaches the third party
+  inC $PY bounceattack $SRV_IP 10.0.4.2 >"$WORK/case.log" 2>&1
+  [[ -s $WORK/third.log ]] && pass "$t bounce reference: without ftpgate pyftpdlib does connect to the third party" ||
+    echo "INFO: $t bounce reference: the attack did not reach the third party without ftpgate either ($(tr '\n' ' ' <"$WORK/case.log"))"
+  gate_start
+  # 2. hostile server: its 227/229 name the third party; the relay goes to the control server
+  server_stop; : >"$WORK/third.log"
+  ip netns exec $S "$SYSPY" "$HERE/hostile.py" $SRV_IP 10.0.4.2 7000 "$WORK/pub/small.txt" >/dev/null 2>&1 &
+  echo $! >"$WORK/server.pid"
+  busywait 5000 inS bash -c "exec 3<>/dev/tcp/$SRV_IP/21" 2>/dev/null
+  dl "$t hostile 227 naming a third party: ftplib (follows the address) gets the file" small.txt -- ip netns exec $C $PY ftplib $SRV_IP pasv small.txt "$OUT"
+  dl "$t hostile 229: curl EPSV gets the file" small.txt -- ip netns exec $C curl -sS -o "$OUT" ftp://$SRV_IP/small.txt
+  [[ ! -s $WORK/third.log ]] && pass "$t hostile server: the third party saw no connection" ||
+    fail "$t hostile server: the third party saw $(cat "$WORK/third.log")"
+  third_party_stop
+  server_stop; vsftpd_start
+  # 3. data-port theft: another LAN host races to the announced passive endpoint
+  rm -f "$WORK"/sig.*
+  inC $PY pasvwait $SRV_IP big.bin "$OUT" "$WORK/sig" >"$WORK/case.log" 2>&1 & local cpid=$!
+  if busywait 10000 test -s "$WORK/sig.ep"; then
+    read -r ip port <"$WORK/sig.ep"
+    local got; got=$(ip netns exec $P-thf "$SYSPY" "$HERE/ftpclient.py" grab "$ip" "$port" | tail -1)
+    touch "$WORK/sig.go"
+    if wait $cpid && cmp -s "$OUT" "$WORK/pub/big.bin" && [[ $got == 0 ]]; then
+      pass "$t port theft (passive): the racing LAN host got 0 bytes, the client the whole file"
+    else
+      fail "$t port theft (passive): thief got $got bytes; client: $(tail -c 200 "$WORK/case.log")"
+    fi
+    got=$(ip netns exec $P-thf "$SYSPY" "$HERE/ftpclient.py" grab "$ip" "$port" | tail -1)
+    [[ $got == 0 ]] && pass "$t port theft (passive): nothing after the transfer either" || fail "$t port theft after the transfer: $got bytes"
+  else
+    kill $cpid; fail "$t port theft: no PASV endpoint"
+  fi
+  grep -q "refused connection from 10.0.5.2" "$WORK/ftpgate.log" && pass "$t port theft logged" || fail "$t port theft not logged"
+}
+
 clients() { # topology label
   local t=$1 U=ftp://$SRV_IP
   dl "$t curl EPSV" big.bin -- ip netns exec $C curl -sS -o "$OUT" $U/big.bin
@@ -237,6 +293,7 @@ for topo in nat routed; do
       pass "unusable --cache-dir: one-line error ($msg)" || fail "unusable --cache-dir: rc=$rc: $msg"
   fi
   clients "$topo vsftpd"
+  security "$topo"
   ops "$topo vsftpd"
   compare_alg "$topo"
   if [[ $topo == nat ]]; then

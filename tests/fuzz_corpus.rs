@@ -5,6 +5,10 @@
 use std::path::Path;
 
 fn replay(target: &str, f: fn(&[u8])) -> usize {
+    if let Some(only) = std::env::var_os("FUZZ_ONLY") {
+        f(&std::fs::read(only).unwrap()); // FUZZ_ONLY=path: just that input, panics shown
+        return 1;
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut n = 0;
     for dir in ["corpus-min", "regressions"] {

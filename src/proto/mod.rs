@@ -456,6 +456,9 @@ impl Session {
 
         // ACK and SACK: numbers of the other direction's stream.
         let ack = if seg.flags.ack { other.unmap_ack(seg.ack) } else { seg.ack };
+        if seg.flags.ack && other.synced {
+            other.map.acked(ack);
+        }
         let mut sack_changed = false;
         let mut sack = Vec::with_capacity(seg.sack.len());
         for &(l, r) in seg.sack {
@@ -516,6 +519,11 @@ impl Session {
 
         if seg.seq > st.next {
             return Verdict::Drop; // a gap: wait for the retransmission of what is missing
+        }
+        if st.map.is_folded(seg.seq) {
+            // a retransmission of bytes acknowledged long ago whose edits are folded away:
+            // the receiver has them, and they could not be rendered as first sent
+            return Verdict::Drop;
         }
         if refusing && seg.seq == st.first && end > st.next && !seg.payload.contains(&b'\n') {
             // a greeting to replace that starts split: nothing precedes it to probe with, so

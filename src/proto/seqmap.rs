@@ -63,8 +63,11 @@ impl Edit {
     }
 }
 
-/// Edits kept in full for retransmissions; older ones only shift later numbers.
+/// Edits kept in full for retransmissions; older ones that the receiver has acknowledged
+/// are folded into one offset.
 pub const MAX_EDITS: usize = 64;
+/// Past this many, edits are folded even if unacknowledged (memory bound).
+pub const HARD_MAX_EDITS: usize = 4096;
 
 #[derive(Clone, Debug, Default)]
 pub struct SeqMap {
@@ -72,6 +75,10 @@ pub struct SeqMap {
     base_delta: i64,
     base_end: Option<Seq>,
     edits: Vec<Edit>,
+    /// Everything before this (original numbering) is acknowledged by the receiver.
+    acked: Option<Seq>,
+    /// End of the last edit folded away (not set by [`SeqMap::from_offset`]).
+    folded_end: Option<Seq>,
 }
 
 impl SeqMap {
@@ -82,7 +89,7 @@ impl SeqMap {
     /// A map that shifts every number from `since` on by `delta`: what is left of a history
     /// after a restart (see [`SeqMap::offset_state`]).
     pub fn from_offset(delta: i64, since: Seq) -> SeqMap {
-        SeqMap { base_delta: delta, base_end: Some(since), edits: Vec::new() }
+        SeqMap { base_delta: delta, base_end: Some(since), ..SeqMap::default() }
     }
 
     /// The history folded to one offset: the total length change, and the original sequence
@@ -103,11 +110,34 @@ impl SeqMap {
     pub fn push(&mut self, start: Seq, old_len: usize, new: Vec<u8>) {
         debug_assert!(self.edits.last().is_none_or(|e| e.end() <= start));
         self.edits.push(Edit { start, old_len, new });
-        if self.edits.len() > MAX_EDITS {
+        self.fold();
+    }
+
+    /// The receiver acknowledged everything before `upto` (original numbering).
+    pub fn acked(&mut self, upto: Seq) {
+        if self.acked.is_none_or(|a| upto > a) {
+            self.acked = Some(upto);
+            self.fold();
+        }
+    }
+
+    fn fold(&mut self) {
+        while self.edits.len() > MAX_EDITS {
+            let acked = self.acked.is_some_and(|a| self.edits[0].end() <= a);
+            if !acked && self.edits.len() <= HARD_MAX_EDITS {
+                break;
+            }
             let old = self.edits.remove(0);
             self.base_delta += old.delta();
             self.base_end = Some(old.end());
+            self.folded_end = Some(old.end());
         }
+    }
+
+    /// Whether original number `s` lies in folded history: bytes there were acknowledged long
+    /// ago, and their edits can no longer be re-rendered, so a retransmission of them is dropped.
+    pub fn is_folded(&self, s: Seq) -> bool {
+        self.folded_end.is_some_and(|e| s < e)
     }
 
     fn base_for(&self, s: Seq) -> i64 {
@@ -271,8 +301,22 @@ mod tests {
     }
 
     #[test]
+    fn only_acknowledged_edits_are_folded() {
+        let mut m = SeqMap::default();
+        for i in 0..(MAX_EDITS as u32 + 10) {
+            m.push(Seq(1000 + i * 10), 2, b"abc".to_vec());
+        }
+        assert!(!m.is_folded(Seq(1000)), "nothing acknowledged yet: all kept");
+        m.acked(Seq(1000 + 5 * 10 + 2));
+        assert!(m.is_folded(Seq(1000)) && !m.is_folded(Seq(1000 + 6 * 10)));
+        let (_, out) = m.render(Seq(1000 + 6 * 10), b"xy");
+        assert_eq!(out, b"abc");
+    }
+
+    #[test]
     fn folding_keeps_offsets() {
         let mut m = SeqMap::default();
+        m.acked(Seq(u32::MAX / 2));
         for i in 0..(MAX_EDITS as u32 + 10) {
             m.push(Seq(1000 + i * 10), 2, b"abc".to_vec());
         }
