@@ -105,10 +105,12 @@ server_stop() {
 
 gate_start() { # extra run args...
   inR "$BIN" rules apply || return 1
+  local n; n=$(grep -c "bound NFQUEUE" "$WORK/ftpgate.log" 2>/dev/null)
   # not through a shell function: $! must be ftpgate itself (ip netns exec execs it)
   ip netns exec "$R" "$BIN" run --cache-dir "$WORK/cache" "$@" >>"$WORK/ftpgate.log" 2>&1 &
   echo $! >"$WORK/gate.pid"
-  busywait 3000 grep -q "bound NFQUEUE" "$WORK/ftpgate.log"
+  # this start's own line, not an earlier one in the same log
+  busywait 3000 bash -c "(( \$(grep -c 'bound NFQUEUE' '$WORK/ftpgate.log') > ${n:-0} ))"
 }
 
 gate_stop() {

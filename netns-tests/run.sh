@@ -221,6 +221,17 @@ security() { # topology label; ftpgate runs
     kill $cpid; fail "$t port theft: no PASV endpoint"
   fi
   grep -q "refused connection from 10.0.5.2" "$WORK/ftpgate.log" && pass "$t port theft logged" || fail "$t port theft not logged"
+  # an announced port nobody connects to closes after --data-timeout
+  gate_stop; gate_start --data-timeout 2
+  rm -f "$WORK"/sig.*; local mark; mark=$(logmark)
+  inC $PY pasvwait $SRV_IP small.txt "$OUT" "$WORK/sig" >"$WORK/case.log" 2>&1 & cpid=$!
+  if busywait 5000 logsince "$mark" "no connection from 10.0.1.2 within 2s"; then
+    pass "$t an unused data port closes after --data-timeout 2"
+  else
+    fail "$t data port timeout not logged"
+  fi
+  touch "$WORK/sig.go"; wait $cpid
+  gate_stop; gate_start
 }
 
 clients() { # topology label

@@ -294,6 +294,8 @@ pub struct Session {
     rst: bool,
     /// Restored from saved state and not seen since: it may be long gone.
     resumed_unseen: bool,
+    /// Seen a SYN or a segment with data (not only stray ACKs/FINs of a finished connection).
+    active: bool,
 }
 
 /// A line as it may appear in a log: escaped, and never a password.
@@ -335,6 +337,7 @@ impl Session {
             last_seen: now,
             rst: false,
             resumed_unseen: false,
+            active: false,
         }
     }
 
@@ -351,7 +354,7 @@ impl Session {
 
     /// A live connection: not closing, and not merely restored from saved state.
     pub fn is_live(&self) -> bool {
-        !self.is_closed() && !self.resumed_unseen
+        !self.is_closed() && !self.resumed_unseen && self.active
     }
 
     /// Refuses this session (the gateway is at its session limit): the server's greeting
@@ -449,6 +452,7 @@ impl Session {
     pub fn handle_segment(&mut self, dir: Dir, seg: &Segment, dp: &mut dyn DataPlane, now: Instant) -> Verdict {
         self.last_seen = now;
         self.resumed_unseen = false;
+        self.active |= seg.flags.syn || !seg.payload.is_empty();
         if seg.flags.rst {
             self.rst = true;
         }
