@@ -213,6 +213,26 @@ def main():
             while b := s.recv(65536):
                 o.write(b)
         c.expect("226"); c.cmd("QUIT", "221")
+    elif what == "portwait":
+        # active mode: PORT, then write our own endpoint to SIG.ep, wait for SIG.go, RETR
+        import os
+        host, name, out, sig = sys.argv[2:6]
+        c = Raw(host)
+        c.login("wait@"); c.cmd("TYPE I", "200")
+        l = socket.socket(); l.bind((c.s.getsockname()[0], 0)); l.listen(1); l.settimeout(20)
+        ip, port = l.getsockname()
+        c.cmd("PORT %s,%d,%d" % (ip.replace(".", ","), port >> 8, port & 255), "200")
+        open(sig + ".ep", "w").write(f"{ip} {port}\n")
+        for _ in range(400):
+            if os.path.exists(sig + ".go"):
+                break
+            time.sleep(0.05)
+        c.send("RETR %s\r\n" % name); c.expect("1")
+        s, _ = l.accept()
+        with open(out, "wb") as o:
+            while b := s.recv(65536):
+                o.write(b)
+        c.expect("226"); c.cmd("QUIT", "221")
     elif what == "grab":
         # a thief: connect to HOST PORT, print how many bytes it got (0 also when refused)
         host, port = sys.argv[2], int(sys.argv[3])

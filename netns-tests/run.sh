@@ -221,9 +221,30 @@ security() { # topology label; ftpgate runs
     kill $cpid; fail "$t port theft: no PASV endpoint"
   fi
   grep -q "refused connection from 10.0.5.2" "$WORK/ftpgate.log" && pass "$t port theft logged" || fail "$t port theft not logged"
+  # active mode: a host on the server's side (the third party) races the server to the
+  # endpoint the server was told (the router's, behind NAT; the client's, routed)
+  rm -f "$WORK"/sig.*; local mark; mark=$(logmark)
+  inC $PY portwait $SRV_IP big.bin "$OUT" "$WORK/sig" >"$WORK/case.log" 2>&1 & cpid=$!
+  if busywait 10000 test -s "$WORK/sig.ep"; then
+    read -r ip port <"$WORK/sig.ep"
+    local rw; rw=$(tail -n +$((mark + 1)) "$WORK/ftpgate.log" | grep -o 'rewrote "PORT [0-9,]*" -> "PORT [0-9,]*"' | tail -1)
+    if [[ -n $rw ]]; then
+      IFS=, read -r a b c d p1 p2 <<<"$(sed 's/.*-> "PORT \([0-9,]*\)"/\1/' <<<"$rw")"
+      ip=$a.$b.$c.$d port=$((p1 * 256 + p2))
+    fi
+    local got; got=$(ip netns exec $P-3rd "$SYSPY" "$HERE/ftpclient.py" grab "$ip" "$port" | tail -1)
+    touch "$WORK/sig.go"
+    if wait $cpid && cmp -s "$OUT" "$WORK/pub/big.bin" && [[ $got == 0 ]]; then
+      pass "$t port theft (active, $ip:$port): the racing host got 0 bytes, the client the whole file"
+    else
+      fail "$t port theft (active, $ip:$port): thief got $got bytes; client: $(tail -c 200 "$WORK/case.log")"
+    fi
+  else
+    kill $cpid; fail "$t port theft (active): client not ready"
+  fi
   # an announced port nobody connects to closes after --data-timeout
   gate_stop; gate_start --data-timeout 2
-  rm -f "$WORK"/sig.*; local mark; mark=$(logmark)
+  rm -f "$WORK"/sig.*; mark=$(logmark)
   inC $PY pasvwait $SRV_IP small.txt "$OUT" "$WORK/sig" >"$WORK/case.log" 2>&1 & cpid=$!
   if busywait 5000 logsince "$mark" "no connection from 10.0.1.2 within 2s"; then
     pass "$t an unused data port closes after --data-timeout 2"
