@@ -15,7 +15,7 @@ struct Dp(u64);
 impl DataPlane for Dp {
     fn open(&mut self, req: &DataRequest) -> Result<Opened, String> {
         self.0 += 1;
-        if self.0 % 7 == 0 {
+        if self.0.is_multiple_of(7) {
             return Err("no ports left".into());
         }
         let announce = match req.mode {
@@ -25,7 +25,7 @@ impl DataPlane for Dp {
         Ok(Opened { announce, id: self.0 })
     }
     fn cached(&mut self, _key: &Key) -> Option<u64> {
-        (self.0 % 2 == 0).then_some(1000)
+        self.0.is_multiple_of(2).then_some(1000)
     }
     fn transfer(&mut self, _id: DataId, _what: Transfer) -> bool {
         true
