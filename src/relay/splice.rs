@@ -71,33 +71,65 @@ fn drain(pipe: &Pipe, to: i32, mut n: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// Like [`pump`], and also copies every byte into `file` (`tee(2)` into a second pipe, then
-/// `splice(2)` to the file: no userspace copy). A failing file write (disk full) stops only the
-/// copy. Returns the bytes moved and whether the copy is complete.
+/// Copy pipes in rotation between the relay and the cache writer: the relay waits for the disk
+/// only when all of them are still being written.
+const COPY_PIPES: usize = 8;
+
+/// Like [`pump`], and also copies every byte into `file`: `tee(2)` into an empty copy pipe (one
+/// of [`COPY_PIPES`], each as large as the relay's pipe, so a tee always fits whole), which a
+/// writer thread `splice(2)`s into the file while the relay goes on — no userspace copy, and the
+/// disk write overlaps the network. A failing file write (disk full) stops only the copy.
+/// Returns the bytes moved and whether the copy is complete.
 pub fn pump_tee(src: &TcpStream, dst: &TcpStream, file: &File) -> io::Result<(u64, io::Result<()>)> {
-    let (pipe, copy) = (Pipe::new()?, Pipe::new()?);
+    use std::sync::mpsc::{channel, sync_channel};
+    let pipe = Pipe::new()?;
+    let (free_tx, free_rx) = channel::<Pipe>();
+    for _ in 0..COPY_PIPES {
+        free_tx.send(Pipe::new()?).map_err(|_| io::Error::other("copy pipes"))?;
+    }
+    let (work_tx, work_rx) = sync_channel::<(Pipe, usize)>(COPY_PIPES);
+    let out = file.try_clone()?;
+    let writer = std::thread::Builder::new().name("ftpgate-cache-write".into()).spawn(move || -> io::Result<()> {
+        // on an error it returns at once: dropping both channel ends tells the relay
+        while let Ok((p, n)) = work_rx.recv() {
+            drain(&p, out.as_raw_fd(), n)?;
+            let _ = free_tx.send(p);
+        }
+        Ok(())
+    })?;
     let mut total = 0u64;
     let mut capture: io::Result<()> = Ok(());
+    let mut work = Some(work_tx);
     loop {
         let n = splice(src.as_raw_fd(), pipe.w.as_raw_fd(), CHUNK, false)?;
         if n == 0 {
             break;
         }
         if capture.is_ok() {
-            capture = match tee(pipe.r.as_raw_fd(), copy.w.as_raw_fd(), n) {
-                Ok(t) if t == n => Ok(()),
-                Ok(t) => Err(io::Error::other(format!("tee copied {t} of {n} bytes"))),
-                Err(e) => Err(e),
+            // an empty copy pipe; none coming back means the writer failed
+            capture = match free_rx.recv() {
+                Ok(copy) => match tee(pipe.r.as_raw_fd(), copy.w.as_raw_fd(), n) {
+                    Ok(t) if t == n => work
+                        .as_ref()
+                        .map(|w| w.send((copy, n)))
+                        .and_then(Result::ok)
+                        .ok_or_else(|| io::Error::other("cache writer stopped")),
+                    Ok(t) => Err(io::Error::other(format!("tee copied {t} of {n} bytes"))),
+                    Err(e) => Err(e),
+                },
+                Err(_) => Err(io::Error::other("cache writer stopped")),
             };
+            if capture.is_err() {
+                work = None; // lets the writer finish
+            }
         }
         drain(&pipe, dst.as_raw_fd(), n)?;
-        if capture.is_ok() {
-            capture = drain(&copy, file.as_raw_fd(), n);
-        }
         total += n as u64;
     }
     let _ = dst.shutdown(Shutdown::Write);
-    Ok((total, capture))
+    drop(work);
+    let written = writer.join().unwrap_or_else(|_| Err(io::Error::other("cache writer panicked")));
+    Ok((total, capture.and(written)))
 }
 
 /// Sends `len` bytes of `file` from `offset` to `dst` with `sendfile(2)`, then half-closes `dst`.
@@ -198,6 +230,51 @@ mod tests {
         d.read_to_end(&mut got).unwrap();
         w.join().unwrap();
         assert_eq!(p.join().unwrap(), data.len() as u64);
+        assert!(got == data);
+    }
+
+    fn through_tee(file: &File, data: &[u8]) -> (Vec<u8>, u64, io::Result<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut d, _) = l.accept().unwrap();
+        let w = {
+            let data = data.to_vec();
+            std::thread::spawn(move || {
+                a.write_all(&data).unwrap();
+                a.shutdown(Shutdown::Write).unwrap();
+            })
+        };
+        let f = file.try_clone().unwrap();
+        let p = std::thread::spawn(move || pump_tee(&b, &c, &f).unwrap());
+        let mut got = Vec::new();
+        d.read_to_end(&mut got).unwrap();
+        w.join().unwrap();
+        let (n, copy) = p.join().unwrap();
+        (got, n, copy)
+    }
+
+    #[test]
+    fn tee_copies_everything_into_the_file() {
+        let path = std::env::temp_dir().join(format!("ftpgate-tee-{}", std::process::id()));
+        let file = File::create(&path).unwrap();
+        let data: Vec<u8> = (0..20_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let (got, n, copy) = through_tee(&file, &data);
+        assert!(copy.is_ok(), "{copy:?}");
+        assert_eq!(n, data.len() as u64);
+        assert!(got == data);
+        assert!(std::fs::read(&path).unwrap() == data);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_failing_cache_write_never_stops_the_transfer() {
+        let full = File::options().write(true).open("/dev/full").unwrap();
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
+        let (got, n, copy) = through_tee(&full, &data);
+        assert!(copy.is_err());
+        assert_eq!(n, data.len() as u64);
         assert!(got == data);
     }
 }
