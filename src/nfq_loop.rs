@@ -41,6 +41,8 @@ type Key = (SocketAddrV4, SocketAddrV4);
 
 /// How long a RETR may wait for the freshness check before it goes to the server unchanged.
 const HOLD_LIMIT: Duration = Duration::from_secs(5);
+/// Sequence offsets reach the state file at most this much after they change.
+const STATE_SAVE_EVERY: Duration = Duration::from_millis(20);
 
 struct Held {
     msg: Message,
@@ -74,6 +76,9 @@ pub struct Helper {
     rx: Receiver<Checked>,
     wake: Arc<Wake>,
     state_writer: Option<Sender<String>>,
+    /// Offsets changed since the state file was last handed to the writer.
+    state_dirty: bool,
+    last_state_save: Instant,
 }
 
 /// Writes the newest state text it was sent (older ones still queued are skipped).
@@ -122,6 +127,8 @@ impl Helper {
             rx,
             wake,
             state_writer,
+            state_dirty: false,
+            last_state_save: now,
         })
     }
 
@@ -184,7 +191,7 @@ impl Helper {
         drop(pkt);
         self.drain_events(key);
         if changed {
-            self.save_state();
+            self.state_dirty = true;
         }
         if verdict == Verdict::Hold {
             let token = self.next_token;
@@ -263,7 +270,7 @@ impl Helper {
             }
             let Some(mut h) = self.held.remove(&key) else { continue };
             let verdict = self.sessions.get_mut(&key).and_then(|s| s.release(decision, &mut self.relay));
-            self.save_state();
+            self.state_dirty = true;
             log!("session {} -> {}: freshness check {decision:?} in {:.3} s", key.0, key.1, took.as_secs_f64());
             self.drain_events(key);
             // segments that passed while this one was held (probes, ACKs) carried newer TCP
@@ -282,7 +289,18 @@ impl Helper {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.held.values().map(|h| h.deadline).min()
+        let save = self.state_dirty.then_some(self.last_state_save + STATE_SAVE_EVERY);
+        self.held.values().map(|h| h.deadline).chain(save).min()
+    }
+
+    /// Saves the offsets at most every [`STATE_SAVE_EVERY`], so a burst of rewrites renders
+    /// the file once.
+    fn maybe_save_state(&mut self, now: Instant) {
+        if self.state_dirty && now.duration_since(self.last_state_save) >= STATE_SAVE_EVERY {
+            self.state_dirty = false;
+            self.last_state_save = now;
+            self.save_state();
+        }
     }
 
     fn sweep(&mut self, now: Instant) {
@@ -298,7 +316,7 @@ impl Helper {
             keep
         });
         if mapped_gone {
-            self.save_state();
+            self.state_dirty = true;
         }
     }
 
@@ -480,7 +498,14 @@ pub fn run(mut helper: Helper) -> Result<()> {
                 return Err(e).context("poll failed");
             }
         }
-        for msg in helper.release_ready(Instant::now()) {
+        if pfds[1].revents != 0 || helper.next_deadline().is_some_and(|d| d <= Instant::now()) {
+            for msg in helper.release_ready(Instant::now()) {
+                queue.verdict(msg).context("NFQUEUE verdict failed")?;
+            }
+        }
+        for msg in helper.stale.drain(..).collect::<Vec<_>>() {
+            let mut msg = msg;
+            msg.set_verdict(NfVerdict::Drop);
             queue.verdict(msg).context("NFQUEUE verdict failed")?;
         }
         loop {
@@ -502,5 +527,6 @@ pub fn run(mut helper: Helper) -> Result<()> {
         if now.duration_since(helper.last_sweep) > Duration::from_secs(5) {
             helper.sweep(now);
         }
+        helper.maybe_save_state(now);
     }
 }
