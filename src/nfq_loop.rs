@@ -41,8 +41,10 @@ type Key = (SocketAddrV4, SocketAddrV4);
 
 /// How long a RETR may wait for the freshness check before it goes to the server unchanged.
 const HOLD_LIMIT: Duration = Duration::from_secs(5);
-/// Sequence offsets reach the state file at most this much after they change.
-const STATE_SAVE_EVERY: Duration = Duration::from_millis(20);
+/// Sequence offsets are handed to the state writer once per pass of the queue loop (a burst of
+/// rewrites renders the file once), at most this long after they changed. Zero: a `kill -9`
+/// right after a rewrite must still find it.
+const STATE_SAVE_EVERY: Duration = Duration::ZERO;
 
 struct Held {
     msg: Message,
@@ -293,8 +295,7 @@ impl Helper {
         self.held.values().map(|h| h.deadline).chain(save).min()
     }
 
-    /// Saves the offsets at most every [`STATE_SAVE_EVERY`], so a burst of rewrites renders
-    /// the file once.
+    /// Saves the offsets after a pass of the loop if they changed (see [`STATE_SAVE_EVERY`]).
     fn maybe_save_state(&mut self, now: Instant) {
         if self.state_dirty && now.duration_since(self.last_state_save) >= STATE_SAVE_EVERY {
             self.state_dirty = false;
