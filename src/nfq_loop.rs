@@ -161,7 +161,12 @@ impl Helper {
             }
         }
         if !self.sessions.contains_key(&key) {
-            let live = self.sessions.values().filter(|s| s.is_live()).count();
+            // counting is O(sessions): only needed once that many are tracked at all
+            let live = if self.sessions.len() < self.cfg.max_sessions {
+                0
+            } else {
+                self.sessions.values().filter(|s| s.is_live()).count()
+            };
             if self.sessions.len() >= 4 * self.cfg.max_sessions.max(1) {
                 // refused sessions are tracked too, until they close; past this, not even that
                 msg.set_verdict(NfVerdict::Accept);
