@@ -41,10 +41,6 @@ type Key = (SocketAddrV4, SocketAddrV4);
 
 /// How long a RETR may wait for the freshness check before it goes to the server unchanged.
 const HOLD_LIMIT: Duration = Duration::from_secs(5);
-/// Sequence offsets are handed to the state writer once per pass of the queue loop (a burst of
-/// rewrites renders the file once), at most this long after they changed. Zero: a `kill -9`
-/// right after a rewrite must still find it.
-const STATE_SAVE_EVERY: Duration = Duration::ZERO;
 
 struct Held {
     msg: Message,
@@ -78,9 +74,9 @@ pub struct Helper {
     rx: Receiver<Checked>,
     wake: Arc<Wake>,
     state_writer: Option<Sender<String>>,
-    /// Offsets changed since the state file was last handed to the writer.
+    /// Offsets changed since the state file was last handed to the writer: it is saved once
+    /// per pass of the queue loop, so a burst of rewrites renders the file once.
     state_dirty: bool,
-    last_state_save: Instant,
 }
 
 /// Writes the newest state text it was sent (older ones still queued are skipped).
@@ -130,7 +126,6 @@ impl Helper {
             wake,
             state_writer,
             state_dirty: false,
-            last_state_save: now,
         })
     }
 
@@ -191,10 +186,15 @@ impl Helper {
             }
         }
         let ts = pkt.ts;
-        let seg = Segment { seq: pkt.seq(), ack: pkt.ack(), flags: pkt.flags(), sack: &pkt.sack, payload: pkt.payload };
+        let seg = Segment { seq: pkt.seq(), ack: pkt.ack(), flags, sack: &pkt.sack, payload: pkt.payload };
         let before = session.seq_state();
         let verdict = session.handle_segment(dir, &seg, &mut self.relay, now);
         let changed = session.seq_state() != before;
+        // rebuilt from the packet already parsed, before it lets go of the message's bytes
+        let edited = match &verdict {
+            Verdict::Edit(e) => Some(pkt.edited(e, None)),
+            _ => None,
+        };
         drop(pkt);
         self.drain_events(key);
         if changed {
@@ -211,10 +211,7 @@ impl Helper {
             self.start_check(key, token);
             return None;
         }
-        apply(&mut msg, verdict, &key, None);
-        if now.duration_since(self.last_sweep) > Duration::from_secs(5) {
-            self.sweep(now);
-        }
+        apply(&mut msg, verdict, edited, &key);
         Some(msg)
     }
 
@@ -267,10 +264,7 @@ impl Helper {
                 ready.push((*k, h.token, Decision::Bypass, HOLD_LIMIT));
             }
         }
-        let mut out: Vec<Message> = self.stale.drain(..).collect();
-        for m in &mut out {
-            m.set_verdict(NfVerdict::Drop);
-        }
+        let mut out = Vec::new();
         for (key, token, decision, took) in ready {
             if self.held.get(&key).is_none_or(|h| h.token != token) {
                 continue; // already released
@@ -287,7 +281,13 @@ impl Helper {
                 _ => None,
             };
             match verdict {
-                Some(v) => apply(&mut h.msg, v, &key, ts),
+                Some(v) => {
+                    let edited = match &v {
+                        Verdict::Edit(e) => Some(Packet::parse(h.msg.get_payload()).and_then(|p| p.edited(e, ts))),
+                        _ => None,
+                    };
+                    apply(&mut h.msg, v, edited, &key);
+                }
                 None => h.msg.set_verdict(NfVerdict::Drop),
             }
             out.push(h.msg);
@@ -296,15 +296,12 @@ impl Helper {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let save = self.state_dirty.then_some(self.last_state_save + STATE_SAVE_EVERY);
-        self.held.values().map(|h| h.deadline).chain(save).min()
+        self.held.values().map(|h| h.deadline).min()
     }
 
-    /// Saves the offsets after a pass of the loop if they changed (see [`STATE_SAVE_EVERY`]).
-    fn maybe_save_state(&mut self, now: Instant) {
-        if self.state_dirty && now.duration_since(self.last_state_save) >= STATE_SAVE_EVERY {
-            self.state_dirty = false;
-            self.last_state_save = now;
+    /// Saves the offsets if they changed during this pass of the loop.
+    fn maybe_save_state(&mut self) {
+        if std::mem::take(&mut self.state_dirty) {
             self.save_state();
         }
     }
@@ -344,12 +341,8 @@ impl Helper {
     }
 }
 
-/// Sets a message's verdict (and payload, when edited).
-fn apply(msg: &mut Message, verdict: Verdict, key: &Key, ts: Option<(u32, u32)>) {
-    let edited = match &verdict {
-        Verdict::Edit(e) => Some(Packet::parse(msg.get_payload()).and_then(|p| p.edited(e, ts))),
-        _ => None,
-    };
+/// Sets a message's verdict; for an edit, `edited` is the rebuilt packet.
+fn apply(msg: &mut Message, verdict: Verdict, edited: Option<Result<Vec<u8>, String>>, key: &Key) {
     match (verdict, edited) {
         (Verdict::Pass, _) => msg.set_verdict(NfVerdict::Accept),
         (Verdict::Drop, _) | (Verdict::Hold, _) => msg.set_verdict(NfVerdict::Drop),
@@ -509,8 +502,7 @@ pub fn run(mut helper: Helper) -> Result<()> {
                 queue.verdict(msg).context("NFQUEUE verdict failed")?;
             }
         }
-        for msg in helper.stale.drain(..).collect::<Vec<_>>() {
-            let mut msg = msg;
+        for mut msg in std::mem::take(&mut helper.stale) {
             msg.set_verdict(NfVerdict::Drop);
             queue.verdict(msg).context("NFQUEUE verdict failed")?;
         }
@@ -533,6 +525,6 @@ pub fn run(mut helper: Helper) -> Result<()> {
         if now.duration_since(helper.last_sweep) > Duration::from_secs(5) {
             helper.sweep(now);
         }
-        helper.maybe_save_state(now);
+        helper.maybe_save_state();
     }
 }

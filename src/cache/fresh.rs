@@ -51,7 +51,7 @@ impl Checker {
     /// accepted just before (ours) can be that number — it then never answers again
     /// (giampaolo/pyftpdlib PR #657). Such a connection is not pooled.
     pub fn check_once(&self, login: &Login, path: &str) -> Facts {
-        if path.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        if !sendable(path) {
             return Facts::unknown();
         }
         let once = || {
@@ -67,7 +67,7 @@ impl Checker {
     /// Asks for `path`'s MDTM and SIZE, reusing an idle connection of the same login. A pooled
     /// connection that fails is replaced once.
     pub fn check(&self, login: &Login, path: &str) -> Facts {
-        if path.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        if !sendable(path) {
             return Facts::unknown();
         }
         let pooled = {
@@ -121,6 +121,11 @@ impl Checker {
         expect(&mut c, 200)?;
         Ok(c)
     }
+}
+
+/// A path that can go into a command line (no CR, LF or NUL to smuggle a second command).
+fn sendable(path: &str) -> bool {
+    !path.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
 }
 
 fn send(c: &mut Conn, line: &str) -> io::Result<()> {
