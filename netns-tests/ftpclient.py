@@ -18,7 +18,7 @@
   ftpclient.py ops HOST                    # ftpuser: PWD CWD MKD STOR LIST RNFR/RNTO DELE RMD
 MODE is one of pasv, epsv, port, eprt.
 """
-import ftplib, socket, sys, time, re
+import ftplib, os, socket, sys, time, re
 
 def recv_reply(f):
     line = f.readline()
@@ -62,11 +62,28 @@ class Raw:
         self.send(text + "\r\n")
         return self.expect(prefix)
 
+def pasv_endpoint(reply):
+    """The (address, port) a 227 reply names."""
+    n = [int(x) for x in re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", reply).groups()]
+    return ".".join(map(str, n[:4])), n[4] * 256 + n[5]
+
+def wait_go(sig, required=True):
+    """Waits (20 s at most) until the test creates SIG.go; without it, fails if required."""
+    for _ in range(400):
+        if os.path.exists(sig + ".go"):
+            return
+        time.sleep(0.05)
+    if required:
+        raise SystemExit("no go signal")
+
+def save_stream(s, out):
+    with open(out, "wb") as o:
+        while b := s.recv(65536):
+            o.write(b)
+
 def data_conn(c, mode):
     if mode == "pasv":
-        r = c.cmd("PASV", "227")
-        nums = [int(x) for x in re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", r).groups()]
-        return socket.create_connection((".".join(map(str, nums[:4])), nums[4] * 256 + nums[5]), timeout=20), None
+        return socket.create_connection(pasv_endpoint(c.cmd("PASV", "227")), timeout=20), None
     if mode == "epsv":
         r = c.cmd("EPSV", "229")
         port = int(re.search(r"\(\|\|\|(\d+)\|\)", r).group(1))
@@ -110,13 +127,9 @@ def main():
         c = Raw(host)
         c.login("pipe@")
         c.send("TYPE I\r\nPASV\r\n"); c.expect("200")
-        r = c.expect("227")
-        nums = [int(x) for x in re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", r).groups()]
-        s = socket.create_connection((".".join(map(str, nums[:4])), nums[4] * 256 + nums[5]), timeout=20)
+        s = socket.create_connection(pasv_endpoint(c.expect("227")), timeout=20)
         c.send("RETR %s\r\n" % name); c.expect("1")
-        with open(out, "wb") as o:
-            while b := s.recv(65536):
-                o.write(b)
+        save_stream(s, out)
         c.expect("226"); c.cmd("QUIT", "221")
     elif what == "ftplib":
         host, mode, name, out = sys.argv[2:6]
@@ -142,7 +155,6 @@ def main():
             pass
         f.close()
     elif what == "restart":
-        import os
         host, name, ref, sig = sys.argv[2:6]
         want = open(ref, "rb").read()
         f = ftplib.FTP(host, timeout=20)
@@ -164,12 +176,7 @@ def main():
             assert got == want, "active download differs"
         active(1030)
         open(sig + ".ready", "w").close()
-        for _ in range(400):
-            if os.path.exists(sig + ".go"):
-                break
-            time.sleep(0.05)
-        else:
-            raise SystemExit("no go signal")
+        wait_go(sig)
         active(1031)
         f.set_pasv(True)
         got = []
@@ -195,27 +202,18 @@ def main():
                     break
             print(f"{line!r}: {r1.strip()} | LIST: {r2.strip()}")
     elif what == "pasvwait":
-        import os
         host, name, out, sig = sys.argv[2:6]
         c = Raw(host)
         c.login("wait@"); c.cmd("TYPE I", "200")
-        r = c.cmd("PASV", "227")
-        nums = [int(x) for x in re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", r).groups()]
-        ep = (".".join(map(str, nums[:4])), nums[4] * 256 + nums[5])
+        ep = pasv_endpoint(c.cmd("PASV", "227"))
         open(sig + ".ep", "w").write(f"{ep[0]} {ep[1]}\n")
-        for _ in range(400):
-            if os.path.exists(sig + ".go"):
-                break
-            time.sleep(0.05)
+        wait_go(sig, required=False)
         s = socket.create_connection(ep, timeout=20)
         c.send("RETR %s\r\n" % name); c.expect("1")
-        with open(out, "wb") as o:
-            while b := s.recv(65536):
-                o.write(b)
+        save_stream(s, out)
         c.expect("226"); c.cmd("QUIT", "221")
     elif what == "portwait":
         # active mode: PORT, then write our own endpoint to SIG.ep, wait for SIG.go, RETR
-        import os
         host, name, out, sig = sys.argv[2:6]
         c = Raw(host)
         c.login("wait@"); c.cmd("TYPE I", "200")
@@ -223,15 +221,10 @@ def main():
         ip, port = l.getsockname()
         c.cmd("PORT %s,%d,%d" % (ip.replace(".", ","), port >> 8, port & 255), "200")
         open(sig + ".ep", "w").write(f"{ip} {port}\n")
-        for _ in range(400):
-            if os.path.exists(sig + ".go"):
-                break
-            time.sleep(0.05)
+        wait_go(sig, required=False)
         c.send("RETR %s\r\n" % name); c.expect("1")
         s, _ = l.accept()
-        with open(out, "wb") as o:
-            while b := s.recv(65536):
-                o.write(b)
+        save_stream(s, out)
         c.expect("226"); c.cmd("QUIT", "221")
     elif what == "grab":
         # a thief: connect to HOST PORT, print how many bytes it got (0 also when refused)
@@ -258,9 +251,7 @@ def main():
         s.close()
         pending = []
         for c in sessions[:m]:
-            r = c.cmd("PASV", "227")
-            nums = [int(x) for x in re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", r).groups()]
-            pending.append((".".join(map(str, nums[:4])), nums[4] * 256 + nums[5]))
+            pending.append(pasv_endpoint(c.cmd("PASV", "227")))
         c = sessions[m]
         c.send("PASV\r\n")
         r = c.expect("")
