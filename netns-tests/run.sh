@@ -288,6 +288,16 @@ ops() { # topology label: upload and file operations as ftpuser
   fi
 }
 
+teardown() { # topology label: control connections end without FIN retransmissions
+  local t=$1 n
+  inC $PY ftplib $SRV_IP pasv small.txt "$OUT" >/dev/null 2>&1 || { fail "$t teardown: download failed"; return; }
+  sleep 0.5 # the first retransmission of an unacknowledged FIN comes after 200 ms
+  n=$( { inC ss -Htan state fin-wait-1 state closing state last-ack '( dport = :21 )'
+         inS ss -Htan state fin-wait-1 state closing state last-ack '( sport = :21 )'; } | wc -l)
+  [[ $n == 0 ]] && pass "$t control connection closes cleanly (every FIN acknowledged)" ||
+    fail "$t control connection: $n sockets still waiting for the ACK of their FIN"
+}
+
 rules_idempotent() {
   local a b
   inR "$BIN" rules apply && a=$(inR iptables-save | grep -c ftpgate)
@@ -325,6 +335,7 @@ for topo in nat routed; do
       pass "unusable --cache-dir: one-line error ($msg)" || fail "unusable --cache-dir: rc=$rc: $msg"
   fi
   clients "$topo vsftpd"
+  teardown "$topo vsftpd"
   security "$topo"
   ops "$topo vsftpd"
   compare_alg "$topo"

@@ -522,6 +522,13 @@ impl Session {
         }
 
         if seg.seq > st.next {
+            if seg.payload.is_empty() && !seg.flags.fin {
+                // A pure ACK past the stream: after this side's FIN (which takes a sequence
+                // number of its own) or after bytes lost before the queue. It carries no
+                // bytes to rewrite, and the other side's FIN waits for it.
+                let seq = st.map.map(seg.seq);
+                return finish(seg, seq, ack, sack, None);
+            }
             return Verdict::Drop; // a gap: wait for the retransmission of what is missing
         }
         if st.map.is_folded(seg.seq) {

@@ -590,3 +590,43 @@ proptest! {
         prop_assert_eq!(p.dp.opened.len(), 2);
     }
 }
+
+/// A FIN takes one sequence number: the segments after it (the ACK of the peer's FIN, both
+/// orders of closing) must pass, with or without length changes. They were dropped as a gap,
+/// so every session ended with FIN retransmissions until the endpoints gave up.
+#[test]
+fn teardown_acks_after_fin_pass() {
+    for with_edit in [false, true] {
+        for server_first in [false, true] {
+            let mut p = if with_edit { active_session(&[]) } else { Pair::new() };
+            if !with_edit {
+                p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+                p.send(Dir::ToServer, b"QUIT\r\n", &[]);
+            }
+            p.send(Dir::ToClient, b"221 bye\r\n", &[]);
+            let fin_ack = Flags { fin: true, ack: true, ..Default::default() };
+            let ack = Flags { ack: true, ..Default::default() };
+            let (c, v) = (p.c.snd_nxt, p.v.snd_nxt);
+            let order: [(Dir, Seq, Seq); 2] = if server_first {
+                [(Dir::ToClient, v, c), (Dir::ToServer, c, v.add(1))]
+            } else {
+                [(Dir::ToServer, c, v), (Dir::ToClient, v, c.add(1))]
+            };
+            for (dir, seq, a) in order {
+                let seg = Segment { seq, ack: a, flags: fin_ack, sack: &[], payload: &[] };
+                let v = p.s.handle_segment(dir, &seg, &mut p.dp, p.now);
+                assert!(matches!(v, Verdict::Pass | Verdict::Edit(_)), "FIN {dir:?}: {v:?}");
+            }
+            // the last ACKs: each side's sequence number is one past its FIN
+            for (dir, seq, a) in [(Dir::ToServer, c.add(1), v.add(1)), (Dir::ToClient, v.add(1), c.add(1))] {
+                let seg = Segment { seq, ack: a, flags: ack, sack: &[], payload: &[] };
+                let out = p.s.handle_segment(dir, &seg, &mut p.dp, p.now);
+                assert!(
+                    matches!(out, Verdict::Pass | Verdict::Edit(_)),
+                    "last ACK {dir:?} (edit {with_edit}, server first {server_first}): {out:?}"
+                );
+            }
+            assert!(p.s.is_closed());
+        }
+    }
+}
