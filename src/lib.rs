@@ -22,6 +22,8 @@ pub mod relay;
 macro_rules! log {
     ($($t:tt)*) => {{
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        eprintln!("{}.{:03} {}", now.as_secs(), now.subsec_millis(), format_args!($($t)*));
+        // one write(2) per line: stderr is unbuffered, and the queue loop waits for it
+        let line = format!("{}.{:03} {}\n", now.as_secs(), now.subsec_millis(), format_args!($($t)*));
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
     }};
 }
