@@ -14,6 +14,7 @@ pub mod filter;
 pub mod fuzzing;
 pub mod nfq_loop;
 pub mod proto;
+pub mod proxy;
 pub mod wire;
 pub mod relay;
 

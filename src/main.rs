@@ -12,6 +12,8 @@ use ftpgate::log;
 use ftpgate::nfq_loop::{self, Helper, LoopConfig};
 use ftpgate::cache::fresh::Checker;
 use ftpgate::cache::store::{self, Store};
+use ftpgate::proto::explicit::{Access, Cidr};
+use ftpgate::proxy::{self, ProxyConfig, Users};
 use ftpgate::relay::{CacheCtx, Relay, RelayConfig};
 use std::sync::Arc;
 
@@ -35,6 +37,10 @@ enum Cmd {
     Cache {
         #[command(subcommand)]
         op: CacheOp,
+    },
+    /// Print a `--proxy-users` line for NAME: reads the password from standard input
+    ProxyPasswd {
+        name: String,
     },
 }
 
@@ -114,6 +120,22 @@ struct RunArgs {
     /// Data connections (announced or transferring) at once; beyond, PASV/PORT get "425".
     #[arg(long, default_value_t = 512)]
     max_data: usize,
+    /// Explicit FTP proxy listener, ADDR:PORT (repeatable), beside transparent interception
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<std::net::SocketAddrV4>,
+    /// Explicit proxy: users allowed to log in to the proxy, `name:argon2-hash` a line
+    /// (`ftpgate proxy-passwd NAME`); makes a proxy login mandatory
+    #[arg(long, value_name = "FILE")]
+    proxy_users: Option<PathBuf>,
+    /// Explicit proxy: networks allowed to use it (repeatable; without --proxy-users, required)
+    #[arg(long, value_name = "CIDR")]
+    allow_from: Vec<Cidr>,
+    /// Explicit proxy: networks it may connect to (repeatable; default any but the gateway itself)
+    #[arg(long, value_name = "CIDR")]
+    allow_dest: Vec<Cidr>,
+    /// Explicit proxy: seconds to wait for a server to accept and greet
+    #[arg(long, default_value_t = 10)]
+    connect_timeout: u64,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -170,6 +192,13 @@ fn run(a: RunArgs) -> Result<()> {
     if a.data_timeout == 0 {
         bail!("--data-timeout must be at least 1 second");
     }
+    if a.listen.is_empty() && (a.proxy_users.is_some() || !a.allow_from.is_empty() || !a.allow_dest.is_empty()) {
+        bail!("--proxy-users, --allow-from and --allow-dest need an explicit proxy listener (--listen ADDR:PORT)");
+    }
+    let users = a.proxy_users.as_deref().map(Users::load).transpose()?;
+    if !a.listen.is_empty() && users.is_none() && a.allow_from.is_empty() {
+        log!("explicit proxy: no --proxy-users and no --allow-from: every client will be refused");
+    }
     handle_signals()?;
     let cache = if a.no_cache {
         None
@@ -191,6 +220,18 @@ fn run(a: RunArgs) -> Result<()> {
         ftpgate::conntrack::server_side_client_addr,
         cache.clone(),
     );
+    if !a.listen.is_empty() {
+        let access = Access { auth: users.is_some(), allow_from: a.allow_from.clone(), allow_dest: a.allow_dest.clone() };
+        let cfg = ProxyConfig {
+            listen: a.listen.clone(),
+            users,
+            access,
+            connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
+            idle: Duration::from_secs(3600),
+            max_sessions: a.max_sessions,
+        };
+        proxy::spawn(cfg, relay.handle(), cache.clone())?;
+    }
     let helper = Helper::new(
         relay,
         cache,
@@ -233,6 +274,20 @@ fn cache_cmd(op: CacheOp) -> Result<()> {
     Ok(())
 }
 
+fn proxy_passwd(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains([':', '@', ' ']) {
+        bail!("proxy user name {name:?}: must not be empty or contain ':', '@' or spaces");
+    }
+    let mut pass = String::new();
+    std::io::stdin().read_line(&mut pass).context("cannot read the password from standard input")?;
+    let pass = pass.trim_end_matches(['\r', '\n']);
+    if pass.is_empty() {
+        bail!("empty password");
+    }
+    println!("{name}:{}", proxy::hash_password(pass)?);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -244,6 +299,7 @@ fn main() -> ExitCode {
         }
         Cmd::Run(a) => run(a),
         Cmd::Cache { op } => cache_cmd(op),
+        Cmd::ProxyPasswd { name } => proxy_passwd(&name),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

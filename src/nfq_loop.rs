@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nfq::{Message, Queue, Verdict as NfVerdict};
 
-use crate::cache::{decide, Decision};
+use crate::cache::Decision;
 use crate::log;
 use crate::proto::{Dir, Event, Segment, Seq, SeqState, Session, Verdict};
 use crate::relay::{CacheCtx, Relay};
@@ -234,14 +234,7 @@ impl Helper {
         let (tx, wake) = (self.tx.clone(), self.wake.clone());
         let spawned = std::thread::Builder::new().name("ftpgate-check".into()).spawn(move || {
             let t = Instant::now();
-            let facts = cache.checker.check(&login, &entry.path);
-            let decision = match cache.store.lookup(&entry) {
-                Some(meta) => decide(&meta, &facts.mdtm, &facts.size),
-                None => Decision::Stale, // evicted meanwhile: fetch and capture again
-            };
-            if matches!(decision, Decision::Gone | Decision::Stale) {
-                cache.store.remove(&entry);
-            }
+            let decision = cache.freshness(&login, &entry);
             let _ = tx.send(Checked { session: key, token, decision, took: t.elapsed() });
             wake.notify();
         });
@@ -377,13 +370,16 @@ fn load_state(f: &std::path::Path) -> Vec<(Key, SeqState)> {
 }
 
 /// A self-pipe that wakes the queue loop when a freshness check answers.
-struct Wake {
+pub(crate) struct Wake {
     r: OwnedFd,
     w: OwnedFd,
 }
 
 impl Wake {
-    fn new() -> std::io::Result<Wake> {
+    pub(crate) fn fd(&self) -> i32 {
+        self.r.as_raw_fd()
+    }
+    pub(crate) fn new() -> std::io::Result<Wake> {
         let mut fds = [0i32; 2];
         // SAFETY: pipe2 writes two fds into the array.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
@@ -392,11 +388,11 @@ impl Wake {
         // SAFETY: both fds are fresh and owned from here on.
         Ok(unsafe { Wake { r: OwnedFd::from_raw_fd(fds[0]), w: OwnedFd::from_raw_fd(fds[1]) } })
     }
-    fn notify(&self) {
+    pub(crate) fn notify(&self) {
         // SAFETY: one byte from a live buffer; a full pipe already wakes the loop.
         unsafe { libc::write(self.w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
     }
-    fn drain(&self) {
+    pub(crate) fn drain(&self) {
         let mut buf = [0u8; 64];
         // SAFETY: reads into a live buffer from a non-blocking pipe.
         while unsafe { libc::read(self.r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
@@ -423,7 +419,7 @@ fn netfilter_sockets() -> Vec<i32> {
     out
 }
 
-fn log_event(key: &Key, user: Option<&str>, ev: Event) {
+pub(crate) fn log_event(key: &Key, user: Option<&str>, ev: Event) {
     let who = format!("session {} -> {} ({})", key.0, key.1, user.unwrap_or("-"));
     match ev {
         Event::User(u) => log!("{who}: login as {u:?}"),

@@ -26,6 +26,7 @@
 //! numbers stay mapped for the rest of the connection, also after `AUTH TLS` hands the session
 //! over to pass-through.
 
+pub mod explicit;
 pub mod ftp;
 pub mod policy;
 pub mod seqmap;
@@ -106,6 +107,17 @@ pub struct DataRequest {
     pub server: SocketAddrV4,
     /// Where the relay connects once the expected peer has connected to it.
     pub target: SocketAddrV4,
+    /// Explicit proxy mode: the gateway's own addresses on the two connections.
+    pub via: Option<Via>,
+}
+
+/// The gateway's own addresses on an explicit-proxy session: the client connected to
+/// `client_side`, the gateway connected to the server from `server_side`. Data connections are
+/// announced on these instead of being intercepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Via {
+    pub client_side: Ipv4Addr,
+    pub server_side: Ipv4Addr,
 }
 
 /// Names one prepared data connection in the data plane.
@@ -296,6 +308,8 @@ pub struct Session {
     resumed_unseen: bool,
     /// Seen a SYN or a segment with data (not only stray ACKs/FINs of a finished connection).
     active: bool,
+    /// Explicit proxy mode: the gateway's own addresses.
+    via: Option<Via>,
 }
 
 /// A line as it may appear in a log: escaped, and never a password.
@@ -338,7 +352,14 @@ impl Session {
             rst: false,
             resumed_unseen: false,
             active: false,
+            via: None,
         }
+    }
+
+    /// An explicit-proxy session: data connections are announced on the gateway's own
+    /// addresses `via`.
+    pub fn explicit(client: SocketAddrV4, server: SocketAddrV4, via: Via, now: Instant) -> Self {
+        Session { via: Some(via), ..Session::new(client, server, now) }
     }
 
     /// A session the helper tracked before a restart: its sequence offsets are restored, the
@@ -813,7 +834,7 @@ impl Session {
         if let Err(reason) = policy::check_active(*self.client.ip(), named) {
             return self.refuse(500, reason);
         }
-        let req = DataRequest { mode: Mode::Active, client: self.client, server: self.server, target: named };
+        let req = DataRequest { mode: Mode::Active, client: self.client, server: self.server, target: named, via: self.via };
         match dp.open(&req) {
             Ok(Opened { announce, id }) => {
                 self.data = Some(id);
@@ -1046,7 +1067,7 @@ impl Session {
         if let Some(n) = note {
             self.events.push_back(Event::Refused { reason: n });
         }
-        let req = DataRequest { mode: Mode::Passive, client: self.client, server: self.server, target };
+        let req = DataRequest { mode: Mode::Passive, client: self.client, server: self.server, target, via: self.via };
         let named = SocketAddrV4::new(ep.ip.unwrap_or(*self.server.ip()), ep.port);
         let opened = dp.open(&req);
         if let Ok(o) = &opened {

@@ -25,12 +25,13 @@ use std::fs::File;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cache::fresh::Checker;
 use crate::cache::store::{Capture, Store};
-use crate::cache::{settled, Answer, Key, Login, Meta};
+use crate::cache::{decide, settled, Answer, Decision, Key, Login, Meta};
 use crate::log;
 use crate::proto::{DataId, DataPlane, DataRequest, Mode, Opened, Transfer};
 
@@ -54,6 +55,23 @@ pub struct CacheCtx {
     /// A file modified less than this many seconds before its download started is not kept
     /// (MDTM has one-second resolution).
     pub settle: i64,
+}
+
+impl CacheCtx {
+    /// Asks the server whether a cached entry still is the file it names (MDTM, SIZE, on a
+    /// connection of ftpgate's own under the client's login). A changed or deleted file's entry
+    /// is dropped. Blocks for up to the checker's timeout: call it off the control loops.
+    pub fn freshness(&self, login: &Login, entry: &Key) -> Decision {
+        let facts = self.checker.check(login, &entry.path);
+        let decision = match self.store.lookup(entry) {
+            Some(meta) => decide(&meta, &facts.mdtm, &facts.size),
+            None => Decision::Stale, // evicted meanwhile: fetch and capture again
+        };
+        if matches!(decision, Decision::Gone | Decision::Stale) {
+            self.store.remove(entry);
+        }
+        decision
+    }
 }
 
 /// What one data connection carries, once known.
@@ -89,12 +107,18 @@ pub struct Relay {
     nat: NatLookup,
     cache: Option<Arc<CacheCtx>>,
     slots: Slots,
-    next_id: DataId,
+    next_id: Arc<AtomicU64>,
 }
 
 impl Relay {
     pub fn new(cfg: RelayConfig, nat: NatLookup, cache: Option<Arc<CacheCtx>>) -> Relay {
-        Relay { cfg, nat, cache, slots: Arc::default(), next_id: 1 }
+        Relay { cfg, nat, cache, slots: Arc::default(), next_id: Arc::new(AtomicU64::new(1)) }
+    }
+
+    /// A second handle on the same relay (for another control loop): data connection ids and
+    /// the `max_data` limit are shared.
+    pub fn handle(&self) -> Relay {
+        Relay { cfg: self.cfg.clone(), nat: self.nat, cache: self.cache.clone(), slots: self.slots.clone(), next_id: self.next_id.clone() }
     }
 
     fn slot(&self, id: DataId) -> Option<Arc<Slot>> {
@@ -152,9 +176,12 @@ impl DataPlane for Relay {
         if live >= self.cfg.max_data {
             return Err(format!("too many data connections in progress (limit {})", self.cfg.max_data));
         }
-        let (listen_ip, port, peer, src) = match req.mode {
-            Mode::Passive => (*req.server.ip(), req.target.port(), *req.client.ip(), *req.client.ip()),
-            Mode::Active => {
+        let (listen_ip, port, peer, src) = match (req.mode, req.via) {
+            // explicit proxy: announced on the gateway's own address on each side
+            (Mode::Passive, Some(v)) => (v.client_side, 0, *req.client.ip(), v.server_side),
+            (Mode::Active, Some(v)) => (v.server_side, 0, *req.server.ip(), v.client_side),
+            (Mode::Passive, None) => (*req.server.ip(), req.target.port(), *req.client.ip(), *req.client.ip()),
+            (Mode::Active, None) => {
                 let seen = (self.nat)(req.client, req.server).unwrap_or(*req.client.ip());
                 let port = if seen == *req.client.ip() { req.target.port() } else { 0 };
                 (seen, port, *req.server.ip(), *req.server.ip())
@@ -167,8 +194,7 @@ impl DataPlane for Relay {
             Ok(std::net::SocketAddr::V4(a)) => a,
             _ => return Err("listener has no IPv4 address".into()),
         };
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot::default());
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).insert(id, slot.clone());
         let job = Job { req: req.clone(), peer, src, listener: Some(listener), cfg: self.cfg.clone(), slot, cache: self.cache.clone() };

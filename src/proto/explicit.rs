@@ -1,0 +1,428 @@
+//! Explicit proxy mode, sans-IO: the dialogue with a client that was configured to use ftpgate
+//! as its FTP proxy, up to the moment the real server is connected. From then on the session is
+//! an ordinary [`super::Session`], fed the two byte streams instead of queued segments.
+//!
+//! Login styles (the ones FileZilla, lftp and ncftp offer):
+//! - `USER user@host[:port]`, then `PASS` for the server: ftpgate connects, sends `USER user`
+//!   and the server's replies go to the client (no proxy login, or after one);
+//! - a proxy login first (`USER proxyuser`, `PASS proxypass`), then `SITE host[:port]` or
+//!   `OPEN host[:port]`: ftpgate connects and relays the server's greeting, after which the
+//!   client logs in to the server itself;
+//! - `USER proxyuser@host[:port]`, `PASS proxypass` while a proxy login is required and none
+//!   happened yet: ftpgate checks the proxy password, connects, and answers `230` asking for
+//!   the server login next.
+//!
+//! What the machine cannot do itself (check a password, resolve and connect) it asks for with
+//! a [`Step`], and is told the outcome.
+
+use core::net::Ipv4Addr;
+
+/// The longest line accepted before the server is connected.
+pub const MAX_LOGIN_LINE: usize = 1024;
+/// Failed proxy logins on one connection before it is closed.
+pub const MAX_FAILURES: u32 = 3;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+}
+
+impl core::fmt::Display for Target {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// How the server's side of the session starts once it is connected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handoff {
+    /// Send `USER <user>` to the server; its reply is the answer to the client's `USER`.
+    SendUser(String),
+    /// The server's greeting is the answer to the client's `SITE`/`OPEN`.
+    Greeting,
+    /// The client logged in to the proxy with `USER proxyuser@host`: answer `230` and let it
+    /// log in to the server next.
+    LoginNext,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Reply lines for the client (each ends in CRLF).
+    Reply(String),
+    /// Check these proxy credentials, then call [`ProxyLogin::verified`].
+    Verify { user: String, pass: String },
+    /// Resolve, check and connect, read the greeting, then call [`ProxyLogin::connected`].
+    Connect(Target),
+    /// Connected: start the session this way.
+    Handoff(Handoff),
+    /// Close the connection once the replies before this are sent.
+    Close,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Login,
+    Verifying,
+    Connecting,
+    Done,
+}
+
+pub struct ProxyLogin {
+    /// Proxy users are configured: a proxy login is mandatory.
+    auth: bool,
+    authed: Option<String>,
+    /// The name of a `USER` awaiting its `PASS` (a proxy login).
+    user: Option<String>,
+    /// Where to connect once the pending proxy login succeeds (`USER proxyuser@host`).
+    then: Option<Target>,
+    handoff: Option<Handoff>,
+    failures: u32,
+    phase: Phase,
+}
+
+fn reply(code: u16, text: &str) -> Step {
+    Step::Reply(format!("{code} {text}\r\n"))
+}
+
+/// Parses `host[:port]`.
+pub fn parse_target(s: &str) -> Result<Target, String> {
+    let s = s.trim();
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("bad port {p:?}"))?),
+        None => (s, 21),
+    };
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    if !ok {
+        return Err(format!("bad host name {host:?}"));
+    }
+    Ok(Target { host: host.to_string(), port })
+}
+
+impl ProxyLogin {
+    pub fn new(auth: bool) -> ProxyLogin {
+        ProxyLogin { auth, authed: None, user: None, then: None, handoff: None, failures: 0, phase: Phase::Login }
+    }
+
+    /// The proxy's own greeting.
+    pub fn greeting(&self) -> Step {
+        let how = if self.auth {
+            "log in to the proxy (USER proxyuser, PASS password), then SITE host, OPEN host or USER user@host"
+        } else {
+            "USER user@host[:port], or SITE host / OPEN host"
+        };
+        reply(220, &format!("ftpgate FTP proxy ready; {how}"))
+    }
+
+    /// Waiting for a check or a connection: the next line must wait.
+    pub fn waiting(&self) -> bool {
+        matches!(self.phase, Phase::Verifying | Phase::Connecting)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// The proxy user logged in, if any.
+    pub fn proxy_user(&self) -> Option<&str> {
+        self.authed.as_deref()
+    }
+
+    fn connect(&mut self, t: Target, h: Handoff) -> Vec<Step> {
+        self.phase = Phase::Connecting;
+        self.handoff = Some(h);
+        vec![Step::Connect(t)]
+    }
+
+    /// One line from the client (without its line end).
+    pub fn line(&mut self, line: &str) -> Vec<Step> {
+        if self.phase != Phase::Login {
+            return vec![reply(503, "Wait for the previous command to finish")];
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        let (cmd, arg) = match line.split_once(' ') {
+            Some((c, a)) => (c, a.trim()),
+            None => (line, ""),
+        };
+        match cmd.to_ascii_uppercase().as_str() {
+            "USER" if arg.is_empty() => vec![reply(501, "USER needs a name")],
+            "USER" => match arg.rsplit_once('@') {
+                Some((name, host)) => {
+                    let t = match parse_target(host) {
+                        Ok(t) => t,
+                        Err(e) => return vec![reply(501, &e)],
+                    };
+                    if name.is_empty() {
+                        return vec![reply(501, "USER needs a name before the @")];
+                    }
+                    if self.auth && self.authed.is_none() {
+                        // a proxy login that names the server: the server login comes next
+                        self.user = Some(name.to_string());
+                        self.then = Some(t);
+                        vec![reply(331, &format!("Password for proxy user {name}"))]
+                    } else {
+                        self.connect(t, Handoff::SendUser(name.to_string()))
+                    }
+                }
+                None if self.authed.is_none() => {
+                    self.user = Some(arg.to_string());
+                    self.then = None;
+                    let text = if self.auth {
+                        format!("Password for proxy user {arg}")
+                    } else {
+                        "No proxy login needed here; any password".to_string()
+                    };
+                    vec![reply(331, &text)]
+                }
+                None => vec![reply(530, "Name the server first: SITE host, OPEN host or USER user@host")],
+            },
+            "PASS" => {
+                let Some(user) = self.user.clone() else {
+                    return vec![reply(503, "Send USER first")];
+                };
+                if self.auth {
+                    self.phase = Phase::Verifying;
+                    return vec![Step::Verify { user, pass: arg.to_string() }];
+                }
+                self.user = None;
+                self.authed = Some(user);
+                vec![reply(230, "Proxy login accepted; now SITE host, OPEN host or USER user@host")]
+            }
+            "SITE" | "OPEN" if arg.is_empty() => vec![reply(501, &format!("{cmd} needs a host name"))],
+            "SITE" | "OPEN" => {
+                if self.auth && self.authed.is_none() {
+                    return vec![reply(530, "Log in to the proxy first (USER proxyuser, PASS password)")];
+                }
+                match parse_target(arg) {
+                    Ok(t) => self.connect(t, Handoff::Greeting),
+                    Err(e) => vec![reply(501, &e)],
+                }
+            }
+            "QUIT" => vec![reply(221, "Goodbye"), Step::Close],
+            "NOOP" => vec![reply(200, "OK")],
+            "SYST" => vec![reply(215, "UNIX Type: L8")],
+            "FEAT" => vec![Step::Reply("211-Features (proxy login phase):\r\n211 End\r\n".into())],
+            "AUTH" | "PBSZ" | "PROT" | "CCC" => vec![reply(502, "TLS is not available through this proxy")],
+            _ => vec![reply(530, "Log in first: USER user@host (or SITE/OPEN host after a proxy login)")],
+        }
+    }
+
+    /// The outcome of a [`Step::Verify`].
+    pub fn verified(&mut self, ok: bool) -> Vec<Step> {
+        if self.phase != Phase::Verifying {
+            return Vec::new();
+        }
+        self.phase = Phase::Login;
+        let user = self.user.take();
+        let then = self.then.take();
+        if !ok {
+            self.failures += 1;
+            let mut out = vec![reply(530, "Proxy login incorrect")];
+            if self.failures >= MAX_FAILURES {
+                out.push(reply(421, "Too many failed proxy logins; closing"));
+                out.push(Step::Close);
+            }
+            return out;
+        }
+        self.failures = 0;
+        self.authed = user;
+        match then {
+            Some(t) => self.connect(t, Handoff::LoginNext),
+            None => vec![reply(230, "Proxy login accepted; now SITE host, OPEN host or USER user@host")],
+        }
+    }
+
+    /// The outcome of a [`Step::Connect`]: `Err` is the reply to give (e.g. `421 …`).
+    pub fn connected(&mut self, r: Result<(), String>) -> Vec<Step> {
+        if self.phase != Phase::Connecting {
+            return Vec::new();
+        }
+        match r {
+            Ok(()) => {
+                self.phase = Phase::Done;
+                vec![Step::Handoff(self.handoff.take().unwrap_or(Handoff::Greeting))]
+            }
+            Err(e) => {
+                self.phase = Phase::Login;
+                self.handoff = None;
+                vec![Step::Reply(format!("{}\r\n", e.trim_end()))]
+            }
+        }
+    }
+}
+
+/// An IPv4 network, `a.b.c.d/len` (a bare address is a /32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub net: Ipv4Addr,
+    pub len: u8,
+}
+
+impl core::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (a, l) = s.split_once('/').unwrap_or((s, "32"));
+        let net: Ipv4Addr = a.trim().parse().map_err(|_| format!("bad network {s:?} (expected a.b.c.d/len)"))?;
+        let len: u8 = l.trim().parse().ok().filter(|&l| l <= 32).ok_or_else(|| format!("bad prefix length in {s:?}"))?;
+        Ok(Cidr { net, len })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - self.len) };
+        u32::from(ip) & mask == u32::from(self.net) & mask
+    }
+}
+
+/// Who may use the explicit proxy and where it may connect.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// A proxy login is mandatory.
+    pub auth: bool,
+    pub allow_from: Vec<Cidr>,
+    /// Empty: any destination (but never the gateway itself).
+    pub allow_dest: Vec<Cidr>,
+}
+
+impl Access {
+    /// Whether a client may talk to the proxy at all. Without proxy users, only the networks in
+    /// `allow_from` may (none by default: an explicit listener is never an open relay by accident).
+    pub fn client(&self, ip: Ipv4Addr) -> Result<(), String> {
+        if !self.allow_from.is_empty() && !self.allow_from.iter().any(|c| c.contains(ip)) {
+            return Err(format!("{ip} is not in --allow-from"));
+        }
+        if !self.auth && self.allow_from.is_empty() {
+            return Err("no --allow-from networks and no --proxy-users configured".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the proxy may connect to `ip`; `local` are the gateway's own addresses.
+    pub fn dest(&self, ip: Ipv4Addr, local: &[Ipv4Addr]) -> Result<(), String> {
+        if ip.is_loopback() || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || local.contains(&ip) {
+            return Err(format!("{ip} is this gateway or not a host"));
+        }
+        if !self.allow_dest.is_empty() && !self.allow_dest.iter().any(|c| c.contains(ip)) {
+            return Err(format!("{ip} is not in --allow-dest"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replies(steps: &[Step]) -> String {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Reply(r) => Some(r.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn user_at_host_connects_and_sends_user() {
+        let mut l = ProxyLogin::new(false);
+        assert!(replies(&[l.greeting()]).starts_with("220 "));
+        let s = l.line("USER alice@ftp.example.com:2100");
+        assert_eq!(s, vec![Step::Connect(Target { host: "ftp.example.com".into(), port: 2100 })]);
+        assert!(l.waiting());
+        assert!(l.line("PASS x")[0] == reply(503, "Wait for the previous command to finish"));
+        assert_eq!(l.connected(Ok(())), vec![Step::Handoff(Handoff::SendUser("alice".into()))]);
+        assert!(l.is_done());
+        // the last '@' separates the host: user names may contain one
+        let mut l = ProxyLogin::new(false);
+        assert_eq!(l.line("user a@b.c@10.0.2.2"), vec![Step::Connect(Target { host: "10.0.2.2".into(), port: 21 })]);
+        assert_eq!(l.connected(Ok(())), vec![Step::Handoff(Handoff::SendUser("a@b.c".into()))]);
+    }
+
+    #[test]
+    fn proxy_login_then_site_or_open() {
+        for cmd in ["SITE", "OPEN", "open"] {
+            let mut l = ProxyLogin::new(true);
+            assert!(replies(&l.line(&format!("{cmd} 10.0.2.2"))).starts_with("530 "), "needs proxy login first");
+            assert!(replies(&l.line("USER bob")).starts_with("331 "));
+            assert_eq!(l.line("PASS pw"), vec![Step::Verify { user: "bob".into(), pass: "pw".into() }]);
+            assert!(replies(&l.verified(true)).starts_with("230 "));
+            assert_eq!(l.proxy_user(), Some("bob"));
+            assert!(replies(&l.line("USER alice")).starts_with("530 "), "server not named yet");
+            assert_eq!(l.line(&format!("{cmd} 10.0.2.2")), vec![Step::Connect(Target { host: "10.0.2.2".into(), port: 21 })]);
+            assert_eq!(l.connected(Ok(())), vec![Step::Handoff(Handoff::Greeting)]);
+        }
+    }
+
+    #[test]
+    fn proxy_user_at_host_asks_for_server_login_next() {
+        let mut l = ProxyLogin::new(true);
+        assert!(replies(&l.line("USER bob@srv")).starts_with("331 "));
+        assert_eq!(l.line("PASS pw"), vec![Step::Verify { user: "bob".into(), pass: "pw".into() }]);
+        assert_eq!(l.verified(true), vec![Step::Connect(Target { host: "srv".into(), port: 21 })]);
+        assert_eq!(l.connected(Ok(())), vec![Step::Handoff(Handoff::LoginNext)]);
+        // once logged in to the proxy, user@host is the server login
+        let mut l = ProxyLogin::new(true);
+        l.line("USER bob");
+        l.line("PASS pw");
+        l.verified(true);
+        assert_eq!(l.line("USER alice@srv"), vec![Step::Connect(Target { host: "srv".into(), port: 21 })]);
+        assert_eq!(l.connected(Ok(())), vec![Step::Handoff(Handoff::SendUser("alice".into()))]);
+    }
+
+    #[test]
+    fn wrong_passwords_close_after_three() {
+        let mut l = ProxyLogin::new(true);
+        for i in 1..=MAX_FAILURES {
+            l.line("USER bob");
+            l.line("PASS wrong");
+            let s = l.verified(false);
+            assert!(replies(&s).starts_with("530 "));
+            assert_eq!(s.contains(&Step::Close), i == MAX_FAILURES, "attempt {i}");
+        }
+    }
+
+    #[test]
+    fn connect_errors_are_replies_and_the_login_goes_on() {
+        let mut l = ProxyLogin::new(false);
+        l.line("USER a@nowhere.invalid");
+        assert_eq!(replies(&l.connected(Err("421 Unknown host nowhere.invalid".into()))), "421 Unknown host nowhere.invalid\r\n");
+        assert!(!l.waiting());
+        assert!(matches!(l.line("USER a@10.0.2.2")[0], Step::Connect(_)));
+    }
+
+    #[test]
+    fn bad_input_gets_clear_errors() {
+        let mut l = ProxyLogin::new(false);
+        for bad in ["USER a@", "USER a@host:0", "USER a@host:x", "USER @host", "USER a@h/st", "USER", "SITE", "PASS x"] {
+            let r = replies(&l.line(bad));
+            assert!(r.starts_with("501 ") || r.starts_with("503 "), "{bad}: {r}");
+        }
+        assert!(replies(&l.line("RETR f")).starts_with("530 "));
+        assert!(replies(&l.line("AUTH TLS")).starts_with("502 "));
+        assert_eq!(l.line("QUIT")[1], Step::Close);
+    }
+
+    #[test]
+    fn access_rules() {
+        let c: Cidr = "10.0.1.0/24".parse().unwrap();
+        assert!(c.contains("10.0.1.77".parse().unwrap()) && !c.contains("10.0.2.1".parse().unwrap()));
+        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err() && "x/8".parse::<Cidr>().is_err());
+        let none = Access::default();
+        assert!(none.client("10.0.1.2".parse().unwrap()).is_err(), "never an open relay by default");
+        let auth = Access { auth: true, ..Default::default() };
+        assert!(auth.client("192.0.2.1".parse().unwrap()).is_ok());
+        let lan = Access { allow_from: vec![c], allow_dest: vec!["10.0.2.0/24".parse().unwrap()], ..Default::default() };
+        assert!(lan.client("10.0.1.2".parse().unwrap()).is_ok());
+        assert!(lan.client("10.0.5.2".parse().unwrap()).is_err());
+        let local = ["10.0.2.1".parse().unwrap()];
+        assert!(lan.dest("10.0.2.2".parse().unwrap(), &local).is_ok());
+        assert!(lan.dest("10.0.2.1".parse().unwrap(), &local).is_err(), "the gateway itself");
+        assert!(lan.dest("10.0.4.2".parse().unwrap(), &local).is_err());
+        assert!(Access::default().dest("127.0.0.1".parse().unwrap(), &[]).is_err());
+    }
+}

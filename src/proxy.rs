@@ -1,0 +1,850 @@
+//! The explicit-proxy shell: listeners that FTP clients configured with a proxy connect to.
+//!
+//! One thread polls every listener and every connection. The login dialogue is
+//! [`ProxyLogin`]'s; once the server is connected, the two byte streams are fed to an ordinary
+//! [`Session`] as in-order segments, so PORT/EPRT/PASV/EPSV go through the same relay, the same
+//! cache and the same security rules as intercepted sessions. What would block (a slow password
+//! hash, name resolution and connect, a freshness check) runs on a short-lived thread and
+//! answers through a channel and a self-pipe.
+
+use core::net::{Ipv4Addr, SocketAddrV4};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cache::Decision;
+use crate::log;
+use crate::nfq_loop::{log_event, Wake};
+use crate::proto::explicit::{Access, Handoff, ProxyLogin, Step, Target, MAX_LOGIN_LINE};
+use crate::proto::{Dir, Flags, Segment, Seq, Session, Verdict, Via};
+use crate::relay::{transparent_listener, CacheCtx, Relay};
+
+/// How long a RETR may wait for the freshness check before it goes to the server unchanged.
+const HOLD_LIMIT: Duration = Duration::from_secs(5);
+/// A connection that has not reached its server within this long is closed.
+const LOGIN_IDLE: Duration = Duration::from_secs(120);
+/// Bytes buffered for one side before reading from the other stops.
+const MAX_BUFFERED: usize = 256 << 10;
+
+/// Proxy users: `name:hash` a line, the hash an Argon2 PHC string (`ftpgate proxy-passwd`).
+pub struct Users(HashMap<String, String>);
+
+impl Users {
+    pub fn load(path: &Path) -> Result<Users> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("--proxy-users {}: cannot read", path.display()))?;
+        let mut m = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((name, hash)) = line.split_once(':') else {
+                bail!("{}:{}: expected name:hash", path.display(), i + 1);
+            };
+            if let Err(e) = argon2::PasswordHash::new(hash) {
+                bail!("{}:{}: user {name}: not a password hash ({e}); make one with `ftpgate proxy-passwd {name}`", path.display(), i + 1);
+            }
+            m.insert(name.to_string(), hash.to_string());
+        }
+        if m.is_empty() {
+            bail!("--proxy-users {}: no users", path.display());
+        }
+        Ok(Users(m))
+    }
+
+    /// Checks a password. An unknown user costs the same hash as a known one.
+    pub fn verify(&self, name: &str, pass: &str) -> bool {
+        use argon2::PasswordVerifier;
+        const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$DneBu+QE4f7kie95ZETfYA$Co347uPdm0DghuNkTYbBP75LQOOqo3vA3rpx+ua3Px4";
+        let (hash, known) = match self.0.get(name) {
+            Some(h) => (h.as_str(), true),
+            None => (DUMMY, false),
+        };
+        let ok = argon2::PasswordHash::new(hash)
+            .map(|h| argon2::Argon2::default().verify_password(pass.as_bytes(), &h).is_ok())
+            .unwrap_or(false);
+        ok && known
+    }
+}
+
+/// An Argon2id hash of `pass` with a fresh salt, for the `--proxy-users` file.
+pub fn hash_password(pass: &str) -> Result<String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut raw = [0u8; 16];
+    // SAFETY: getrandom(2) fills the live buffer it is given.
+    if unsafe { libc::getrandom(raw.as_mut_ptr().cast(), raw.len(), 0) } != raw.len() as isize {
+        bail!("cannot get random bytes for a salt");
+    }
+    let salt = SaltString::encode_b64(&raw).map_err(|e| anyhow::anyhow!("cannot make a salt: {e}"))?;
+    argon2::Argon2::default()
+        .hash_password(pass.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("cannot hash: {e}"))
+}
+
+/// Failed proxy logins per client address: from the third in a row on, each answer waits
+/// twice as long as the one before (2 s, 4 s, … 32 s).
+#[derive(Default)]
+struct Throttle(Mutex<HashMap<Ipv4Addr, (u32, Instant)>>);
+
+impl Throttle {
+    const FORGET: Duration = Duration::from_secs(900);
+    fn delay(&self, ip: Ipv4Addr) -> Duration {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get(&ip) {
+            Some(&(n, at)) if n >= 2 && at.elapsed() < Self::FORGET => Duration::from_secs(1 << (n - 1).min(5)),
+            _ => Duration::ZERO,
+        }
+    }
+    fn record(&self, ip: Ipv4Addr, ok: bool) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, (_, at)| at.elapsed() < Self::FORGET);
+        if ok {
+            m.remove(&ip);
+        } else {
+            let e = m.entry(ip).or_insert((0, Instant::now()));
+            *e = (e.0 + 1, Instant::now());
+        }
+    }
+}
+
+pub struct ProxyConfig {
+    pub listen: Vec<SocketAddrV4>,
+    pub users: Option<Users>,
+    pub access: Access,
+    pub connect_timeout: Duration,
+    /// A connected session idle this long is closed.
+    pub idle: Duration,
+    pub max_sessions: usize,
+}
+
+/// What the helper threads report.
+enum Done {
+    Verified { conn: u64, ok: bool },
+    Connected { conn: u64, target: Target, r: Result<(TcpStream, Vec<u8>), String> },
+    Checked { conn: u64, token: u64, decision: Decision, took: Duration },
+}
+
+/// The server side of a connected session, and the session between.
+struct Up {
+    server: TcpStream,
+    addr: SocketAddrV4,
+    session: Session,
+    to_server: Vec<u8>,
+    /// Next original sequence number of each direction, and what each receiver has got
+    /// (in the numbers it sees).
+    c_next: Seq,
+    s_next: Seq,
+    srv_rcv: Seq,
+    cli_rcv: Seq,
+    /// A RETR waits for its freshness check: (token, deadline, its bytes).
+    held: Option<(u64, Instant, Vec<u8>)>,
+    client_eof: bool,
+    server_eof: bool,
+}
+
+struct Conn {
+    client: TcpStream,
+    peer: SocketAddrV4,
+    local: SocketAddrV4,
+    login: ProxyLogin,
+    /// Client bytes not yet consumed by the login dialogue.
+    buf: Vec<u8>,
+    to_client: Vec<u8>,
+    up: Option<Up>,
+    /// Close once `to_client` is written.
+    closing: bool,
+    last: Instant,
+}
+
+impl Conn {
+    fn who(&self) -> String {
+        match &self.up {
+            Some(u) => format!("proxy {} -> {}", self.peer, u.addr),
+            None => format!("proxy {}", self.peer),
+        }
+    }
+}
+
+struct Proxy {
+    cfg: ProxyConfig,
+    listeners: Vec<TcpListener>,
+    conns: HashMap<u64, Conn>,
+    next_conn: u64,
+    next_token: u64,
+    relay: Relay,
+    cache: Option<Arc<CacheCtx>>,
+    throttle: Arc<Throttle>,
+    users: Option<Arc<Users>>,
+    tx: Sender<Done>,
+    rx: Receiver<Done>,
+    wake: Arc<Wake>,
+}
+
+/// Binds the listeners (errors here stop `run` with a clear message) and starts the loop.
+pub fn spawn(mut cfg: ProxyConfig, relay: Relay, cache: Option<Arc<CacheCtx>>) -> Result<()> {
+    let mut listeners = Vec::new();
+    for a in &cfg.listen {
+        // transparent like the data listeners: the gateway's `-m socket --transparent` rule
+        // lets clients reach it through a firewall whose INPUT is closed
+        let l = transparent_listener(*a).with_context(|| format!("--listen {a}: cannot listen"))?;
+        l.set_nonblocking(true)?;
+        listeners.push(l);
+    }
+    let (tx, rx) = channel();
+    let wake = Arc::new(Wake::new().context("cannot create a pipe")?);
+    let users = cfg.users.take().map(Arc::new);
+    let p = Proxy {
+        cfg,
+        listeners,
+        conns: HashMap::new(),
+        next_conn: 1,
+        next_token: 1,
+        relay,
+        cache,
+        throttle: Arc::default(),
+        users,
+        tx,
+        rx,
+        wake,
+    };
+    for a in &p.cfg.listen {
+        log!("explicit proxy listening on {a}");
+    }
+    std::thread::Builder::new().name("ftpgate-proxy".into()).spawn(move || p.run())?;
+    Ok(())
+}
+
+/// The gateway's own IPv4 addresses: never a destination.
+fn local_addrs() -> Vec<Ipv4Addr> {
+    let mut out = vec![Ipv4Addr::LOCALHOST];
+    if let Ok(ifs) = nix::ifaddrs::getifaddrs() {
+        for i in ifs {
+            if let Some(a) = i.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
+                out.push(a.ip());
+            }
+        }
+    }
+    out
+}
+
+/// Resolves, checks and connects, then reads the server's greeting (up to its final line).
+fn connect(target: &Target, access: &Access, timeout: Duration) -> Result<(TcpStream, Vec<u8>), String> {
+    let addrs: Vec<SocketAddrV4> = match (target.host.as_str(), target.port).to_socket_addrs() {
+        Ok(it) => it
+            .filter_map(|a| match a {
+                std::net::SocketAddr::V4(a) => Some(a),
+                _ => None,
+            })
+            .collect(),
+        Err(_) => return Err(format!("421 Unknown host {}", target.host)),
+    };
+    if addrs.is_empty() {
+        return Err(format!("421 Host {} has no IPv4 address", target.host));
+    }
+    let local = local_addrs();
+    let mut refusal = None;
+    let addr = addrs.iter().copied().find(|a| match access.dest(*a.ip(), &local) {
+        Ok(()) => true,
+        Err(e) => {
+            refusal.get_or_insert(e);
+            false
+        }
+    });
+    let Some(addr) = addr else {
+        return Err(format!("530 Not allowed to connect to {}: {}", target.host, refusal.unwrap_or_default()));
+    };
+    let s = match TcpStream::connect_timeout(&addr.into(), timeout) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            return Err(format!("421 Connection to {} ({addr}) refused", target.host))
+        }
+        Err(e) if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock => {
+            return Err(format!("421 Connection to {} ({addr}) timed out", target.host))
+        }
+        Err(e) => return Err(format!("421 Cannot connect to {} ({addr}): {e}", target.host)),
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_nodelay(true);
+    let mut greeting = Vec::new();
+    let mut buf = [0u8; 2048];
+    let mut r = &s;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Err(format!("421 {} ({addr}) closed the connection before greeting", target.host)),
+            Ok(n) => greeting.extend_from_slice(&buf[..n]),
+            Err(_) => return Err(format!("421 {} ({addr}) sent no greeting within {timeout:?}", target.host)),
+        }
+        if final_reply(&greeting) || greeting.len() > 16 << 10 {
+            break;
+        }
+    }
+    let _ = s.set_read_timeout(None);
+    Ok((s, greeting))
+}
+
+/// Whether `buf` ends with a reply's final line (`ddd text\r\n`).
+fn final_reply(buf: &[u8]) -> bool {
+    if buf.last() != Some(&b'\n') {
+        return false;
+    }
+    let body = &buf[..buf.len() - 1];
+    let start = body.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+    let l = &body[start..];
+    l.len() >= 4 && l[..3].iter().all(u8::is_ascii_digit) && l[3] == b' '
+}
+
+fn write_some(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    while !buf.is_empty() {
+        match s.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads what is there: `Ok(None)` at end of stream.
+fn read_some(s: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl Up {
+    /// Feeds bytes of one direction through the session; returns what the receiver gets.
+    fn feed(&mut self, dir: Dir, data: &[u8], fin: bool, relay: &mut Relay, now: Instant) -> Result<Vec<u8>, ()> {
+        let (seq, ack) = match dir {
+            Dir::ToServer => (self.c_next, self.cli_rcv),
+            Dir::ToClient => (self.s_next, self.srv_rcv),
+        };
+        let flags = Flags { ack: true, fin, ..Default::default() };
+        let seg = Segment { seq, ack, flags, sack: &[], payload: data };
+        let v = self.session.handle_segment(dir, &seg, relay, now);
+        let next = seq.add(data.len() + fin as usize);
+        match dir {
+            Dir::ToServer => self.c_next = next,
+            Dir::ToClient => self.s_next = next,
+        }
+        if v == Verdict::Hold {
+            return Err(());
+        }
+        Ok(self.deliver(dir, v, seq, data))
+    }
+
+    /// What a verdict on a segment hands its receiver: the bytes past what it already has
+    /// (a probe, which repeats a byte, gives nothing).
+    fn deliver(&mut self, dir: Dir, v: Verdict, seq: Seq, data: &[u8]) -> Vec<u8> {
+        let (oseq, payload) = match v {
+            Verdict::Pass => (seq, data.to_vec()),
+            Verdict::Edit(e) => (e.seq, e.payload.unwrap_or_else(|| data.to_vec())),
+            Verdict::Drop | Verdict::Hold => return Vec::new(),
+        };
+        let rcv = match dir {
+            Dir::ToServer => &mut self.srv_rcv,
+            Dir::ToClient => &mut self.cli_rcv,
+        };
+        let end = oseq.add(payload.len());
+        if oseq <= *rcv && end > *rcv {
+            let skip = rcv.diff(oseq) as usize;
+            *rcv = end;
+            return payload[skip..].to_vec();
+        }
+        Vec::new()
+    }
+}
+
+impl Proxy {
+    fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            let mut fds: Vec<libc::pollfd> = Vec::new();
+            let mut what: Vec<(u64, u8)> = Vec::new(); // (conn id or listener index, 0 listener / 1 client / 2 server)
+            fds.push(libc::pollfd { fd: self.wake.fd(), events: libc::POLLIN, revents: 0 });
+            what.push((0, 9));
+            for (i, l) in self.listeners.iter().enumerate() {
+                fds.push(libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                what.push((i as u64, 0));
+            }
+            let mut timeout = Duration::from_secs(5);
+            for (&id, c) in &self.conns {
+                let mut ev = 0;
+                let reading = !c.closing
+                    && !c.login.waiting()
+                    && c.up.as_ref().is_none_or(|u| u.held.is_none() && !u.client_eof && u.to_server.len() < MAX_BUFFERED);
+                if reading {
+                    ev |= libc::POLLIN;
+                }
+                if !c.to_client.is_empty() {
+                    ev |= libc::POLLOUT;
+                }
+                fds.push(libc::pollfd { fd: c.client.as_raw_fd(), events: ev, revents: 0 });
+                what.push((id, 1));
+                if let Some(u) = &c.up {
+                    let mut ev = 0;
+                    if !u.server_eof && c.to_client.len() < MAX_BUFFERED {
+                        ev |= libc::POLLIN;
+                    }
+                    if !u.to_server.is_empty() {
+                        ev |= libc::POLLOUT;
+                    }
+                    fds.push(libc::pollfd { fd: u.server.as_raw_fd(), events: ev, revents: 0 });
+                    what.push((id, 2));
+                    if let Some((_, deadline, _)) = &u.held {
+                        timeout = timeout.min(deadline.saturating_duration_since(now));
+                    }
+                }
+            }
+            // SAFETY: poll over a live array of pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout.as_millis() as i32 + 1) };
+            if n < 0 {
+                continue;
+            }
+            let now = Instant::now();
+            for (pfd, &(id, kind)) in fds.iter().zip(&what) {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                match kind {
+                    9 => {
+                        self.wake.drain();
+                        self.reports(now);
+                    }
+                    0 => self.accept(id as usize, now),
+                    1 => self.client_ready(id, pfd.revents, now),
+                    _ => self.server_ready(id, pfd.revents, now),
+                }
+            }
+            self.expire(now);
+        }
+    }
+
+    fn accept(&mut self, i: usize, now: Instant) {
+        loop {
+            let (s, peer) = match self.listeners[i].accept() {
+                Ok((s, std::net::SocketAddr::V4(a))) => (s, a),
+                Ok(_) => continue,
+                Err(_) => return,
+            };
+            let local = match s.local_addr() {
+                Ok(std::net::SocketAddr::V4(a)) => a,
+                _ => continue,
+            };
+            let _ = s.set_nonblocking(true);
+            let _ = s.set_nodelay(true);
+            let login = ProxyLogin::new(self.users.is_some());
+            let mut c = Conn {
+                client: s,
+                peer,
+                local,
+                login,
+                buf: Vec::new(),
+                to_client: Vec::new(),
+                up: None,
+                closing: false,
+                last: now,
+            };
+            if let Err(why) = self.cfg.access.client(*peer.ip()) {
+                log!("proxy {peer}: refused: {why}");
+                c.to_client.extend_from_slice(b"421 Not allowed to use this proxy from your address\r\n");
+                c.closing = true;
+            } else if self.conns.len() >= self.cfg.max_sessions {
+                log!("proxy {peer}: refused: over the limit of {} proxy sessions", self.cfg.max_sessions);
+                c.to_client.extend_from_slice(
+                    format!("421 Too many sessions through this proxy (limit {}), try again later\r\n", self.cfg.max_sessions).as_bytes(),
+                );
+                c.closing = true;
+            } else {
+                log!("proxy {peer}: connected to {local}");
+                if let Step::Reply(r) = c.login.greeting() {
+                    c.to_client.extend_from_slice(r.as_bytes());
+                }
+            }
+            let _ = write_some(&mut c.client, &mut c.to_client);
+            let id = self.next_conn;
+            self.next_conn += 1;
+            self.conns.insert(id, c);
+        }
+    }
+
+    fn client_ready(&mut self, id: u64, revents: i16, now: Instant) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        if revents & libc::POLLOUT != 0 && write_some(&mut c.client, &mut c.to_client).is_err() {
+            return self.close(id, "client write failed");
+        }
+        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
+            return self.maybe_close(id);
+        }
+        let got = match read_some(&mut c.client) {
+            Ok(g) => g,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => return self.close(id, &format!("client: {e}")),
+        };
+        c.last = now;
+        match (got, c.up.is_some()) {
+            (None, false) => self.close(id, "client closed"),
+            (None, true) => {
+                let u = c.up.as_mut().expect("checked");
+                u.client_eof = true;
+                let _ = u.feed(Dir::ToServer, &[], true, &mut self.relay, now);
+                let _ = write_some(&mut u.server, &mut u.to_server);
+                if u.to_server.is_empty() {
+                    let _ = u.server.shutdown(Shutdown::Write);
+                }
+                self.events(id);
+            }
+            (Some(bytes), false) => {
+                c.buf.extend_from_slice(&bytes);
+                self.login_lines(id, now);
+            }
+            (Some(bytes), true) => self.upstream(id, &bytes, now),
+        }
+    }
+
+    /// Client bytes of a connected session: through the session to the server.
+    fn upstream(&mut self, id: u64, bytes: &[u8], now: Instant) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(u) = c.up.as_mut() else { return };
+        match u.feed(Dir::ToServer, bytes, false, &mut self.relay, now) {
+            Ok(out) => u.to_server.extend_from_slice(&out),
+            Err(()) => {
+                let token = self.next_token;
+                self.next_token += 1;
+                u.held = Some((token, now + HOLD_LIMIT, bytes.to_vec()));
+                self.start_check(id, token);
+            }
+        }
+        if let Some(u) = self.conns.get_mut(&id).and_then(|c| c.up.as_mut()) {
+            if write_some(&mut u.server, &mut u.to_server).is_err() {
+                return self.close(id, "server write failed");
+            }
+        }
+        self.events(id);
+    }
+
+    fn server_ready(&mut self, id: u64, revents: i16, now: Instant) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(u) = c.up.as_mut() else { return };
+        if revents & libc::POLLOUT != 0 {
+            if write_some(&mut u.server, &mut u.to_server).is_err() {
+                return self.close(id, "server write failed");
+            }
+            if u.client_eof && u.to_server.is_empty() {
+                let _ = u.server.shutdown(Shutdown::Write);
+            }
+        }
+        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
+            return;
+        }
+        let got = match read_some(&mut u.server) {
+            Ok(g) => g,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => return self.close(id, &format!("server: {e}")),
+        };
+        c.last = now;
+        match got {
+            Some(bytes) => {
+                if let Ok(out) = u.feed(Dir::ToClient, &bytes, false, &mut self.relay, now) {
+                    c.to_client.extend_from_slice(&out);
+                }
+            }
+            None => {
+                u.server_eof = true;
+                let _ = u.feed(Dir::ToClient, &[], true, &mut self.relay, now);
+                c.closing = true;
+            }
+        }
+        if write_some(&mut c.client, &mut c.to_client).is_err() {
+            return self.close(id, "client write failed");
+        }
+        self.events(id);
+        self.maybe_close(id);
+    }
+
+    /// Runs the login dialogue over complete lines in the buffer.
+    fn login_lines(&mut self, id: u64, now: Instant) {
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else { return };
+            if c.login.waiting() || c.closing {
+                break;
+            }
+            if c.login.is_done() {
+                // bytes the client sent after its last login line belong to the server
+                let rest = std::mem::take(&mut c.buf);
+                if !rest.is_empty() {
+                    self.upstream(id, &rest, now);
+                }
+                return;
+            }
+            let Some(end) = c.buf.iter().position(|&b| b == b'\n') else {
+                if c.buf.len() > MAX_LOGIN_LINE {
+                    c.to_client.extend_from_slice(b"500 Line too long\r\n");
+                    c.closing = true;
+                }
+                break;
+            };
+            let line: Vec<u8> = c.buf.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line).into_owned();
+            let steps = c.login.line(&text);
+            self.steps(id, steps, now);
+        }
+        if let Some(c) = self.conns.get_mut(&id) {
+            let _ = write_some(&mut c.client, &mut c.to_client);
+        }
+        self.maybe_close(id);
+    }
+
+    fn steps(&mut self, id: u64, steps: Vec<Step>, now: Instant) {
+        for s in steps {
+            let Some(c) = self.conns.get_mut(&id) else { return };
+            match s {
+                Step::Reply(r) => c.to_client.extend_from_slice(r.as_bytes()),
+                Step::Close => c.closing = true,
+                Step::Verify { user, pass } => {
+                    let (users, throttle, tx, wake) = (self.users.clone(), self.throttle.clone(), self.tx.clone(), self.wake.clone());
+                    let ip = *c.peer.ip();
+                    let peer = c.peer;
+                    let spawned = std::thread::Builder::new().name("ftpgate-auth".into()).spawn(move || {
+                        std::thread::sleep(throttle.delay(ip));
+                        let ok = users.is_some_and(|u| u.verify(&user, &pass));
+                        throttle.record(ip, ok);
+                        if ok {
+                            log!("proxy {peer}: proxy login as {user:?}");
+                        } else {
+                            log!("proxy {peer}: refused: proxy login as {user:?} failed");
+                        }
+                        let _ = tx.send(Done::Verified { conn: id, ok });
+                        wake.notify();
+                    });
+                    if spawned.is_err() {
+                        let steps = c.login.verified(false);
+                        self.steps(id, steps, now);
+                    }
+                }
+                Step::Connect(target) => {
+                    let (tx, wake, access, timeout) = (self.tx.clone(), self.wake.clone(), self.cfg.access.clone(), self.cfg.connect_timeout);
+                    let peer = c.peer;
+                    let spawned = std::thread::Builder::new().name("ftpgate-connect".into()).spawn(move || {
+                        let r = connect(&target, &access, timeout);
+                        if let Err(e) = &r {
+                            log!("proxy {peer}: cannot reach {target}: {e}");
+                        }
+                        let _ = tx.send(Done::Connected { conn: id, target, r });
+                        wake.notify();
+                    });
+                    if spawned.is_err() {
+                        let steps = c.login.connected(Err("421 Cannot start a connection now".into()));
+                        self.steps(id, steps, now);
+                    }
+                }
+                Step::Handoff(_) => {} // handled where the connection arrives
+            }
+        }
+    }
+
+    /// Answers from the helper threads.
+    fn reports(&mut self, now: Instant) {
+        while let Ok(d) = self.rx.try_recv() {
+            match d {
+                Done::Verified { conn, ok } => {
+                    let Some(c) = self.conns.get_mut(&conn) else { continue };
+                    let steps = c.login.verified(ok);
+                    self.steps(conn, steps, now);
+                    self.login_lines(conn, now);
+                }
+                Done::Connected { conn, target, r } => self.connected(conn, target, r, now),
+                Done::Checked { conn, token, decision, took } => self.release(conn, token, decision, took, now),
+            }
+        }
+    }
+
+    fn connected(&mut self, id: u64, target: Target, r: Result<(TcpStream, Vec<u8>), String>, now: Instant) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let (server, greeting) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                let steps = c.login.connected(Err(e));
+                self.steps(id, steps, now);
+                return self.login_lines(id, now);
+            }
+        };
+        let (Ok(std::net::SocketAddr::V4(addr)), Ok(std::net::SocketAddr::V4(from))) = (server.peer_addr(), server.local_addr()) else {
+            let steps = c.login.connected(Err("421 Connection lost".into()));
+            self.steps(id, steps, now);
+            return self.login_lines(id, now);
+        };
+        let _ = server.set_nonblocking(true);
+        let steps = c.login.connected(Ok(()));
+        let handoff = steps.iter().find_map(|s| match s {
+            Step::Handoff(h) => Some(h.clone()),
+            _ => None,
+        });
+        let via = Via { client_side: *c.local.ip(), server_side: *from.ip() };
+        let mut session = Session::explicit(c.peer, addr, via, now);
+        // the streams as segments from sequence number 1, after a SYN each way
+        let syn = Flags { syn: true, ..Default::default() };
+        let z = Seq(0);
+        session.handle_segment(Dir::ToServer, &Segment { seq: z, ack: z, flags: syn, sack: &[], payload: &[] }, &mut self.relay, now);
+        let synack = Flags { syn: true, ack: true, ..Default::default() };
+        session.handle_segment(Dir::ToClient, &Segment { seq: z, ack: Seq(1), flags: synack, sack: &[], payload: &[] }, &mut self.relay, now);
+        let one = Seq(1);
+        let mut up = Up {
+            server,
+            addr,
+            session,
+            to_server: Vec::new(),
+            c_next: one,
+            s_next: one,
+            srv_rcv: one,
+            cli_rcv: one,
+            held: None,
+            client_eof: false,
+            server_eof: false,
+        };
+        let greeting_out = up.feed(Dir::ToClient, &greeting, false, &mut self.relay, now).unwrap_or_default();
+        let ok = greeting.first() == Some(&b'2');
+        log!("proxy {}: connected to {target} ({addr}) from {from}", c.peer);
+        if !ok {
+            // the server refuses: its reply is the answer, then the session ends
+            c.to_client.extend_from_slice(&greeting_out);
+            c.closing = true;
+        } else {
+            match handoff {
+                Some(Handoff::SendUser(user)) => {
+                    let line = format!("USER {user}\r\n");
+                    if let Ok(out) = up.feed(Dir::ToServer, line.as_bytes(), false, &mut self.relay, now) {
+                        up.to_server.extend_from_slice(&out);
+                    }
+                }
+                Some(Handoff::LoginNext) => c.to_client.extend_from_slice(
+                    format!("230 Connected to {target}; now log in to the server (USER, PASS)\r\n").as_bytes(),
+                ),
+                Some(Handoff::Greeting) | None => c.to_client.extend_from_slice(&greeting_out),
+            }
+        }
+        c.up = Some(up);
+        if let Some(u) = c.up.as_mut() {
+            let _ = write_some(&mut u.server, &mut u.to_server);
+        }
+        let _ = write_some(&mut c.client, &mut c.to_client);
+        self.events(id);
+        self.login_lines(id, now);
+    }
+
+    fn start_check(&mut self, id: u64, token: u64) {
+        let Some(u) = self.conns.get(&id).and_then(|c| c.up.as_ref()) else { return };
+        let (tx, wake) = (self.tx.clone(), self.wake.clone());
+        let (Some(cache), Some(login), Some(entry)) = (self.cache.clone(), u.session.login(), u.session.held_key().cloned()) else {
+            let _ = tx.send(Done::Checked { conn: id, token, decision: Decision::Bypass, took: Duration::ZERO });
+            wake.notify();
+            return;
+        };
+        let spawned = std::thread::Builder::new().name("ftpgate-check".into()).spawn(move || {
+            let t = Instant::now();
+            let decision = cache.freshness(&login, &entry);
+            let _ = tx.send(Done::Checked { conn: id, token, decision, took: t.elapsed() });
+            wake.notify();
+        });
+        if spawned.is_err() {
+            let _ = self.tx.send(Done::Checked { conn: id, token, decision: Decision::Bypass, took: Duration::ZERO });
+            self.wake.notify();
+        }
+    }
+
+    fn release(&mut self, id: u64, token: u64, decision: Decision, took: Duration, now: Instant) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let who = c.who();
+        let Some(u) = c.up.as_mut() else { return };
+        if u.held.as_ref().is_none_or(|h| h.0 != token) {
+            return;
+        }
+        let (_, _, bytes) = u.held.take().expect("checked");
+        log!("{who}: freshness check {decision:?} in {:.3} s", took.as_secs_f64());
+        if let Some(v) = u.session.release(decision, &mut self.relay) {
+            let seq = u.c_next.sub(bytes.len());
+            let out = u.deliver(Dir::ToServer, v, seq, &bytes);
+            u.to_server.extend_from_slice(&out);
+        }
+        if write_some(&mut u.server, &mut u.to_server).is_err() {
+            return self.close(id, "server write failed");
+        }
+        self.events(id);
+        // bytes the client sent meanwhile wait in its socket: reading resumes
+        let _ = now;
+    }
+
+    fn events(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(u) = c.up.as_mut() else { return };
+        let key = (c.peer, u.addr);
+        while let Some(ev) = u.session.poll_event() {
+            log_event(&key, u.session.user(), ev);
+        }
+    }
+
+    fn maybe_close(&mut self, id: u64) {
+        let Some(c) = self.conns.get(&id) else { return };
+        let done = c.to_client.is_empty() && (c.closing || c.up.as_ref().is_some_and(|u| u.client_eof && u.server_eof));
+        if done {
+            self.close(id, "closed");
+        }
+    }
+
+    fn close(&mut self, id: u64, why: &str) {
+        if let Some(mut c) = self.conns.remove(&id) {
+            if let Some(u) = &mut c.up {
+                let _ = write_some(&mut u.server, &mut u.to_server);
+            }
+            let _ = write_some(&mut c.client, &mut c.to_client);
+            let user = c.up.as_ref().and_then(|u| u.session.user().map(str::to_string));
+            log!("{}: {why} (user {})", c.who(), user.as_deref().unwrap_or("-"));
+        }
+    }
+
+    /// Releases RETRs whose check took too long; closes idle connections.
+    fn expire(&mut self, now: Instant) {
+        let mut late = Vec::new();
+        let mut idle = Vec::new();
+        for (&id, c) in &self.conns {
+            if let Some((token, deadline, _)) = c.up.as_ref().and_then(|u| u.held.as_ref()) {
+                if *deadline <= now {
+                    late.push((id, *token));
+                }
+            }
+            let limit = if c.up.is_some() { self.cfg.idle } else { LOGIN_IDLE };
+            if now.duration_since(c.last) > limit && c.up.as_ref().is_none_or(|u| u.held.is_none()) {
+                idle.push(id);
+            }
+        }
+        for (id, token) in late {
+            self.release(id, token, Decision::Bypass, HOLD_LIMIT, now);
+        }
+        for id in idle {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.to_client.extend_from_slice(b"421 Idle too long; closing\r\n");
+            }
+            self.close(id, "idle timeout");
+        }
+    }
+}
