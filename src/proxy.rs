@@ -22,8 +22,8 @@ use anyhow::{bail, Context, Result};
 use crate::cache::Decision;
 use crate::log;
 use crate::nfq_loop::{log_event, Wake};
-use crate::proto::explicit::{Access, Handoff, ProxyLogin, Step, Target, MAX_LOGIN_LINE};
-use crate::proto::{Dir, Flags, Segment, Seq, Session, Verdict, Via};
+use crate::proto::explicit::{Access, Fed, Handoff, ProxyLogin, Step, Streams, Target, MAX_LOGIN_LINE};
+use crate::proto::{Dir, Via};
 use crate::relay::{transparent_listener, CacheCtx, Relay};
 
 /// How long a RETR may wait for the freshness check before it goes to the server unchanged.
@@ -136,14 +136,8 @@ enum Done {
 struct Up {
     server: TcpStream,
     addr: SocketAddrV4,
-    session: Session,
+    st: Streams,
     to_server: Vec<u8>,
-    /// Next original sequence number of each direction, and what each receiver has got
-    /// (in the numbers it sees).
-    c_next: Seq,
-    s_next: Seq,
-    srv_rcv: Seq,
-    cli_rcv: Seq,
     /// A RETR waits for its freshness check: (token, deadline, its bytes).
     held: Option<(u64, Instant, Vec<u8>)>,
     client_eof: bool,
@@ -332,49 +326,6 @@ fn read_some(s: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-impl Up {
-    /// Feeds bytes of one direction through the session; returns what the receiver gets.
-    fn feed(&mut self, dir: Dir, data: &[u8], fin: bool, relay: &mut Relay, now: Instant) -> Result<Vec<u8>, ()> {
-        let (seq, ack) = match dir {
-            Dir::ToServer => (self.c_next, self.cli_rcv),
-            Dir::ToClient => (self.s_next, self.srv_rcv),
-        };
-        let flags = Flags { ack: true, fin, ..Default::default() };
-        let seg = Segment { seq, ack, flags, sack: &[], payload: data };
-        let v = self.session.handle_segment(dir, &seg, relay, now);
-        let next = seq.add(data.len() + fin as usize);
-        match dir {
-            Dir::ToServer => self.c_next = next,
-            Dir::ToClient => self.s_next = next,
-        }
-        if v == Verdict::Hold {
-            return Err(());
-        }
-        Ok(self.deliver(dir, v, seq, data))
-    }
-
-    /// What a verdict on a segment hands its receiver: the bytes past what it already has
-    /// (a probe, which repeats a byte, gives nothing).
-    fn deliver(&mut self, dir: Dir, v: Verdict, seq: Seq, data: &[u8]) -> Vec<u8> {
-        let (oseq, payload) = match v {
-            Verdict::Pass => (seq, data.to_vec()),
-            Verdict::Edit(e) => (e.seq, e.payload.unwrap_or_else(|| data.to_vec())),
-            Verdict::Drop | Verdict::Hold => return Vec::new(),
-        };
-        let rcv = match dir {
-            Dir::ToServer => &mut self.srv_rcv,
-            Dir::ToClient => &mut self.cli_rcv,
-        };
-        let end = oseq.add(payload.len());
-        if oseq <= *rcv && end > *rcv {
-            let skip = rcv.diff(oseq) as usize;
-            *rcv = end;
-            return payload[skip..].to_vec();
-        }
-        Vec::new()
-    }
-}
-
 impl Proxy {
     fn run(mut self) {
         loop {
@@ -507,7 +458,7 @@ impl Proxy {
             (None, true) => {
                 let u = c.up.as_mut().expect("checked");
                 u.client_eof = true;
-                let _ = u.feed(Dir::ToServer, &[], true, &mut self.relay, now);
+                let _ = u.st.feed(Dir::ToServer, &[], true, &mut self.relay, now);
                 let _ = write_some(&mut u.server, &mut u.to_server);
                 if u.to_server.is_empty() {
                     let _ = u.server.shutdown(Shutdown::Write);
@@ -526,9 +477,9 @@ impl Proxy {
     fn upstream(&mut self, id: u64, bytes: &[u8], now: Instant) {
         let Some(c) = self.conns.get_mut(&id) else { return };
         let Some(u) = c.up.as_mut() else { return };
-        match u.feed(Dir::ToServer, bytes, false, &mut self.relay, now) {
-            Ok(out) => u.to_server.extend_from_slice(&out),
-            Err(()) => {
+        match u.st.feed(Dir::ToServer, bytes, false, &mut self.relay, now) {
+            Fed::Out(out) => u.to_server.extend_from_slice(&out),
+            Fed::Held => {
                 let token = self.next_token;
                 self.next_token += 1;
                 u.held = Some((token, now + HOLD_LIMIT, bytes.to_vec()));
@@ -565,13 +516,13 @@ impl Proxy {
         c.last = now;
         match got {
             Some(bytes) => {
-                if let Ok(out) = u.feed(Dir::ToClient, &bytes, false, &mut self.relay, now) {
+                if let Fed::Out(out) = u.st.feed(Dir::ToClient, &bytes, false, &mut self.relay, now) {
                     c.to_client.extend_from_slice(&out);
                 }
             }
             None => {
                 u.server_eof = true;
-                let _ = u.feed(Dir::ToClient, &[], true, &mut self.relay, now);
+                let _ = u.st.feed(Dir::ToClient, &[], true, &mut self.relay, now);
                 c.closing = true;
             }
         }
@@ -701,28 +652,12 @@ impl Proxy {
             _ => None,
         });
         let via = Via { client_side: *c.local.ip(), server_side: *from.ip() };
-        let mut session = Session::explicit(c.peer, addr, via, now);
-        // the streams as segments from sequence number 1, after a SYN each way
-        let syn = Flags { syn: true, ..Default::default() };
-        let z = Seq(0);
-        session.handle_segment(Dir::ToServer, &Segment { seq: z, ack: z, flags: syn, sack: &[], payload: &[] }, &mut self.relay, now);
-        let synack = Flags { syn: true, ack: true, ..Default::default() };
-        session.handle_segment(Dir::ToClient, &Segment { seq: z, ack: Seq(1), flags: synack, sack: &[], payload: &[] }, &mut self.relay, now);
-        let one = Seq(1);
-        let mut up = Up {
-            server,
-            addr,
-            session,
-            to_server: Vec::new(),
-            c_next: one,
-            s_next: one,
-            srv_rcv: one,
-            cli_rcv: one,
-            held: None,
-            client_eof: false,
-            server_eof: false,
+        let st = Streams::new(c.peer, addr, via, &mut self.relay, now);
+        let mut up = Up { server, addr, st, to_server: Vec::new(), held: None, client_eof: false, server_eof: false };
+        let greeting_out = match up.st.feed(Dir::ToClient, &greeting, false, &mut self.relay, now) {
+            Fed::Out(b) => b,
+            Fed::Held => Vec::new(),
         };
-        let greeting_out = up.feed(Dir::ToClient, &greeting, false, &mut self.relay, now).unwrap_or_default();
         let ok = greeting.first() == Some(&b'2');
         log!("proxy {}: connected to {target} ({addr}) from {from}", c.peer);
         if !ok {
@@ -733,7 +668,7 @@ impl Proxy {
             match handoff {
                 Some(Handoff::SendUser(user)) => {
                     let line = format!("USER {user}\r\n");
-                    if let Ok(out) = up.feed(Dir::ToServer, line.as_bytes(), false, &mut self.relay, now) {
+                    if let Fed::Out(out) = up.st.feed(Dir::ToServer, line.as_bytes(), false, &mut self.relay, now) {
                         up.to_server.extend_from_slice(&out);
                     }
                 }
@@ -755,7 +690,7 @@ impl Proxy {
     fn start_check(&mut self, id: u64, token: u64) {
         let Some(u) = self.conns.get(&id).and_then(|c| c.up.as_ref()) else { return };
         let (tx, wake) = (self.tx.clone(), self.wake.clone());
-        let (Some(cache), Some(login), Some(entry)) = (self.cache.clone(), u.session.login(), u.session.held_key().cloned()) else {
+        let (Some(cache), Some(login), Some(entry)) = (self.cache.clone(), u.st.session.login(), u.st.session.held_key().cloned()) else {
             let _ = tx.send(Done::Checked { conn: id, token, decision: Decision::Bypass, took: Duration::ZERO });
             wake.notify();
             return;
@@ -781,11 +716,8 @@ impl Proxy {
         }
         let (_, _, bytes) = u.held.take().expect("checked");
         log!("{who}: freshness check {decision:?} in {:.3} s", took.as_secs_f64());
-        if let Some(v) = u.session.release(decision, &mut self.relay) {
-            let seq = u.c_next.sub(bytes.len());
-            let out = u.deliver(Dir::ToServer, v, seq, &bytes);
-            u.to_server.extend_from_slice(&out);
-        }
+        let out = u.st.release(decision, &bytes, &mut self.relay);
+        u.to_server.extend_from_slice(&out);
         if write_some(&mut u.server, &mut u.to_server).is_err() {
             return self.close(id, "server write failed");
         }
@@ -798,8 +730,8 @@ impl Proxy {
         let Some(c) = self.conns.get_mut(&id) else { return };
         let Some(u) = c.up.as_mut() else { return };
         let key = (c.peer, u.addr);
-        while let Some(ev) = u.session.poll_event() {
-            log_event(&key, u.session.user(), ev);
+        while let Some(ev) = u.st.session.poll_event() {
+            log_event(&key, u.st.session.user(), ev);
         }
     }
 
@@ -817,7 +749,7 @@ impl Proxy {
                 let _ = write_some(&mut u.server, &mut u.to_server);
             }
             let _ = write_some(&mut c.client, &mut c.to_client);
-            let user = c.up.as_ref().and_then(|u| u.session.user().map(str::to_string));
+            let user = c.up.as_ref().and_then(|u| u.st.session.user().map(str::to_string));
             log!("{}: {why} (user {})", c.who(), user.as_deref().unwrap_or("-"));
         }
     }

@@ -15,7 +15,10 @@
 //! What the machine cannot do itself (check a password, resolve and connect) it asks for with
 //! a [`Step`], and is told the outcome.
 
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Instant;
+
+use super::{DataPlane, Decision, Dir, Flags, Segment, Seq, Session, Verdict, Via};
 
 /// The longest line accepted before the server is connected.
 pub const MAX_LOGIN_LINE: usize = 1024;
@@ -250,6 +253,89 @@ impl ProxyLogin {
                 vec![Step::Reply(format!("{}\r\n", e.trim_end()))]
             }
         }
+    }
+}
+
+/// A connected explicit-proxy session: the client's and the server's byte streams, fed to a
+/// [`Session`] as in-order segments (from sequence number 1 after a SYN each way). Each
+/// verdict is turned back into bytes for its receiver: what lies past what it already has, so a
+/// probe (a repeated byte) gives nothing and a deleted reply never arrives.
+pub struct Streams {
+    pub session: Session,
+    c_next: Seq,
+    s_next: Seq,
+    srv_rcv: Seq,
+    cli_rcv: Seq,
+}
+
+/// What feeding bytes gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fed {
+    /// Bytes for the receiver (maybe none).
+    Out(Vec<u8>),
+    /// A RETR waits for its freshness check: call [`Streams::release`] with these same bytes.
+    Held,
+}
+
+impl Streams {
+    pub fn new(client: SocketAddrV4, server: SocketAddrV4, via: Via, dp: &mut dyn DataPlane, now: Instant) -> Streams {
+        let mut session = Session::explicit(client, server, via, now);
+        let z = Seq(0);
+        let syn = Flags { syn: true, ..Default::default() };
+        session.handle_segment(Dir::ToServer, &Segment { seq: z, ack: z, flags: syn, sack: &[], payload: &[] }, dp, now);
+        let synack = Flags { syn: true, ack: true, ..Default::default() };
+        session.handle_segment(Dir::ToClient, &Segment { seq: z, ack: Seq(1), flags: synack, sack: &[], payload: &[] }, dp, now);
+        let one = Seq(1);
+        Streams { session, c_next: one, s_next: one, srv_rcv: one, cli_rcv: one }
+    }
+
+    /// Feeds bytes of one direction (`fin`: its end).
+    pub fn feed(&mut self, dir: Dir, data: &[u8], fin: bool, dp: &mut dyn DataPlane, now: Instant) -> Fed {
+        let (seq, ack) = match dir {
+            Dir::ToServer => (self.c_next, self.cli_rcv),
+            Dir::ToClient => (self.s_next, self.srv_rcv),
+        };
+        let flags = Flags { ack: true, fin, ..Default::default() };
+        let v = self.session.handle_segment(dir, &Segment { seq, ack, flags, sack: &[], payload: data }, dp, now);
+        let next = seq.add(data.len() + fin as usize);
+        match dir {
+            Dir::ToServer => self.c_next = next,
+            Dir::ToClient => self.s_next = next,
+        }
+        if v == Verdict::Hold {
+            return Fed::Held;
+        }
+        Fed::Out(self.deliver(dir, v, seq, data))
+    }
+
+    /// The held client bytes go on, as the freshness check decided.
+    pub fn release(&mut self, decision: Decision, held: &[u8], dp: &mut dyn DataPlane) -> Vec<u8> {
+        match self.session.release(decision, dp) {
+            Some(v) => {
+                let seq = self.c_next.sub(held.len());
+                self.deliver(Dir::ToServer, v, seq, held)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn deliver(&mut self, dir: Dir, v: Verdict, seq: Seq, data: &[u8]) -> Vec<u8> {
+        let (oseq, payload) = match v {
+            Verdict::Pass => (seq, data.to_vec()),
+            Verdict::Edit(e) => (e.seq, e.payload.unwrap_or_else(|| data.to_vec())),
+            Verdict::Drop | Verdict::Hold => return Vec::new(),
+        };
+        let rcv = match dir {
+            Dir::ToServer => &mut self.srv_rcv,
+            Dir::ToClient => &mut self.cli_rcv,
+        };
+        let end = oseq.add(payload.len());
+        if oseq <= *rcv && end > *rcv {
+            let skip = rcv.diff(oseq) as usize;
+            *rcv = end;
+            return payload[skip..].to_vec();
+        }
+        Vec::new()
     }
 }
 

@@ -25,9 +25,12 @@ impl DataPlane for FakeDp {
         if self.fail {
             return Err("no ports left".into());
         }
-        let announce = match req.mode {
-            Mode::Active => "10.0.2.1:5000".parse().unwrap(),
-            Mode::Passive => SocketAddrV4::new(*req.target.ip(), req.target.port() + 1),
+        let announce = match (req.mode, req.via) {
+            // explicit proxy: on the gateway's own address of the side that connects
+            (Mode::Active, Some(v)) => SocketAddrV4::new(v.server_side, 7000),
+            (Mode::Passive, Some(v)) => SocketAddrV4::new(v.client_side, 6000),
+            (Mode::Active, None) => "10.0.2.1:5000".parse().unwrap(),
+            (Mode::Passive, None) => SocketAddrV4::new(*req.target.ip(), req.target.port() + 1),
         };
         Ok(Opened { announce, id: self.opened.len() as DataId })
     }
@@ -627,6 +630,91 @@ fn teardown_acks_after_fin_pass() {
                 );
             }
             assert!(p.s.is_closed());
+        }
+    }
+}
+
+/// Explicit proxy: the two byte streams through [`explicit::Streams`], split anywhere.
+mod explicit_streams {
+    use super::*;
+    use crate::proto::explicit::{Fed, Streams};
+
+    const VIA: Via = Via { client_side: Ipv4Addr::new(10, 0, 1, 1), server_side: Ipv4Addr::new(10, 0, 2, 1) };
+
+    struct Ends {
+        st: Streams,
+        dp: FakeDp,
+        to_server: Vec<u8>,
+        to_client: Vec<u8>,
+        now: Instant,
+    }
+
+    impl Ends {
+        fn new() -> Ends {
+            let now = Instant::now();
+            let mut dp = FakeDp::default();
+            let st = Streams::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), VIA, &mut dp, now);
+            Ends { st, dp, to_server: vec![], to_client: vec![], now }
+        }
+        fn send(&mut self, dir: Dir, data: &[u8], size: usize, hit: Option<Decision>) {
+            for chunk in data.chunks(size.max(1)) {
+                match self.st.feed(dir, chunk, false, &mut self.dp, self.now) {
+                    Fed::Out(b) => match dir {
+                        Dir::ToServer => self.to_server.extend_from_slice(&b),
+                        Dir::ToClient => self.to_client.extend_from_slice(&b),
+                    },
+                    Fed::Held => {
+                        let d = hit.clone().expect("held without a decision");
+                        let b = self.st.release(d, chunk, &mut self.dp);
+                        self.to_server.extend_from_slice(&b);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn explicit_session_rewrites_on_the_gateways_addresses() {
+        for size in [1, 2, 5, 1000] {
+            let mut e = Ends::new();
+            e.send(Dir::ToClient, b"220 hi\r\n", size, None);
+            e.send(Dir::ToServer, b"USER alice\r\n", size, None);
+            e.send(Dir::ToClient, b"331 pw\r\n", size, None);
+            e.send(Dir::ToServer, b"PASS pw\r\nPORT 10,0,1,2,156,64\r\n", size, None);
+            e.send(Dir::ToClient, b"230 in\r\n200 ok\r\n", size, None);
+            e.send(Dir::ToServer, b"PASV\r\n", size, None);
+            e.send(Dir::ToClient, b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n", size, None);
+            assert_eq!(
+                String::from_utf8_lossy(&e.to_server),
+                "USER alice\r\nPASS pw\r\nPORT 10,0,2,1,27,88\r\nPASV\r\n",
+                "one byte at a time or whole, each byte once (size {size})"
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&e.to_client),
+                "220 hi\r\n331 pw\r\n230 in\r\n200 ok\r\n227 Entering Passive Mode (10,0,1,1,23,112).\r\n"
+            );
+            assert!(e.dp.opened.iter().all(|r| r.via == Some(VIA)));
+            assert_eq!(e.dp.opened[0].target, "10.0.1.2:40000".parse().unwrap());
+            assert_eq!(e.dp.opened[1].target, "10.0.2.2:30000".parse().unwrap());
+        }
+    }
+
+    #[test]
+    fn explicit_cache_hit_sends_rest_and_hides_its_reply() {
+        for size in [1, 3, 1000] {
+            let mut e = Ends::new();
+            e.dp.cache.insert("/home/alice/f.bin".into(), 1000);
+            e.send(Dir::ToClient, b"220 hi\r\n", size, None);
+            e.send(Dir::ToServer, b"USER alice\r\n", size, None);
+            e.send(Dir::ToClient, b"331 pw\r\n", size, None);
+            e.send(Dir::ToServer, b"PASS pw\r\nPWD\r\nTYPE I\r\nPASV\r\n", size, None);
+            e.send(Dir::ToClient, b"230 in\r\n257 \"/home/alice\"\r\n200 I\r\n227 ok (10,0,2,2,117,48)\r\n", size, None);
+            e.send(Dir::ToServer, b"RETR f.bin\r\n", size, Some(Decision::Hit));
+            e.send(Dir::ToClient, b"350 Restarting at 1000.\r\n150 go\r\n226 done\r\n", size, None);
+            assert!(String::from_utf8_lossy(&e.to_server).ends_with("PASV\r\nREST 1000\r\nRETR f.bin\r\n"), "size {size}");
+            assert!(String::from_utf8_lossy(&e.to_client).ends_with("(10,0,1,1,23,112)\r\n150 go\r\n226 done\r\n"), "size {size}");
+            let key = Key::new(SERVER.parse().unwrap(), "alice", "/home/alice/f.bin".into(), true);
+            assert_eq!(e.dp.transfers, vec![(1, Transfer::Serve { key, offset: 0 })]);
         }
     }
 }
