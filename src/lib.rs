@@ -8,8 +8,10 @@
 //! - [`relay`]: accepts the data connections the rewritten lines announced and splices bytes to
 //!   the real peer.
 pub mod cache;
+pub mod config;
 pub mod conntrack;
 pub mod filter;
+pub mod metrics;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod nfq_loop;
@@ -17,14 +19,21 @@ pub mod proto;
 pub mod proxy;
 pub mod wire;
 pub mod relay;
+pub mod status;
+pub mod xferlog;
 
-/// One log line on stderr, prefixed with the time since the Unix epoch.
+/// One log event (level INFO) through `tracing`; `ftpgate run` prints each on one stderr line.
 #[macro_export]
 macro_rules! log {
-    ($($t:tt)*) => {{
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        // one write(2) per line: stderr is unbuffered, and the queue loop waits for it
-        let line = format!("{}.{:03} {}\n", now.as_secs(), now.subsec_millis(), format_args!($($t)*));
-        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
-    }};
+    ($($t:tt)*) => {
+        ::tracing::info!("{}", format_args!($($t)*))
+    };
+}
+
+/// The same at level WARN: refusals and failures an operator should see.
+#[macro_export]
+macro_rules! warn {
+    ($($t:tt)*) => {
+        ::tracing::warn!("{}", format_args!($($t)*))
+    };
 }

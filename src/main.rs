@@ -1,21 +1,24 @@
-//! `ftpgate`: command line. Parses, validates, starts the shells; no protocol logic here.
+//! `ftpgate`: command line. Parses, merges the configuration file, validates, starts the
+//! shells; no protocol logic here.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
+use ftpgate::cache::fresh::Checker;
+use ftpgate::cache::store::{self, Store};
+use ftpgate::config::{self, parse_hex, parse_size, Options};
 use ftpgate::filter::RuleSet;
 use ftpgate::log;
 use ftpgate::nfq_loop::{self, Helper, LoopConfig};
-use ftpgate::cache::fresh::Checker;
-use ftpgate::cache::store::{self, Store};
 use ftpgate::proto::explicit::{Access, Cidr};
 use ftpgate::proxy::{self, ProxyConfig, Users};
 use ftpgate::relay::{CacheCtx, Relay, RelayConfig};
-use std::sync::Arc;
+use ftpgate::status::{self, Board};
 
 #[derive(Parser)]
 #[command(name = "ftpgate", version, about = "Transparent FTP gateway for Linux routers")]
@@ -26,140 +29,233 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install or remove ftpgate's iptables rules in the current network namespace.
+    /// Install, remove or print the iptables/ip-rule set-up (idempotent)
     Rules {
         #[command(subcommand)]
         op: RulesOp,
     },
-    /// Run the gateway in the foreground until SIGTERM/SIGINT.
+    /// Run the gateway in the foreground until SIGTERM
     Run(RunArgs),
-    /// Inspect or empty the download cache.
+    /// Inspect or empty the download cache
     Cache {
         #[command(subcommand)]
         op: CacheOp,
     },
-    /// Print a `--proxy-users` line for NAME: reads the password from standard input
-    ProxyPasswd {
-        name: String,
+    /// Print a `--proxy-users` line for NAME; reads the password from standard input
+    ProxyPasswd { name: String },
+    /// Validate the configuration file (and what it names) without starting
+    CheckConfig {
+        /// Configuration file [default: /etc/ftpgate/ftpgate.toml]
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
+    /// Show the running gateway's sessions and transfers in flight
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The running gateway's cache dir (where its status socket is)
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Print the manual page (roff)
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Subcommand)]
 enum CacheOp {
-    /// List the entries: server, login, path, size, MDTM.
+    /// One line per entry: server, login, type, size, MDTM, path
     List(CacheDirArg),
-    /// Delete every entry (stop `ftpgate run` first, or it forgets entries as it finds them gone).
+    /// Delete every entry (stop `run` first)
     Clear(CacheDirArg),
 }
 
 #[derive(Args)]
 struct CacheDirArg {
     #[arg(long)]
-    cache_dir: PathBuf,
+    config: Option<PathBuf>,
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum RulesOp {
-    /// Add the rules (idempotent).
     Apply(RuleArgs),
-    /// Remove exactly the rules apply adds (idempotent).
     Remove(RuleArgs),
-    /// Print the rules in iptables-save form without touching the firewall.
+    /// Print the rules in iptables-save form; touch nothing
     Show(RuleArgs),
 }
 
 #[derive(Args, Clone)]
 struct RuleArgs {
-    /// NFQUEUE number for FTP control packets.
-    #[arg(long, default_value_t = 2121)]
-    queue: u16,
-    /// Drop FTP control traffic while no ftpgate runs, instead of letting it pass unrewritten.
+    /// Configuration file [default: /etc/ftpgate/ftpgate.toml if it exists]
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// NFQUEUE number [default: 2121]
+    #[arg(long)]
+    queue: Option<u16>,
+    /// Drop control traffic while no ftpgate runs (default: pass it unrewritten)
     #[arg(long)]
     fail_closed: bool,
-    /// Packet mark bit for data connections steered to the relay.
-    #[arg(long, default_value = "0x10000", value_parser = parse_hex)]
-    mark: u32,
-    /// Routing table that delivers marked packets locally.
-    #[arg(long, default_value_t = 2121)]
-    table: u32,
+    /// Packet mark for the relay's transparent sockets [default: 0x10000]
+    #[arg(long, value_parser = parse_hex)]
+    mark: Option<u32>,
+    /// Routing table for marked packets [default: 2121]
+    #[arg(long)]
+    table: Option<u32>,
 }
 
 #[derive(Args)]
 struct RunArgs {
-    #[arg(long, default_value_t = 2121)]
-    queue: u16,
-    /// Directory for the download cache (created if missing; must be writable).
+    /// Configuration file [default: /etc/ftpgate/ftpgate.toml if it exists]
     #[arg(long)]
-    cache_dir: PathBuf,
-    /// Seconds an announced data port waits for its peer.
-    #[arg(long, default_value_t = 30)]
-    data_timeout: u64,
-    /// Seconds a data connection may make no progress.
-    #[arg(long, default_value_t = 300)]
-    idle_timeout: u64,
-    /// Drop queued packets when the queue overflows instead of passing them.
+    config: Option<PathBuf>,
+    /// NFQUEUE number [default: 2121]
+    #[arg(long)]
+    queue: Option<u16>,
+    /// Cache directory, also for the session state and the status socket (required here or in the file)
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Seconds an announced data port waits for its peer [default: 30]
+    #[arg(long)]
+    data_timeout: Option<u64>,
+    /// Seconds without progress before a data connection is closed [default: 300]
+    #[arg(long)]
+    idle_timeout: Option<u64>,
+    /// Drop control traffic while no ftpgate runs (default: pass it unrewritten)
     #[arg(long)]
     fail_closed: bool,
-    /// Size limit of the cache (bytes; K, M, G suffixes); least recently used entries go first.
-    #[arg(long, default_value = "1G", value_parser = parse_size)]
-    cache_max_bytes: u64,
-    /// Files modified less than this many seconds before their download are not cached (MDTM
-    /// has one-second resolution; this also absorbs small clock differences).
-    #[arg(long, default_value_t = 3)]
-    cache_settle: u64,
-    /// Seconds ftpgate waits for the server's answer to MDTM/SIZE before a cached RETR goes
-    /// to the server uncached.
-    #[arg(long, default_value_t = 3)]
-    check_timeout: u64,
-    /// Relay downloads without caching them.
+    /// Cache size limit, least recently used entries go first [default: 1G]
+    #[arg(long, value_parser = parse_size)]
+    cache_max_bytes: Option<u64>,
+    /// Files modified less than this many seconds before their download are not cached [default: 3]
+    #[arg(long)]
+    cache_settle: Option<u64>,
+    /// Seconds to wait for the server's MDTM/SIZE answers [default: 3]
+    #[arg(long)]
+    check_timeout: Option<u64>,
+    /// Turn the cache off (relay only)
     #[arg(long)]
     no_cache: bool,
-    /// Control sessions at once; a new one beyond gets "421" instead of the server's greeting.
-    #[arg(long, default_value_t = 1024)]
-    max_sessions: usize,
-    /// Data connections (announced or transferring) at once; beyond, PASV/PORT get "425".
-    #[arg(long, default_value_t = 512)]
-    max_data: usize,
+    /// Control sessions at once; more get 421 [default: 1024]
+    #[arg(long)]
+    max_sessions: Option<usize>,
+    /// Data connections at once; more PASV/PORT get 425 [default: 512]
+    #[arg(long)]
+    max_data: Option<usize>,
     /// Explicit FTP proxy listener, ADDR:PORT (repeatable), beside transparent interception
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Vec<std::net::SocketAddrV4>,
-    /// Explicit proxy: users allowed to log in to the proxy, `name:argon2-hash` a line
-    /// (`ftpgate proxy-passwd NAME`); makes a proxy login mandatory
+    /// Explicit proxy users, `name:argon2-hash` a line (`ftpgate proxy-passwd NAME`); makes a proxy login mandatory
     #[arg(long, value_name = "FILE")]
     proxy_users: Option<PathBuf>,
-    /// Explicit proxy: networks allowed to use it (repeatable; without --proxy-users, required)
+    /// Networks allowed to use the explicit proxy (repeatable; without --proxy-users, required)
     #[arg(long, value_name = "CIDR")]
     allow_from: Vec<Cidr>,
-    /// Explicit proxy: networks it may connect to (repeatable; default any but the gateway itself)
+    /// Networks the explicit proxy may connect to (repeatable) [default: any but the gateway itself]
     #[arg(long, value_name = "CIDR")]
     allow_dest: Vec<Cidr>,
-    /// Explicit proxy: seconds to wait for a server to accept and greet
-    #[arg(long, default_value_t = 10)]
-    connect_timeout: u64,
+    /// Seconds the explicit proxy waits for a server to accept and greet [default: 10]
+    #[arg(long)]
+    connect_timeout: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Append a classic xferlog line per file transfer to FILE
+    #[arg(long, value_name = "FILE")]
+    xferlog: Option<PathBuf>,
+    /// Seconds SIGTERM waits for data transfers in progress [default: 10]
+    #[arg(long)]
+    drain_timeout: Option<u64>,
+    /// Log filter (RUST_LOG syntax: info, debug, ftpgate=debug, …) [default: info; RUST_LOG wins]
+    #[arg(long)]
+    log: Option<String>,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
-        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
-        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
-        Some((i, 'T' | 't')) => (&t[..i], 1 << 40),
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("bad size {s:?} (expected bytes, optionally with K, M, G or T)"))
+fn vec_opt<T>(v: &[T]) -> Option<Vec<T>>
+where
+    T: Clone,
+{
+    (!v.is_empty()).then(|| v.to_vec())
 }
 
-fn parse_hex(s: &str) -> Result<u32, String> {
-    let t = s.trim_start_matches("0x");
-    u32::from_str_radix(t, if t.len() < s.len() { 16 } else { 10 }).map_err(|e| format!("bad number {s:?}: {e}"))
+impl RunArgs {
+    fn options(&self) -> Options {
+        Options {
+            queue: self.queue,
+            fail_closed: self.fail_closed.then_some(true),
+            mark: None,
+            table: None,
+            cache_dir: self.cache_dir.clone(),
+            data_timeout: self.data_timeout,
+            idle_timeout: self.idle_timeout,
+            cache_max_bytes: self.cache_max_bytes,
+            cache_settle: self.cache_settle,
+            check_timeout: self.check_timeout,
+            no_cache: self.no_cache.then_some(true),
+            max_sessions: self.max_sessions,
+            max_data: self.max_data,
+            listen: vec_opt(&self.listen),
+            proxy_users: self.proxy_users.clone(),
+            allow_from: vec_opt(&self.allow_from),
+            allow_dest: vec_opt(&self.allow_dest),
+            connect_timeout: self.connect_timeout,
+            metrics: self.metrics,
+            xferlog: self.xferlog.clone(),
+            drain_timeout: self.drain_timeout,
+            log: self.log.clone(),
+        }
+    }
 }
 
-fn rules(a: &RuleArgs) -> RuleSet {
-    RuleSet { queue: a.queue, fail_open: !a.fail_closed, mark: a.mark, table: a.table }
+impl RuleArgs {
+    fn options(&self) -> Options {
+        Options {
+            queue: self.queue,
+            fail_closed: self.fail_closed.then_some(true),
+            mark: self.mark,
+            table: self.table,
+            ..Default::default()
+        }
+    }
+}
+
+/// The command line over the configuration file.
+fn merged(cli: Options, file: Option<&Path>) -> Result<Options> {
+    let file = config::find(file).map_err(|e| anyhow!("config {e}"))?;
+    Ok(cli.over(file.unwrap_or_default()))
+}
+
+fn rules(o: &Options) -> RuleSet {
+    RuleSet {
+        queue: o.queue.unwrap_or(2121),
+        fail_open: !o.fail_closed.unwrap_or(false),
+        mark: o.mark.unwrap_or(0x10000),
+        table: o.table.unwrap_or(2121),
+    }
+}
+
+/// Every setting of `run`, resolved and checked.
+struct Settings {
+    o: Options,
+    cache_dir: PathBuf,
+    users: Option<Users>,
+}
+
+fn settings(o: Options) -> Result<Settings> {
+    let cache_dir = o.cache_dir.clone().ok_or_else(|| anyhow!("--cache-dir (or cache-dir in the configuration file) is required"))?;
+    if o.data_timeout == Some(0) {
+        bail!("--data-timeout must be at least 1 second");
+    }
+    let listen = o.listen.clone().unwrap_or_default();
+    if listen.is_empty() && (o.proxy_users.is_some() || o.allow_from.is_some() || o.allow_dest.is_some()) {
+        bail!("--proxy-users, --allow-from and --allow-dest need an explicit proxy listener (--listen ADDR:PORT)");
+    }
+    let users = o.proxy_users.as_deref().map(Users::load).transpose()?;
+    if let Some(f) = &o.log {
+        tracing_subscriber::EnvFilter::try_new(f).map_err(|e| anyhow!("log filter {f:?}: {e}"))?;
+    }
+    Ok(Settings { o, cache_dir, users })
 }
 
 fn check_cache_dir(dir: &Path) -> Result<()> {
@@ -170,87 +266,165 @@ fn check_cache_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM/SIGINT end the process cleanly from a dedicated thread; the kernel unbinds the queue
-/// when the socket closes, and `--queue-bypass` rules then let control traffic pass.
-fn handle_signals() -> Result<()> {
+fn init_logging(filter: Option<&str>) {
+    let f = std::env::var("RUST_LOG").ok().or_else(|| filter.map(str::to_string)).unwrap_or_else(|| "info".into());
+    let f = tracing_subscriber::EnvFilter::try_new(&f).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(f).with_writer(std::io::stderr).with_ansi(false).with_target(false).try_init();
+}
+
+/// SIGTERM: wait for transfers in progress (up to `drain`), then exit. SIGINT: exit now.
+/// SIGHUP: re-read the configuration and the proxy users; apply what is safe to change.
+fn handle_signals(relay: Relay, drain: Duration, reload: impl Fn() + Send + 'static) -> Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
     set.thread_block().context("cannot block signals")?;
-    std::thread::Builder::new().name("ftpgate-signals".into()).spawn(move || {
-        if let Ok(sig) = set.wait() {
-            log!("{sig:?} received; exiting");
-            std::process::exit(0);
+    std::thread::Builder::new().name("ftpgate-signals".into()).spawn(move || loop {
+        let Ok(sig) = set.wait() else { continue };
+        match sig {
+            Signal::SIGHUP => reload(),
+            Signal::SIGTERM => {
+                let n = relay.transferring();
+                if n > 0 {
+                    log!("SIGTERM received; letting {n} data transfers finish (up to {} s)", drain.as_secs());
+                    let end = Instant::now() + drain;
+                    while relay.transferring() > 0 && Instant::now() < end {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                log!("SIGTERM received; exiting ({} transfers still open)", relay.transferring());
+                std::process::exit(0);
+            }
+            _ => {
+                log!("{sig:?} received; exiting");
+                std::process::exit(0);
+            }
         }
     })?;
     Ok(())
 }
 
 fn run(a: RunArgs) -> Result<()> {
-    check_cache_dir(&a.cache_dir)?;
-    if a.data_timeout == 0 {
-        bail!("--data-timeout must be at least 1 second");
+    let config_file = a.config.clone();
+    let s = settings(merged(a.options(), config_file.as_deref())?)?;
+    init_logging(s.o.log.as_deref());
+    let o = &s.o;
+    check_cache_dir(&s.cache_dir)?;
+    let listen = o.listen.clone().unwrap_or_default();
+    if !listen.is_empty() && s.users.is_none() && o.allow_from.is_none() {
+        ftpgate::warn!("explicit proxy: no --proxy-users and no --allow-from: every client will be refused");
     }
-    if a.listen.is_empty() && (a.proxy_users.is_some() || !a.allow_from.is_empty() || !a.allow_dest.is_empty()) {
-        bail!("--proxy-users, --allow-from and --allow-dest need an explicit proxy listener (--listen ADDR:PORT)");
+    if let Some(x) = &o.xferlog {
+        ftpgate::xferlog::open(x).with_context(|| format!("--xferlog {}: cannot open", x.display()))?;
     }
-    let users = a.proxy_users.as_deref().map(Users::load).transpose()?;
-    if !a.listen.is_empty() && users.is_none() && a.allow_from.is_empty() {
-        log!("explicit proxy: no --proxy-users and no --allow-from: every client will be refused");
-    }
-    handle_signals()?;
-    let cache = if a.no_cache {
+    let cache = if o.no_cache.unwrap_or(false) {
         None
     } else {
-        let store = Store::open(&a.cache_dir, a.cache_max_bytes)
-            .with_context(|| format!("cache dir {}: cannot open", a.cache_dir.display()))?;
+        let store = Store::open(&s.cache_dir, o.cache_max_bytes.unwrap_or(1 << 30))
+            .with_context(|| format!("cache dir {}: cannot open", s.cache_dir.display()))?;
         Some(Arc::new(CacheCtx {
             store,
-            checker: Arc::new(Checker::new(Duration::from_secs(a.check_timeout.max(1)))),
-            settle: a.cache_settle as i64,
+            checker: Arc::new(Checker::new(Duration::from_secs(o.check_timeout.unwrap_or(3).max(1)))),
+            settle: o.cache_settle.unwrap_or(3) as i64,
         }))
     };
+    let queue = o.queue.unwrap_or(2121);
+    if let Some(addr) = o.metrics {
+        ftpgate::metrics::serve(addr, queue, cache.as_ref().map(|c| c.store.clone()))?;
+    }
     let relay = Relay::new(
         RelayConfig {
-            accept_timeout: Duration::from_secs(a.data_timeout),
-            idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
-            max_data: a.max_data,
+            accept_timeout: Duration::from_secs(o.data_timeout.unwrap_or(30)),
+            idle_timeout: Duration::from_secs(o.idle_timeout.unwrap_or(300).max(1)),
+            max_data: o.max_data.unwrap_or(512),
         },
         ftpgate::conntrack::server_side_client_addr,
         cache.clone(),
     );
-    if !a.listen.is_empty() {
-        let access = Access { auth: users.is_some(), allow_from: a.allow_from.clone(), allow_dest: a.allow_dest.clone() };
+    let board = Arc::new(Board::default());
+    status::serve(&s.cache_dir, board.clone(), relay.handle())?;
+    let max_sessions = o.max_sessions.unwrap_or(1024);
+    let reload_slot = Arc::new(Mutex::new(None));
+    if !listen.is_empty() {
+        let access = Access {
+            auth: s.users.is_some(),
+            allow_from: o.allow_from.clone().unwrap_or_default(),
+            allow_dest: o.allow_dest.clone().unwrap_or_default(),
+        };
         let cfg = ProxyConfig {
-            listen: a.listen.clone(),
-            users,
+            listen: listen.clone(),
+            users: s.users,
             access,
-            connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
+            reload: reload_slot.clone(),
+            connect_timeout: Duration::from_secs(o.connect_timeout.unwrap_or(10).max(1)),
             idle: Duration::from_secs(3600),
-            max_sessions: a.max_sessions,
+            max_sessions,
+            board: Some(board.clone()),
         };
         proxy::spawn(cfg, relay.handle(), cache.clone())?;
     }
-    let helper = Helper::new(
+    // SIGHUP: the explicit proxy's users and access rules are re-read; everything else (queue,
+    // listeners, cache dir, limits) keeps its value until a restart
+    let cli = a.options();
+    let reload = move || {
+        let fresh = merged(cli.clone(), config_file.as_deref()).and_then(settings);
+        match fresh {
+            Ok(n) => {
+                let access = Access {
+                    auth: n.users.is_some(),
+                    allow_from: n.o.allow_from.clone().unwrap_or_default(),
+                    allow_dest: n.o.allow_dest.clone().unwrap_or_default(),
+                };
+                *reload_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((n.users, access));
+                log!("SIGHUP: configuration re-read; proxy users and access rules apply to new sessions, other changes need a restart");
+            }
+            Err(e) => ftpgate::warn!("SIGHUP: configuration not reloaded: {e:#}"),
+        }
+    };
+    handle_signals(relay.handle(), Duration::from_secs(o.drain_timeout.unwrap_or(10)), reload)?;
+    let mut helper = Helper::new(
         relay,
         cache,
         LoopConfig {
-            queue: a.queue,
-            fail_open: !a.fail_closed,
+            queue,
+            fail_open: !o.fail_closed.unwrap_or(false),
             idle: Duration::from_secs(3600),
             mapped_idle: Duration::from_secs(5 * 24 * 3600),
-            state_file: Some(a.cache_dir.join("sessions.state")),
-            max_sessions: a.max_sessions,
+            state_file: Some(s.cache_dir.join("sessions.state")),
+            max_sessions,
         },
     )?;
+    helper.board = Some(board);
     nfq_loop::run(helper)
+}
+
+fn check_config(file: Option<PathBuf>) -> Result<()> {
+    let path = file.unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let o = config::load(&path).map_err(|e| anyhow!("config {e}"))?;
+    let s = settings(o)?;
+    println!(
+        "{}: OK (queue {}, cache dir {}, {} explicit proxy listeners{})",
+        path.display(),
+        s.o.queue.unwrap_or(2121),
+        s.cache_dir.display(),
+        s.o.listen.as_ref().map_or(0, Vec::len),
+        if s.users.is_some() { ", proxy users loaded" } else { "" }
+    );
+    Ok(())
+}
+
+fn cache_dir_of(config: Option<&Path>, cache_dir: Option<PathBuf>) -> Result<PathBuf> {
+    let o = merged(Options { cache_dir, ..Default::default() }, config)?;
+    o.cache_dir.ok_or_else(|| anyhow!("--cache-dir (or cache-dir in the configuration file) is required"))
 }
 
 fn cache_cmd(op: CacheOp) -> Result<()> {
     match op {
         CacheOp::List(d) => {
-            let entries = store::list(&d.cache_dir).with_context(|| format!("cache dir {}", d.cache_dir.display()))?;
+            let dir = cache_dir_of(d.config.as_deref(), d.cache_dir)?;
+            let entries = store::list(&dir).with_context(|| format!("cache dir {}", dir.display()))?;
             let total: u64 = entries.iter().map(|l| l.meta.size).sum();
             for l in &entries {
                 let m = &l.meta;
@@ -267,7 +441,8 @@ fn cache_cmd(op: CacheOp) -> Result<()> {
             println!("{} entries, {total} bytes", entries.len());
         }
         CacheOp::Clear(d) => {
-            let n = store::clear(&d.cache_dir).with_context(|| format!("cache dir {}", d.cache_dir.display()))?;
+            let dir = cache_dir_of(d.config.as_deref(), d.cache_dir)?;
+            let n = store::clear(&dir).with_context(|| format!("cache dir {}", dir.display()))?;
             println!("removed {n} entries");
         }
     }
@@ -291,15 +466,17 @@ fn proxy_passwd(name: &str) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Rules { op: RulesOp::Apply(a) } => rules(&a).apply(),
-        Cmd::Rules { op: RulesOp::Remove(a) } => rules(&a).remove(),
-        Cmd::Rules { op: RulesOp::Show(a) } => {
-            print!("{}", rules(&a).show());
-            Ok(())
-        }
+        Cmd::Rules { op: RulesOp::Apply(a) } => merged(a.options(), a.config.as_deref()).and_then(|o| rules(&o).apply()),
+        Cmd::Rules { op: RulesOp::Remove(a) } => merged(a.options(), a.config.as_deref()).and_then(|o| rules(&o).remove()),
+        Cmd::Rules { op: RulesOp::Show(a) } => merged(a.options(), a.config.as_deref()).map(|o| print!("{}", rules(&o).show())),
         Cmd::Run(a) => run(a),
         Cmd::Cache { op } => cache_cmd(op),
         Cmd::ProxyPasswd { name } => proxy_passwd(&name),
+        Cmd::CheckConfig { config } => check_config(config),
+        Cmd::Status { config, cache_dir } => {
+            cache_dir_of(config.as_deref(), cache_dir).and_then(|d| status::query(&d)).map(|t| print!("{t}"))
+        }
+        Cmd::Man => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).context("cannot write"),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

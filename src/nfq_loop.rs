@@ -77,6 +77,9 @@ pub struct Helper {
     /// Offsets changed since the state file was last handed to the writer: it is saved once
     /// per pass of the queue loop, so a burst of rewrites renders the file once.
     state_dirty: bool,
+    /// Where `ftpgate status` reads the sessions.
+    pub board: Option<Arc<crate::status::Board>>,
+    last_publish: Instant,
 }
 
 /// Writes the newest state text it was sent (older ones still queued are skipped).
@@ -126,6 +129,8 @@ impl Helper {
             wake,
             state_writer,
             state_dirty: false,
+            board: None,
+            last_publish: now,
         })
     }
 
@@ -149,7 +154,9 @@ impl Helper {
             // the client's ports may be reused at once: a SYN that is not a retransmission
             // starts over, with nothing of the old connection's state
             if self.sessions.get(&key).is_some_and(|s| s.is_new_connection(pkt.seq())) {
-                self.sessions.remove(&key);
+                if self.sessions.remove(&key).is_some() {
+                    crate::metrics::m().session_ended("transparent");
+                }
                 if let Some(h) = self.held.get_mut(&key) {
                     h.deadline = now; // the old connection's held segment is dropped
                 }
@@ -171,10 +178,12 @@ impl Helper {
             if live >= self.cfg.max_sessions {
                 log!("session {} -> {}: over the limit of {} sessions; answering 421", key.0, key.1, self.cfg.max_sessions);
                 s.refuse_session(&format!("too many FTP sessions through this gateway (limit {}), try again later", self.cfg.max_sessions));
+                crate::metrics::m().refusal("session_limit");
             } else {
                 log!("session {} -> {}: tracking", key.0, key.1);
             }
             self.sessions.insert(key, s);
+            crate::metrics::m().session_started("transparent");
         }
         let session = self.sessions.get_mut(&key).expect("inserted above");
         if dir == Dir::ToServer && self.held.contains_key(&key) {
@@ -292,6 +301,27 @@ impl Helper {
         self.held.values().map(|h| h.deadline).min()
     }
 
+    /// Shows the sessions on the status board, about once a second.
+    fn maybe_publish(&mut self, now: Instant) {
+        let Some(board) = &self.board else { return };
+        if now.duration_since(self.last_publish) < crate::status::PUBLISH_EVERY {
+            return;
+        }
+        self.last_publish = now;
+        let lines = self
+            .sessions
+            .values()
+            .filter(|s| s.is_live())
+            .map(|s| crate::status::SessionLine {
+                client: s.client(),
+                server: s.server(),
+                user: s.user().map(str::to_string),
+                state: s.state(),
+            })
+            .collect();
+        board.publish(false, lines);
+    }
+
     /// Saves the offsets if they changed during this pass of the loop.
     fn maybe_save_state(&mut self) {
         if std::mem::take(&mut self.state_dirty) {
@@ -308,6 +338,7 @@ impl Helper {
             if !keep {
                 log!("session {} -> {}: closed (user {})", k.0, k.1, s.user().unwrap_or("-"));
                 mapped_gone |= s.has_length_changes();
+                crate::metrics::m().session_ended("transparent");
             }
             keep
         });
@@ -338,7 +369,10 @@ impl Helper {
 fn apply(msg: &mut Message, verdict: Verdict, edited: Option<Result<Vec<u8>, String>>, key: &Key) {
     match (verdict, edited) {
         (Verdict::Pass, _) => msg.set_verdict(NfVerdict::Accept),
-        (Verdict::Drop, _) | (Verdict::Hold, _) => msg.set_verdict(NfVerdict::Drop),
+        (Verdict::Drop, _) | (Verdict::Hold, _) => {
+            crate::metrics::m().dropped_segments.inc();
+            msg.set_verdict(NfVerdict::Drop)
+        }
         (Verdict::Edit(_), Some(Ok(bytes))) => {
             msg.set_payload(bytes);
             msg.set_verdict(NfVerdict::Accept);
@@ -423,8 +457,15 @@ pub(crate) fn log_event(key: &Key, user: Option<&str>, ev: Event) {
     let who = format!("session {} -> {} ({})", key.0, key.1, user.unwrap_or("-"));
     match ev {
         Event::User(u) => log!("{who}: login as {u:?}"),
-        Event::Rewrote { from, to, .. } => log!("{who}: rewrote {from:?} -> {to:?}"),
-        Event::Refused { reason } => log!("{who}: refused: {reason}"),
+        Event::Rewrote { from, to, .. } => {
+            let kind = from.split([' ', '-']).next().unwrap_or("other").to_ascii_uppercase();
+            crate::metrics::m().rewrite(&kind);
+            log!("{who}: rewrote {from:?} -> {to:?}")
+        }
+        Event::Refused { reason } => {
+            crate::metrics::m().refusal(refusal_kind(&reason));
+            crate::warn!("{who}: refused: {reason}")
+        }
         Event::Malformed { dir, line, why } => log!("{who}: malformed {dir:?} line {line:?} passed through: {why}"),
         Event::TlsStarted => log!("{who}: AUTH TLS accepted; passing the encrypted session through"),
         Event::Retr { path, binary, ok } => log!(
@@ -433,9 +474,25 @@ pub(crate) fn log_event(key: &Key, user: Option<&str>, ev: Event) {
             if binary { "binary" } else { "ascii" },
             if ok { "completed" } else { "failed" }
         ),
-        Event::Cache { path, outcome } => log!("{who}: RETR {path}: {outcome}"),
+        Event::Cache { path, outcome } => {
+            crate::metrics::m().cache(outcome.split(' ').next().unwrap_or("other"));
+            log!("{who}: RETR {path}: {outcome}")
+        }
         Event::CheckFresh(k) => log!("{who}: RETR {}: cached; asking the server whether it changed", k.path),
         Event::Note(n) => log!("{who}: {n}"),
+    }
+}
+
+/// The metrics label of a refusal reason (see `crate::proto::policy` and the session's refusals).
+fn refusal_kind(reason: &str) -> &'static str {
+    if reason.contains("is not the client's") || reason.contains("is below") {
+        "bounce"
+    } else if reason.contains("in its reply") {
+        "third_party"
+    } else if reason.contains("too many data connections") {
+        "data_limit"
+    } else {
+        "other"
     }
 }
 
@@ -522,5 +579,6 @@ pub fn run(mut helper: Helper) -> Result<()> {
             helper.sweep(now);
         }
         helper.maybe_save_state();
+        helper.maybe_publish(now);
     }
 }

@@ -119,10 +119,14 @@ pub struct ProxyConfig {
     pub listen: Vec<SocketAddrV4>,
     pub users: Option<Users>,
     pub access: Access,
+    /// What SIGHUP may replace while running.
+    pub reload: Arc<Mutex<Option<(Option<Users>, Access)>>>,
     pub connect_timeout: Duration,
     /// A connected session idle this long is closed.
     pub idle: Duration,
     pub max_sessions: usize,
+    /// Where `ftpgate status` reads the sessions.
+    pub board: Option<Arc<crate::status::Board>>,
 }
 
 /// What the helper threads report.
@@ -155,6 +159,8 @@ struct Conn {
     up: Option<Up>,
     /// Close once `to_client` is written.
     closing: bool,
+    /// Counted in the active sessions gauge.
+    counted: bool,
     last: Instant,
 }
 
@@ -328,7 +334,14 @@ fn read_some(s: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
 
 impl Proxy {
     fn run(mut self) {
+        let mut last_publish = Instant::now();
         loop {
+            let reloaded = self.cfg.reload.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some((users, access)) = reloaded {
+                self.users = users.map(Arc::new);
+                self.cfg.access = access;
+                log!("explicit proxy: proxy users and access rules reloaded (for new sessions)");
+            }
             let now = Instant::now();
             let mut fds: Vec<libc::pollfd> = Vec::new();
             let mut what: Vec<(u64, u8)> = Vec::new(); // (conn id or listener index, 0 listener / 1 client / 2 server)
@@ -388,7 +401,35 @@ impl Proxy {
                 }
             }
             self.expire(now);
+            self.publish(now, &mut last_publish);
         }
+    }
+
+    fn publish(&self, now: Instant, last: &mut Instant) {
+        let Some(board) = &self.cfg.board else { return };
+        if now.duration_since(*last) < crate::status::PUBLISH_EVERY {
+            return;
+        }
+        *last = now;
+        let lines = self
+            .conns
+            .values()
+            .map(|c| match &c.up {
+                Some(u) => crate::status::SessionLine {
+                    client: c.peer,
+                    server: u.addr,
+                    user: u.st.session.user().map(str::to_string),
+                    state: u.st.session.state(),
+                },
+                None => crate::status::SessionLine {
+                    client: c.peer,
+                    server: c.local,
+                    user: c.login.proxy_user().map(|u| format!("proxy:{u}")),
+                    state: "proxy login",
+                },
+            })
+            .collect();
+        board.publish(true, lines);
     }
 
     fn accept(&mut self, i: usize, now: Instant) {
@@ -414,19 +455,24 @@ impl Proxy {
                 to_client: Vec::new(),
                 up: None,
                 closing: false,
+                counted: false,
                 last: now,
             };
             if let Err(why) = self.cfg.access.client(*peer.ip()) {
+                crate::metrics::m().refusal("proxy_client");
                 log!("proxy {peer}: refused: {why}");
                 c.to_client.extend_from_slice(b"421 Not allowed to use this proxy from your address\r\n");
                 c.closing = true;
             } else if self.conns.len() >= self.cfg.max_sessions {
+                crate::metrics::m().refusal("session_limit");
                 log!("proxy {peer}: refused: over the limit of {} proxy sessions", self.cfg.max_sessions);
                 c.to_client.extend_from_slice(
                     format!("421 Too many sessions through this proxy (limit {}), try again later\r\n", self.cfg.max_sessions).as_bytes(),
                 );
                 c.closing = true;
             } else {
+                crate::metrics::m().session_started("explicit");
+                c.counted = true;
                 log!("proxy {peer}: connected to {local}");
                 if let Step::Reply(r) = c.login.greeting() {
                     c.to_client.extend_from_slice(r.as_bytes());
@@ -583,6 +629,7 @@ impl Proxy {
                         if ok {
                             log!("proxy {peer}: proxy login as {user:?}");
                         } else {
+                            crate::metrics::m().refusal("proxy_auth");
                             log!("proxy {peer}: refused: proxy login as {user:?} failed");
                         }
                         let _ = tx.send(Done::Verified { conn: id, ok });
@@ -599,6 +646,9 @@ impl Proxy {
                     let spawned = std::thread::Builder::new().name("ftpgate-connect".into()).spawn(move || {
                         let r = connect(&target, &access, timeout);
                         if let Err(e) = &r {
+                            if e.starts_with("530") {
+                                crate::metrics::m().refusal("proxy_destination");
+                            }
                             log!("proxy {peer}: cannot reach {target}: {e}");
                         }
                         let _ = tx.send(Done::Connected { conn: id, target, r });
@@ -745,6 +795,9 @@ impl Proxy {
 
     fn close(&mut self, id: u64, why: &str) {
         if let Some(mut c) = self.conns.remove(&id) {
+            if c.counted {
+                crate::metrics::m().session_ended("explicit");
+            }
             if let Some(u) = &mut c.up {
                 let _ = write_some(&mut u.server, &mut u.to_server);
             }

@@ -171,6 +171,7 @@ impl Store {
         }
         cap.done = true;
         let evicted = inner.index.insert(meta);
+        crate::metrics::m().cache_evictions.inc_by(evicted.len() as u64);
         drop(inner);
         for v in &evicted {
             self.delete_files(v);

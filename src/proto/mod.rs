@@ -158,6 +158,19 @@ pub trait DataPlane {
     fn cache_enabled(&self) -> bool {
         true
     }
+    /// Names the command that uses data connection `id` (for the transfer log).
+    fn describe(&mut self, _id: DataId, _what: Described) {}
+}
+
+/// The command a data connection serves, as a transfer log names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Described {
+    /// `RETR`, `STOR`, `APPE`, `STOU`, `LIST`, `NLST` or `MLSD`.
+    pub verb: String,
+    /// Absolute when the working directory is known.
+    pub path: String,
+    pub user: String,
+    pub binary: bool,
 }
 
 /// Things worth a log line, drained with [`Session::poll_event`].
@@ -416,6 +429,23 @@ impl Session {
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
     }
+    /// A word for `ftpgate status`.
+    pub fn state(&self) -> &'static str {
+        if self.is_closed() || self.c2s.fin || self.s2c.fin {
+            "closing"
+        } else if self.tls {
+            "tls (passed through)"
+        } else if self.hold.is_some() {
+            "checking the cache"
+        } else if self.logged_in {
+            "logged in"
+        } else if self.greeted {
+            "login"
+        } else {
+            "connecting"
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         self.tls
     }
@@ -758,6 +788,15 @@ impl Session {
 
     fn on_command(&mut self, line: &[u8], whole: bool, dp: &mut dyn DataPlane) -> Option<Vec<u8>> {
         let verb = ftp::verb(line);
+        if let (Some(v), Some(id)) = (verb.as_ref(), self.data) {
+            if [&b"RETR"[..], b"STOR", b"APPE", b"STOU", b"LIST", b"NLST", b"MLSD"].contains(&&v[..]) {
+                let name = arg(line);
+                let path = self.cwd.as_deref().and_then(|c| crate::cache::resolve(c, &name)).unwrap_or(name);
+                let user = self.user.clone().unwrap_or_else(|| "-".into());
+                let verb = String::from_utf8_lossy(v).into_owned();
+                dp.describe(id, Described { verb, path, user, binary: self.binary });
+            }
+        }
         let (cmd, parsed) = match verb.as_ref() {
             Some(b"PORT") => (Cmd::Other, Some(ftp::parse_port(line))),
             Some(b"EPRT") => (Cmd::Other, Some(ftp::parse_eprt(line))),

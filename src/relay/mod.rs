@@ -33,7 +33,9 @@ use crate::cache::fresh::Checker;
 use crate::cache::store::{Capture, Store};
 use crate::cache::{decide, settled, Answer, Decision, Key, Login, Meta};
 use crate::log;
-use crate::proto::{DataId, DataPlane, DataRequest, Mode, Opened, Transfer};
+use crate::metrics;
+use crate::proto::{DataId, DataPlane, DataRequest, Described, Mode, Opened, Transfer};
+use crate::xferlog;
 
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
@@ -83,15 +85,50 @@ enum Plan {
 #[derive(Default)]
 struct SlotState {
     plan: Option<Plan>,
+    /// The command this connection serves, once known.
+    desc: Option<Described>,
     /// The transfer command's final reply: 2xx or not.
     finished: Option<bool>,
 }
 
 /// Shared between the control path and one data connection's thread.
-#[derive(Default)]
 struct Slot {
     state: Mutex<SlotState>,
     cv: Condvar,
+    /// Bytes moved so far each way, for `ftpgate status`.
+    to_client: AtomicU64,
+    to_server: AtomicU64,
+    started: Instant,
+    /// `passive 10.0.1.2 <-> 10.0.2.2:30000`
+    name: String,
+    /// The peer connected: bytes are (or were) moving.
+    connected: std::sync::atomic::AtomicBool,
+}
+
+impl Slot {
+    fn new(name: String) -> Slot {
+        Slot {
+            state: Mutex::default(),
+            cv: Condvar::new(),
+            to_client: AtomicU64::new(0),
+            to_server: AtomicU64::new(0),
+            started: Instant::now(),
+            name,
+            connected: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+/// A data connection in flight, as `ftpgate status` shows it.
+#[derive(Clone, Debug)]
+pub struct InFlight {
+    pub name: String,
+    /// The command it serves (`RETR /pub/f`), once known.
+    pub what: Option<String>,
+    pub user: Option<String>,
+    pub to_client: u64,
+    pub to_server: u64,
+    pub secs: f64,
 }
 
 impl Slot {
@@ -119,6 +156,31 @@ impl Relay {
     /// the `max_data` limit are shared.
     pub fn handle(&self) -> Relay {
         Relay { cfg: self.cfg.clone(), nat: self.nat, cache: self.cache.clone(), slots: self.slots.clone(), next_id: self.next_id.clone() }
+    }
+
+    /// The data connections open or waiting, for `ftpgate status`.
+    pub fn in_flight(&self) -> Vec<InFlight> {
+        let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        slots
+            .iter()
+            .map(|s| {
+                let desc = s.lock().desc.clone();
+                InFlight {
+                    name: s.name.clone(),
+                    what: desc.as_ref().map(|d| format!("{} {}", d.verb, d.path)),
+                    user: desc.map(|d| d.user),
+                    to_client: s.to_client.load(Ordering::Relaxed),
+                    to_server: s.to_server.load(Ordering::Relaxed),
+                    secs: s.started.elapsed().as_secs_f64(),
+                }
+            })
+            .collect()
+    }
+
+    /// Data connections whose peer connected and which have not ended.
+    pub fn transferring(&self) -> usize {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.values().filter(|s| s.connected.load(Ordering::Relaxed)).count()
     }
 
     fn slot(&self, id: DataId) -> Option<Arc<Slot>> {
@@ -153,6 +215,12 @@ impl DataPlane for Relay {
         };
         slot.lock().plan = Some(plan);
         true
+    }
+
+    fn describe(&mut self, id: DataId, what: Described) {
+        if let Some(slot) = self.slot(id) {
+            slot.lock().desc = Some(what);
+        }
     }
 
     fn finished(&mut self, id: DataId, ok: bool) {
@@ -195,15 +263,22 @@ impl DataPlane for Relay {
             _ => return Err("listener has no IPv4 address".into()),
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::new(Slot::default());
+        let mode = match req.mode {
+            Mode::Passive => "passive",
+            Mode::Active => "active",
+        };
+        let slot = Arc::new(Slot::new(format!("{mode} {} <-> {}", req.client.ip(), req.target)));
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).insert(id, slot.clone());
         let job = Job { req: req.clone(), peer, src, listener: Some(listener), cfg: self.cfg.clone(), slot, cache: self.cache.clone() };
         let slots = self.slots.clone();
+        metrics::m().transfers_active.inc();
         let spawned = std::thread::Builder::new().name("ftpgate-data".into()).spawn(move || {
             job.run();
             slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            metrics::m().transfers_active.dec();
         });
         if let Err(e) = spawned {
+            metrics::m().transfers_active.dec();
             self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             return Err(format!("cannot start relay: {e}"));
         }
@@ -240,16 +315,29 @@ impl Job {
             let Some(listener) = &self.listener else { return };
             match accept_until(listener, deadline) {
                 Ok(Some((s, std::net::SocketAddr::V4(a)))) if *a.ip() == self.peer => break (s, a),
-                Ok(Some((_, a))) => log!("{name}: refused connection from {a} (expected {})", self.peer),
-                Ok(None) => return log!("{name}: no connection from {} within {:?}", self.peer, self.cfg.accept_timeout),
-                Err(e) => return log!("{name}: accept failed: {e}"),
+                Ok(Some((_, a))) => {
+                    metrics::m().refusal("data_port_theft");
+                    log!("{name}: refused connection from {a} (expected {})", self.peer)
+                }
+                Ok(None) => {
+                    self.count("timeout", 0, 0);
+                    return log!("{name}: no connection from {} within {:?}", self.peer, self.cfg.accept_timeout);
+                }
+                Err(e) => {
+                    self.count("failed", 0, 0);
+                    return log!("{name}: accept failed: {e}");
+                }
             }
         };
         self.listener = None; // one connection per announced port
+        self.slot.connected.store(true, Ordering::Relaxed);
         let avoid = from.port();
         let outbound = match connect_from(self.src, avoid, self.req.target, self.cfg.accept_timeout) {
             Ok(s) => s,
-            Err(e) => return log!("{name}: cannot connect to {}: {e}", self.req.target),
+            Err(e) => {
+                self.count("failed", 0, 0);
+                return log!("{name}: cannot connect to {}: {e}", self.req.target);
+            }
         };
         for s in [&inbound, &outbound] {
             let _ = s.set_read_timeout(Some(self.cfg.idle_timeout));
@@ -264,7 +352,8 @@ impl Job {
             (Ok(a), Ok(b)) => (a, b),
             _ => return log!("{name}: cannot clone sockets"),
         };
-        let up = std::thread::spawn(move || splice::pump(&cli2, &srv2));
+        let slot = self.slot.clone();
+        let up = std::thread::spawn(move || splice::pump(&cli2, &srv2, &slot.to_server));
         let down = self.down(&srv, &cli);
         let up = up.join().unwrap_or_else(|_| Err(io::Error::other("relay thread panicked")));
         let secs = started.elapsed().as_secs_f64();
@@ -276,6 +365,39 @@ impl Job {
                 show(&up)
             ),
         }
+        let ok = down.is_ok() && up.is_ok();
+        let (d, u) = (*down.as_ref().unwrap_or(&0), *up.as_ref().unwrap_or(&0));
+        self.count(if ok { "ok" } else { "failed" }, d, u);
+        self.xferlog(secs, d, u, ok);
+    }
+
+    fn count(&self, result: &str, to_client: u64, to_server: u64) {
+        let mode = match self.req.mode {
+            Mode::Passive => "passive",
+            Mode::Active => "active",
+        };
+        metrics::m().transfer(mode, result, to_client, to_server);
+    }
+
+    /// A file transfer's line in the transfer log (listings have none).
+    fn xferlog(&self, secs: f64, to_client: u64, to_server: u64, ok: bool) {
+        let Some(d) = self.slot.lock().desc.clone() else { return };
+        let incoming = matches!(d.verb.as_str(), "STOR" | "APPE" | "STOU");
+        if !incoming && d.verb != "RETR" {
+            return;
+        }
+        let finished = self.slot.lock().finished;
+        xferlog::write(&xferlog::Record {
+            at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+            secs,
+            host: *self.req.client.ip(),
+            bytes: if incoming { to_server } else { to_client },
+            path: d.path,
+            binary: d.binary,
+            incoming,
+            user: d.user,
+            complete: ok && finished != Some(false),
+        });
     }
 }
 
@@ -288,14 +410,17 @@ impl Job {
         }
         let plan = self.slot.lock().plan.take();
         match plan {
-            None => splice::pump(srv, cli),
+            None => splice::pump(srv, cli, &self.slot.to_client),
             Some(Plan::Serve { file, meta, offset }) => {
                 if !splice::at_eof(srv) {
                     log!("cache: server sent data for {} although told REST {}; relaying it", meta.key.path, meta.size);
-                    return splice::pump(srv, cli);
+                    return splice::pump(srv, cli, &self.slot.to_client);
                 }
                 let t = Instant::now();
-                let r = splice::send_file(&file, offset, meta.size, cli);
+                let r = splice::send_file(&file, offset, meta.size, cli, &self.slot.to_client);
+                if let Ok(n) = &r {
+                    metrics::m().cache_served_bytes.inc_by(*n);
+                }
                 match &r {
                     Ok(n) => log!(
                         "cache hit {}: {n} bytes sent from the cache in {:.3} s{}",
@@ -310,7 +435,7 @@ impl Job {
             Some(Plan::Capture { cap, login }) => {
                 let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
                 let t = Instant::now();
-                let (n, copy) = match splice::pump_tee(srv, cli, &cap.file) {
+                let (n, copy) = match splice::pump_tee(srv, cli, &cap.file, &self.slot.to_client) {
                     Ok(r) => r,
                     Err(e) => {
                         log!("cache miss {}: transfer failed ({e}); not kept", cap.key.path);

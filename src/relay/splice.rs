@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A pipe used as the kernel-side buffer between two sockets; closed on drop.
 pub struct Pipe {
@@ -80,7 +81,7 @@ const COPY_PIPES: usize = 8;
 /// writer thread `splice(2)`s into the file while the relay goes on — no userspace copy, and the
 /// disk write overlaps the network. A failing file write (disk full) stops only the copy.
 /// Returns the bytes moved and whether the copy is complete.
-pub fn pump_tee(src: &TcpStream, dst: &TcpStream, file: &File) -> io::Result<(u64, io::Result<()>)> {
+pub fn pump_tee(src: &TcpStream, dst: &TcpStream, file: &File, moved: &AtomicU64) -> io::Result<(u64, io::Result<()>)> {
     use std::sync::mpsc::{channel, sync_channel};
     let pipe = Pipe::new()?;
     let (free_tx, free_rx) = channel::<Pipe>();
@@ -125,6 +126,7 @@ pub fn pump_tee(src: &TcpStream, dst: &TcpStream, file: &File) -> io::Result<(u6
         }
         drain(&pipe, dst.as_raw_fd(), n)?;
         total += n as u64;
+        moved.fetch_add(n as u64, Relaxed);
     }
     let _ = dst.shutdown(Shutdown::Write);
     drop(work);
@@ -133,7 +135,7 @@ pub fn pump_tee(src: &TcpStream, dst: &TcpStream, file: &File) -> io::Result<(u6
 }
 
 /// Sends `len` bytes of `file` from `offset` to `dst` with `sendfile(2)`, then half-closes `dst`.
-pub fn send_file(file: &File, mut offset: u64, len: u64, dst: &TcpStream) -> io::Result<u64> {
+pub fn send_file(file: &File, mut offset: u64, len: u64, dst: &TcpStream, moved: &AtomicU64) -> io::Result<u64> {
     let end = len;
     let mut sent = 0u64;
     while offset < end {
@@ -153,6 +155,7 @@ pub fn send_file(file: &File, mut offset: u64, len: u64, dst: &TcpStream) -> io:
         }
         offset += n as u64;
         sent += n as u64;
+        moved.fetch_add(n as u64, Relaxed);
     }
     let _ = dst.shutdown(Shutdown::Write);
     Ok(sent)
@@ -182,7 +185,7 @@ pub fn at_eof(s: &TcpStream) -> bool {
 
 /// Moves bytes from `src` to `dst` until EOF, then half-closes `dst` (propagating the peer's
 /// FIN). Returns the bytes moved.
-pub fn pump(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
+pub fn pump(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::Result<u64> {
     let pipe = Pipe::new()?;
     let mut total = 0u64;
     loop {
@@ -199,6 +202,7 @@ pub fn pump(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
             left -= m;
         }
         total += n as u64;
+        moved.fetch_add(n as u64, Relaxed);
     }
     let _ = dst.shutdown(Shutdown::Write);
     Ok(total)
@@ -225,7 +229,7 @@ mod tests {
                 a.shutdown(Shutdown::Write).unwrap();
             })
         };
-        let p = std::thread::spawn(move || pump(&b, &c).unwrap());
+        let p = std::thread::spawn(move || pump(&b, &c, &AtomicU64::new(0)).unwrap());
         let mut got = Vec::new();
         d.read_to_end(&mut got).unwrap();
         w.join().unwrap();
@@ -247,7 +251,7 @@ mod tests {
             })
         };
         let f = file.try_clone().unwrap();
-        let p = std::thread::spawn(move || pump_tee(&b, &c, &f).unwrap());
+        let p = std::thread::spawn(move || pump_tee(&b, &c, &f, &AtomicU64::new(0)).unwrap());
         let mut got = Vec::new();
         d.read_to_end(&mut got).unwrap();
         w.join().unwrap();

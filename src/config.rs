@@ -1,0 +1,196 @@
+//! The configuration file (`/etc/ftpgate/ftpgate.toml`, or `--config FILE`): every option the
+//! command line has, under the same names. The command line overrides the file; the file
+//! overrides the defaults. An unknown key or a bad value is an error naming the file, the line
+//! and the key.
+
+use core::net::SocketAddrV4;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{de, Deserialize, Deserializer};
+
+use crate::proto::explicit::Cidr;
+
+pub const DEFAULT_PATH: &str = "/etc/ftpgate/ftpgate.toml";
+
+/// Every option, each optional: what a file (or the command line) sets.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Options {
+    pub queue: Option<u16>,
+    pub fail_closed: Option<bool>,
+    #[serde(default, deserialize_with = "number_or_hex")]
+    pub mark: Option<u32>,
+    pub table: Option<u32>,
+    pub cache_dir: Option<PathBuf>,
+    pub data_timeout: Option<u64>,
+    pub idle_timeout: Option<u64>,
+    #[serde(default, deserialize_with = "size")]
+    pub cache_max_bytes: Option<u64>,
+    pub cache_settle: Option<u64>,
+    pub check_timeout: Option<u64>,
+    pub no_cache: Option<bool>,
+    pub max_sessions: Option<usize>,
+    pub max_data: Option<usize>,
+    pub listen: Option<Vec<SocketAddrV4>>,
+    pub proxy_users: Option<PathBuf>,
+    #[serde(default, deserialize_with = "cidrs")]
+    pub allow_from: Option<Vec<Cidr>>,
+    #[serde(default, deserialize_with = "cidrs")]
+    pub allow_dest: Option<Vec<Cidr>>,
+    pub connect_timeout: Option<u64>,
+    pub metrics: Option<SocketAddr>,
+    pub xferlog: Option<PathBuf>,
+    pub drain_timeout: Option<u64>,
+    /// Log filter, as `RUST_LOG` takes it (`info`, `debug`, `ftpgate=debug`, …).
+    pub log: Option<String>,
+}
+
+/// Parses `1G`, `512M`, `64K`, `1T` or a plain number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
+        Some((i, 'T' | 't')) => (&t[..i], 1 << 40),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("bad size {s:?} (expected bytes, optionally with K, M, G or T)"))
+}
+
+/// Parses `0x10000` or `65536`.
+pub fn parse_hex(s: &str) -> Result<u32, String> {
+    let t = s.trim_start_matches("0x");
+    u32::from_str_radix(t, if t.len() < s.len() { 16 } else { 10 }).map_err(|e| format!("bad number {s:?}: {e}"))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrStr {
+    Num(u64),
+    Str(String),
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Ok(Some(n)),
+        NumOrStr::Str(s) => parse_size(&s).map(Some).map_err(de::Error::custom),
+    }
+}
+
+fn number_or_hex<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => u32::try_from(n).map(Some).map_err(|_| de::Error::custom(format!("{n} does not fit in 32 bits"))),
+        NumOrStr::Str(s) => parse_hex(&s).map(Some).map_err(de::Error::custom),
+    }
+}
+
+fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Cidr>>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter().map(|s| s.parse::<Cidr>().map_err(de::Error::custom)).collect::<Result<Vec<_>, _>>().map(Some)
+}
+
+/// Reads and checks a configuration file. Errors read `FILE:LINE: KEY: what is wrong`.
+pub fn load(path: &Path) -> Result<Options, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    parse(&text).map_err(|e| format!("{}:{e}", path.display()))
+}
+
+/// Parses configuration text; errors read `LINE: KEY: what is wrong`.
+pub fn parse(text: &str) -> Result<Options, String> {
+    toml::from_str::<Options>(text).map_err(|e| {
+        let msg = e.message().trim().to_string();
+        let Some(span) = e.span() else { return format!(" {msg}") };
+        let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+        let line = text.lines().nth(line_no - 1).unwrap_or("");
+        let key = line.split('=').next().unwrap_or("").trim();
+        if key.is_empty() || msg.contains(&format!("`{key}`")) {
+            format!("{line_no}: {msg}")
+        } else {
+            format!("{line_no}: {key}: {msg}")
+        }
+    })
+}
+
+/// The file to read: the one named, else the default path if it exists, else none.
+pub fn find(named: Option<&Path>) -> Result<Option<Options>, String> {
+    match named {
+        Some(p) => load(p).map(Some),
+        None if Path::new(DEFAULT_PATH).exists() => load(Path::new(DEFAULT_PATH)).map(Some),
+        None => Ok(None),
+    }
+}
+
+impl Options {
+    /// `self` (the command line) over `file`.
+    pub fn over(self, file: Options) -> Options {
+        macro_rules! pick {
+            ($($f:ident),*) => { Options { $($f: self.$f.or(file.$f)),* } };
+        }
+        let o = pick!(
+            queue, fail_closed, mark, table, cache_dir, data_timeout, idle_timeout, cache_max_bytes, cache_settle,
+            check_timeout, no_cache, max_sessions, max_data, listen, proxy_users, allow_from, allow_dest,
+            connect_timeout, metrics, xferlog, drain_timeout, log
+        );
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_option_parses() {
+        let o = parse(
+            r#"
+queue = 77
+fail-closed = true
+mark = "0x20000"
+table = 99
+cache-dir = "/var/cache/ftpgate"
+cache-max-bytes = "2G"
+listen = ["192.168.77.1:2121"]
+allow-from = ["192.168.77.0/24"]
+allow-dest = ["0.0.0.0/0"]
+metrics = "127.0.0.1:9121"
+xferlog = "/var/log/ftpgate/xferlog"
+log = "info"
+"#,
+        )
+        .unwrap();
+        assert_eq!(o.queue, Some(77));
+        assert_eq!(o.mark, Some(0x20000));
+        assert_eq!(o.cache_max_bytes, Some(2 << 30));
+        assert_eq!(o.allow_from.unwrap()[0].len, 24);
+        assert_eq!(o.listen.unwrap()[0], "192.168.77.1:2121".parse().unwrap());
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let e = parse("queue = 77\ncache-sise = \"1G\"\n").unwrap_err();
+        assert!(e.starts_with("2: ") && e.contains("cache-sise"), "{e}");
+        let e = parse("queue = 77\n\nqueue-x = 1\ndata-timeout = 5\n").unwrap_err();
+        assert!(e.starts_with("3: ") && e.contains("queue-x"), "{e}");
+        let e = parse("data-timeout = \"soon\"\n").unwrap_err();
+        assert!(e.starts_with("1: data-timeout: "), "{e}");
+        let e = parse("allow-from = [\"10.0.0.0/40\"]\n").unwrap_err();
+        assert!(e.starts_with("1: allow-from: ") && e.contains("prefix"), "{e}");
+        let e = parse("cache-max-bytes = \"lots\"\n").unwrap_err();
+        assert!(e.starts_with("1: cache-max-bytes: ") && e.contains("bad size"), "{e}");
+        let e = parse("queue = 70000\n").unwrap_err();
+        assert!(e.starts_with("1: queue: "), "{e}");
+    }
+
+    #[test]
+    fn command_line_overrides_file() {
+        let file = Options { queue: Some(5), data_timeout: Some(9), ..Default::default() };
+        let cli = Options { queue: Some(7), ..Default::default() };
+        let o = cli.over(file);
+        assert_eq!((o.queue, o.data_timeout), (Some(7), Some(9)));
+    }
+}
