@@ -20,6 +20,10 @@ use anyhow::{bail, Context, Result};
 
 pub const COMMENT: &str = "ftpgate";
 
+/// The system's iptables, whichever variant it is (iptables-nft or iptables-legacy): the rules
+/// must land where the router's own firewall is.
+const IPTABLES: &str = "iptables";
+
 #[derive(Clone, Debug)]
 pub struct RuleSet {
     pub queue: u16,
@@ -77,16 +81,30 @@ impl RuleSet {
         ]
     }
 
-    /// The rules in iptables-save form, for operators who manage their own firewall.
+    /// The rules in iptables-save form, for operators who manage their own firewall
+    /// (`iptables-restore --noflush` loads them), with the two `ip` commands and a note on
+    /// nftables as comments.
     pub fn show(&self) -> String {
-        let mut out = String::new();
-        for r in self.rules() {
-            let op = if r.first { "-I" } else { "-A" };
-            out += &format!("-t {} {op} {} {}\n", r.table, r.chain, r.spec.join(" "));
-        }
         let m = format!("{:#x}/{:#x}", self.mark, self.mark);
-        out += &format!("# ip rule add fwmark {m} lookup {}\n", self.table);
-        out += &format!("# ip route replace local 0.0.0.0/0 dev lo table {}\n", self.table);
+        let mut out = String::from(
+            "# ftpgate rule set (iptables-save format; load with `iptables-restore --noflush`).\n\
+             # Each rule carries the comment \"ftpgate\"; `ftpgate rules remove` deletes exactly these.\n",
+        );
+        for table in ["raw", "mangle", "filter"] {
+            out += &format!("*{table}\n");
+            for r in self.rules().into_iter().filter(|r| r.table == table) {
+                let op = if r.first { format!("-I {} 1", r.chain) } else { format!("-A {}", r.chain) };
+                out += &format!("{op} {}\n", r.spec.join(" "));
+            }
+            out += "COMMIT\n";
+        }
+        out += &format!("# and, outside iptables:\n#   ip rule add fwmark {m} lookup {}\n", self.table);
+        out += &format!("#   ip route replace local 0.0.0.0/0 dev lo table {}\n", self.table);
+        out += "# nftables: `iptables-restore-translate -f FILE` prints these as nft rules. A native nft\n\
+                # ruleset needs a kernel with nft_queue (CONFIG_NFT_QUEUE) for `queue num N bypass`, a raw-priority\n\
+                # (-300) prerouting chain for the client->server rule, a mangle-priority (-150) forward chain\n\
+                # for the server->client rule, `socket transparent 1 meta mark set ...` at mangle priority in\n\
+                # prerouting, and the mark accepted in input.\n";
         out
     }
 
@@ -110,7 +128,7 @@ impl RuleSet {
             run("ip", &["rule", "add", "fwmark", &m, "lookup", &t])?;
         }
         run("ip", &["route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", &t])?;
-        if let Ok(raw) = output("iptables", &["-w", "-t", "raw", "-S"]) {
+        if let Ok(raw) = output(IPTABLES, &["-w", "-t", "raw", "-S"]) {
             if raw.contains("--helper ftp") {
                 crate::log!("warning: the kernel FTP helper is assigned in the raw table; it must not act on traffic ftpgate handles");
             }
@@ -144,7 +162,7 @@ impl RuleSet {
 
 /// Runs one iptables command; Ok(false) when iptables says no (e.g. `-C` for a missing rule).
 fn iptables(table: &str, op: &str, chain: &str, spec: &[String], pos: Option<&str>) -> Result<bool> {
-    let mut cmd = Command::new("iptables");
+    let mut cmd = Command::new(IPTABLES);
     cmd.args(["-w", "-t", table, op, chain]);
     if let Some(p) = pos {
         cmd.arg(p);
@@ -183,8 +201,12 @@ mod tests {
     #[test]
     fn rule_text_has_the_measured_hooks() {
         let r = RuleSet { queue: 7, fail_open: true, mark: 0x10000, table: 2121 }.show();
-        assert!(r.contains("-t raw -A PREROUTING -p tcp --dport 21"));
-        assert!(r.contains("-t mangle -A FORWARD -p tcp --sport 21"));
+        let raw = &r[r.find("*raw").unwrap()..r.find("*mangle").unwrap()];
+        assert!(raw.contains("\n-A PREROUTING -p tcp --dport 21"), "{r}");
+        let mangle = &r[r.find("*mangle").unwrap()..r.find("*filter").unwrap()];
+        assert!(mangle.contains("\n-A FORWARD -p tcp --sport 21"), "{r}");
+        assert!(r.contains("*filter\n-I INPUT 1 -p tcp -m mark --mark 0x10000/0x10000"), "{r}");
+        assert_eq!(r.matches("COMMIT").count(), 3);
         assert!(r.contains("--queue-num 7 --queue-bypass"));
         assert!(r.contains("-m socket --transparent"));
         // no CT target at all: the control connection stays tracked and no helper is assigned

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{SigSet, Signal};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use ftpgate::cache::fresh::Checker;
@@ -272,15 +273,20 @@ fn init_logging(filter: Option<&str>) {
     let _ = tracing_subscriber::fmt().with_env_filter(f).with_writer(std::io::stderr).with_ansi(false).with_target(false).try_init();
 }
 
-/// SIGTERM: wait for transfers in progress (up to `drain`), then exit. SIGINT: exit now.
-/// SIGHUP: re-read the configuration and the proxy users; apply what is safe to change.
-fn handle_signals(relay: Relay, drain: Duration, reload: impl Fn() + Send + 'static) -> Result<()> {
-    use nix::sys::signal::{SigSet, Signal};
+/// Blocks the signals `run` handles, before any thread starts (threads inherit the mask), so
+/// only the signal thread receives them.
+fn block_signals() -> Result<SigSet> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
     set.add(Signal::SIGHUP);
     set.thread_block().context("cannot block signals")?;
+    Ok(set)
+}
+
+/// SIGTERM: wait for transfers in progress (up to `drain`), then exit. SIGINT: exit now.
+/// SIGHUP: re-read the configuration and the proxy users; apply what is safe to change.
+fn handle_signals(set: SigSet, relay: Relay, drain: Duration, reload: impl Fn() + Send + 'static) -> Result<()> {
     std::thread::Builder::new().name("ftpgate-signals".into()).spawn(move || loop {
         let Ok(sig) = set.wait() else { continue };
         match sig {
@@ -310,6 +316,7 @@ fn run(a: RunArgs) -> Result<()> {
     let config_file = a.config.clone();
     let s = settings(merged(a.options(), config_file.as_deref())?)?;
     init_logging(s.o.log.as_deref());
+    let signals = block_signals()?;
     let o = &s.o;
     check_cache_dir(&s.cache_dir)?;
     let listen = o.listen.clone().unwrap_or_default();
@@ -383,7 +390,7 @@ fn run(a: RunArgs) -> Result<()> {
             Err(e) => ftpgate::warn!("SIGHUP: configuration not reloaded: {e:#}"),
         }
     };
-    handle_signals(relay.handle(), Duration::from_secs(o.drain_timeout.unwrap_or(10)), reload)?;
+    handle_signals(signals, relay.handle(), Duration::from_secs(o.drain_timeout.unwrap_or(10)), reload)?;
     let mut helper = Helper::new(
         relay,
         cache,

@@ -92,7 +92,7 @@ fn state_writer(f: PathBuf) -> Option<Sender<String>> {
             }
             let tmp = f.with_extension("tmp");
             if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &f)) {
-                log!("cannot save session state to {}: {e}", f.display());
+                crate::warn!("cannot save session state to {}: {e}", f.display());
             }
         }
     });
@@ -380,7 +380,7 @@ fn apply(msg: &mut Message, verdict: Verdict, edited: Option<Result<Vec<u8>, Str
         (Verdict::Edit(_), _) => {
             // bytes of this segment may already be acknowledged to the sender: passing the
             // original would corrupt the stream, so drop and let TCP retransmit
-            log!("session {} -> {}: cannot rebuild segment; dropped", key.0, key.1);
+            crate::warn!("session {} -> {}: cannot rebuild segment; dropped", key.0, key.1);
             msg.set_verdict(NfVerdict::Drop);
         }
     }

@@ -336,12 +336,7 @@ impl Proxy {
     fn run(mut self) {
         let mut last_publish = Instant::now();
         loop {
-            let reloaded = self.cfg.reload.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some((users, access)) = reloaded {
-                self.users = users.map(Arc::new);
-                self.cfg.access = access;
-                log!("explicit proxy: proxy users and access rules reloaded (for new sessions)");
-            }
+            self.apply_reload();
             let now = Instant::now();
             let mut fds: Vec<libc::pollfd> = Vec::new();
             let mut what: Vec<(u64, u8)> = Vec::new(); // (conn id or listener index, 0 listener / 1 client / 2 server)
@@ -432,7 +427,18 @@ impl Proxy {
         board.publish(true, lines);
     }
 
+    /// Takes up what SIGHUP re-read, for the sessions that start from now on.
+    fn apply_reload(&mut self) {
+        let reloaded = self.cfg.reload.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((users, access)) = reloaded {
+            self.users = users.map(Arc::new);
+            self.cfg.access = access;
+            log!("explicit proxy: proxy users and access rules reloaded (for new sessions)");
+        }
+    }
+
     fn accept(&mut self, i: usize, now: Instant) {
+        self.apply_reload();
         loop {
             let (s, peer) = match self.listeners[i].accept() {
                 Ok((s, std::net::SocketAddr::V4(a))) => (s, a),
@@ -460,12 +466,12 @@ impl Proxy {
             };
             if let Err(why) = self.cfg.access.client(*peer.ip()) {
                 crate::metrics::m().refusal("proxy_client");
-                log!("proxy {peer}: refused: {why}");
+                crate::warn!("proxy {peer}: refused: {why}");
                 c.to_client.extend_from_slice(b"421 Not allowed to use this proxy from your address\r\n");
                 c.closing = true;
             } else if self.conns.len() >= self.cfg.max_sessions {
                 crate::metrics::m().refusal("session_limit");
-                log!("proxy {peer}: refused: over the limit of {} proxy sessions", self.cfg.max_sessions);
+                crate::warn!("proxy {peer}: refused: over the limit of {} proxy sessions", self.cfg.max_sessions);
                 c.to_client.extend_from_slice(
                     format!("421 Too many sessions through this proxy (limit {}), try again later\r\n", self.cfg.max_sessions).as_bytes(),
                 );
@@ -630,7 +636,7 @@ impl Proxy {
                             log!("proxy {peer}: proxy login as {user:?}");
                         } else {
                             crate::metrics::m().refusal("proxy_auth");
-                            log!("proxy {peer}: refused: proxy login as {user:?} failed");
+                            crate::warn!("proxy {peer}: refused: proxy login as {user:?} failed");
                         }
                         let _ = tx.send(Done::Verified { conn: id, ok });
                         wake.notify();
@@ -649,7 +655,7 @@ impl Proxy {
                             if e.starts_with("530") {
                                 crate::metrics::m().refusal("proxy_destination");
                             }
-                            log!("proxy {peer}: cannot reach {target}: {e}");
+                            crate::warn!("proxy {peer}: cannot reach {target}: {e}");
                         }
                         let _ = tx.send(Done::Connected { conn: id, target, r });
                         wake.notify();

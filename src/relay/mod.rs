@@ -204,7 +204,7 @@ impl DataPlane for Relay {
                 Ok(Some(cap)) => Plan::Capture { cap, login },
                 Ok(None) => return false, // another download of this file is being captured
                 Err(e) => {
-                    log!("cache: cannot capture {}: {e}; relaying uncached", key.path);
+                    crate::warn!("cache: cannot capture {}: {e}; relaying uncached", key.path);
                     return false;
                 }
             },
@@ -317,7 +317,7 @@ impl Job {
                 Ok(Some((s, std::net::SocketAddr::V4(a)))) if *a.ip() == self.peer => break (s, a),
                 Ok(Some((_, a))) => {
                     metrics::m().refusal("data_port_theft");
-                    log!("{name}: refused connection from {a} (expected {})", self.peer)
+                    crate::warn!("{name}: refused connection from {a} (expected {})", self.peer)
                 }
                 Ok(None) => {
                     self.count("timeout", 0, 0);
@@ -325,7 +325,7 @@ impl Job {
                 }
                 Err(e) => {
                     self.count("failed", 0, 0);
-                    return log!("{name}: accept failed: {e}");
+                    return crate::warn!("{name}: accept failed: {e}");
                 }
             }
         };
@@ -336,7 +336,7 @@ impl Job {
             Ok(s) => s,
             Err(e) => {
                 self.count("failed", 0, 0);
-                return log!("{name}: cannot connect to {}: {e}", self.req.target);
+                return crate::warn!("{name}: cannot connect to {}: {e}", self.req.target);
             }
         };
         for s in [&inbound, &outbound] {
@@ -350,7 +350,7 @@ impl Job {
         };
         let (srv2, cli2) = match (srv.try_clone(), cli.try_clone()) {
             (Ok(a), Ok(b)) => (a, b),
-            _ => return log!("{name}: cannot clone sockets"),
+            _ => return crate::warn!("{name}: cannot clone sockets"),
         };
         let slot = self.slot.clone();
         let up = std::thread::spawn(move || splice::pump(&cli2, &srv2, &slot.to_server));
@@ -428,7 +428,7 @@ impl Job {
                         t.elapsed().as_secs_f64(),
                         if offset > 0 { format!(" (from offset {offset})") } else { String::new() }
                     ),
-                    Err(e) => log!("cache hit {}: sending failed: {e}", meta.key.path),
+                    Err(e) => crate::warn!("cache hit {}: sending failed: {e}", meta.key.path),
                 }
                 r
             }
