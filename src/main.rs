@@ -58,9 +58,9 @@ enum Cmd {
         #[arg(long)]
         cache_dir: Option<PathBuf>,
     },
-    /// Print the manual page (roff)
+    /// Write the manual pages (roff, from these definitions) into DIR
     #[command(hide = true)]
-    Man,
+    Man { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -470,6 +470,25 @@ fn proxy_passwd(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// ftpgate(1) and one page a subcommand (ftpgate-run(1), …).
+fn man_pages(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let cmd = Cli::command();
+    let mut pages = vec![("ftpgate".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let name = format!("ftpgate-{}", sub.get_name());
+        let leaked: &'static str = Box::leak(name.clone().into_boxed_str()); // once per page, then exit
+        pages.push((name, sub.clone().name(leaked)));
+    }
+    for (name, c) in pages {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(c).render(&mut out)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, out).with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -483,7 +502,7 @@ fn main() -> ExitCode {
         Cmd::Status { config, cache_dir } => {
             cache_dir_of(config.as_deref(), cache_dir).and_then(|d| status::query(&d)).map(|t| print!("{t}"))
         }
-        Cmd::Man => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).context("cannot write"),
+        Cmd::Man { dir } => man_pages(&dir),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
