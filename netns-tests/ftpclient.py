@@ -103,12 +103,7 @@ def retr(c, mode, name, out):
     c.expect("1")
     if l:
         s, _ = l.accept()
-    with open(out, "wb") as o:
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            o.write(b)
+    save_stream(s, out)
     s.close()
     c.expect("226")
 
@@ -384,4 +379,5 @@ def main():
     else:
         raise SystemExit(__doc__)
 
-main()
+if __name__ == "__main__":
+    main()

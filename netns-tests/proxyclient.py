@@ -12,6 +12,8 @@
 """
 import ftplib, socket, sys, time
 
+from ftpclient import save_stream
+
 
 def connect(proxy):
     host, port = proxy.rsplit(":", 1)
@@ -38,12 +40,7 @@ def download(f, mode, name, out):
         resp = f.getresp()
         if not resp.startswith("1"):
             raise SystemExit("RETR: " + resp)
-        with open(out, "wb") as o:
-            while True:
-                b = conn.recv(65536)
-                if not b:
-                    break
-                o.write(b)
+        save_stream(conn, out)
         conn.close()
         f.voidresp()
         return

@@ -298,6 +298,26 @@ teardown() { # topology label: control connections end without FIN retransmissio
     fail "$t control connection: $n sockets still waiting for the ACK of their FIN"
 }
 
+# ncftp TYPE NAME: ncftpget through the explicit proxy with ~/.ncftp/firewall type TYPE (ncftp
+# reads the passwd entry's home, so it runs as a test user whose home is a scratch directory)
+ncftp_via_proxy() {
+  local type=$1 name=$2 H=$WORK/nchome
+  rm -rf "$H" "$WORK/ncout"; mkdir -p "$H/.ncftp" "$WORK/ncout"
+  cat >"$H/.ncftp/firewall" <<EOC
+firewall-type=$type
+firewall-host=10.0.1.1
+firewall-port=2121
+firewall-user=bob
+firewall-password=pw-of-bob
+firewall-exception-list=
+passive=on
+EOC
+  id nctest >/dev/null 2>&1 || useradd -M -s /bin/sh nctest
+  usermod -d "$H" nctest 2>/dev/null; chown -R nctest "$H" "$WORK/ncout"
+  rm -f "$OUT"
+  dl "$name" big.bin -- bash -c "ip netns exec $C runuser -u nctest -- ncftpget -u ftpuser -p ftppass $SRV_IP $WORK/ncout big.bin && mv $WORK/ncout/big.bin $OUT"
+}
+
 explicit_proxy() { # topology label; vsftpd runs, ftpgate not. Explicit proxy mode on 10.0.1.1:2121.
   local t="$1 explicit proxy" X="$SYSPY $HERE/proxyclient.py" PX=10.0.1.1:2121 r m
   rm -rf "$WORK/cache"
@@ -307,6 +327,7 @@ explicit_proxy() { # topology label; vsftpd runs, ftpgate not. Explicit proxy mo
     dl "$t USER user@host, $m: download" big.bin -- ip netns exec $C $X userhost $PX $SRV_IP ftpuser ftppass $m big.bin "$OUT" "$WORK/pub/big.bin"
     cmp -s "$WORK/home/up-proxy.bin" "$WORK/pub/big.bin" && pass "$t USER user@host, $m: upload" || fail "$t USER user@host, $m: upload differs"
   done
+  ncftp_via_proxy 1 "$t ncftpget, firewall type 1 (USER user@host)"
   for m in on off; do
     dl "$t lftp ftp:proxy, passive $m" big.bin -- ip netns exec $C lftp -e "set net:max-retries 1; set net:timeout 15; set ftp:proxy ftp://$PX; set ftp:passive-mode $m; get big.bin -o $OUT; bye" ftp://$SRV_IP
   done
@@ -336,6 +357,10 @@ explicit_proxy() { # topology label; vsftpd runs, ftpgate not. Explicit proxy mo
   dl "$t proxy login, SITE host" big.bin -- ip netns exec $C $X site $PX $SRV_IP bob pw-of-bob ftpuser ftppass pasv big.bin "$OUT"
   dl "$t proxy login, OPEN host" big.bin -- ip netns exec $C $X open $PX $SRV_IP bob pw-of-bob anonymous x port big.bin "$OUT"
   dl "$t USER proxyuser@host, then the server login" big.bin -- ip netns exec $C $X proxyat $PX $SRV_IP bob pw-of-bob ftpuser ftppass epsv big.bin "$OUT"
+  ncftp_via_proxy 2 "$t ncftpget, firewall type 2 (proxy login, USER user@host)"
+  ncftp_via_proxy 3 "$t ncftpget, firewall type 3 (proxy login, SITE host)"
+  ncftp_via_proxy 4 "$t ncftpget, firewall type 4 (proxy login, OPEN host)"
+  ncftp_via_proxy 6 "$t ncftpget, firewall type 6 (USER proxyuser@host, then the server login)"
   dl "$t lftp ftp:proxy with proxy credentials" big.bin -- ip netns exec $C lftp -e "set net:max-retries 1; set net:timeout 15; set ftp:proxy ftp://bob:pw-of-bob@$PX; get big.bin -o $OUT; bye" ftp://ftpuser:ftppass@$SRV_IP
   r=$(inC $X refused $PX "SITE $SRV_IP" 2>&1)
   [[ $r == 530* ]] && pass "$t: no server without a proxy login ($r)" || fail "$t: server reached without proxy login: $r"
