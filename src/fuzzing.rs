@@ -195,3 +195,82 @@ pub fn parsers(data: &[u8]) {
         let _ = crate::cache::mdtm_seconds(t);
     }
 }
+
+/// Explicit proxy: the login dialogue over arbitrary lines (answers to its checks and connects
+/// drawn from the input), then, once connected, arbitrary chunks of both streams through
+/// [`crate::proto::explicit::Streams`]. Invariants: every reply is well-formed lines (`ddd` and a
+/// space or dash, one CRLF at the end of each, no other CR or LF), a connect is only asked for a
+/// host name of the allowed characters, and a session never takes a step after closing.
+pub fn explicit(data: &[u8]) {
+    use crate::proto::explicit::{ProxyLogin, Step, Streams};
+    use crate::proto::Via;
+    let (script, streams) = match data.iter().position(|&b| b == 0xff) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let mut login = ProxyLogin::new(data.first().is_some_and(|b| b & 1 == 1));
+    let mut connected = false;
+    let mut closed = false;
+    let check = |steps: &[Step], closed: &mut bool| {
+        assert!(!*closed || steps.is_empty(), "steps after Close: {steps:?}");
+        for s in steps {
+            match s {
+                Step::Reply(r) => {
+                    assert!(r.ends_with("\r\n"), "{r:?}");
+                    for line in r[..r.len() - 2].split("\r\n") {
+                        let b = line.as_bytes();
+                        assert!(b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit) && (b[3] == b' ' || b[3] == b'-'), "{r:?}");
+                        assert!(!line.contains(['\r', '\n']), "{r:?}");
+                    }
+                }
+                Step::Connect(t) => {
+                    assert!(t.host.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) && t.port != 0, "{t:?}")
+                }
+                Step::Close => *closed = true,
+                _ => {}
+            }
+        }
+    };
+    for line in script.split(|&b| b == b'\n') {
+        if closed {
+            break;
+        }
+        let text = String::from_utf8_lossy(line);
+        let mut steps = login.line(&text);
+        // answer what it asks, as the input says
+        for _ in 0..2 {
+            check(&steps, &mut closed);
+            let next = steps.iter().find_map(|s| match s {
+                Step::Verify { .. } => Some(login.verified(line.len() % 3 != 0)),
+                Step::Connect(_) => Some(login.connected(if line.len() % 2 == 0 { Ok(()) } else { Err("421 no".into()) })),
+                _ => None,
+            });
+            match next {
+                Some(n) => steps = n,
+                None => break,
+            }
+        }
+        if steps.iter().any(|s| matches!(s, Step::Handoff(_))) {
+            connected = true;
+            break;
+        }
+    }
+    if !connected {
+        return;
+    }
+    let now = Instant::now();
+    let mut dp = Dp(0);
+    let via = Via { client_side: "10.0.1.1".parse().unwrap(), server_side: "10.0.2.1".parse().unwrap() };
+    let mut st = Streams::new("10.0.1.2:40000".parse().unwrap(), "10.0.2.2:21".parse().unwrap(), via, &mut dp, now);
+    let mut rest = streams;
+    while let Some((&c, tail)) = rest.split_first() {
+        let n = (c as usize >> 2) % 48 + 1;
+        let (chunk, tail) = tail.split_at(n.min(tail.len()));
+        rest = tail;
+        let dir = if c & 1 == 0 { Dir::ToServer } else { Dir::ToClient };
+        if let crate::proto::explicit::Fed::Held = st.feed(dir, chunk, false, &mut dp, now) {
+            let d = [Decision::Hit, Decision::Stale, Decision::Gone, Decision::Bypass][(c as usize >> 1) % 4];
+            st.release(d, chunk, &mut dp);
+        }
+    }
+}

@@ -37,3 +37,8 @@ fn seqmap_corpus() {
 fn parsers_corpus() {
     assert!(replay("parsers", ftpgate::fuzzing::parsers) > 0);
 }
+
+#[test]
+fn explicit_corpus() {
+    assert!(replay("explicit", ftpgate::fuzzing::explicit) > 0, "no explicit-proxy corpus checked in");
+}

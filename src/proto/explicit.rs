@@ -84,7 +84,10 @@ pub struct ProxyLogin {
     phase: Phase,
 }
 
+/// One reply line. What the client sent and the reply echoes (a user name) is escaped, so a
+/// control character can never end the line early or forge another reply.
 fn reply(code: u16, text: &str) -> Step {
+    let text: String = text.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect();
     Step::Reply(format!("{code} {text}\r\n"))
 }
 
@@ -490,6 +493,14 @@ mod tests {
         assert!(replies(&l.line("RETR f")).starts_with("530 "));
         assert!(replies(&l.line("AUTH TLS")).starts_with("502 "));
         assert_eq!(l.line("QUIT")[1], Step::Close);
+    }
+
+    #[test]
+    fn echoed_names_cannot_forge_replies() {
+        let mut l = ProxyLogin::new(true);
+        let r = replies(&l.line("USER x\r230 logged in"));
+        assert_eq!(r.matches('\r').count(), 1, "{r:?}");
+        assert!(r.starts_with("331 ") && r.ends_with("\r\n"));
     }
 
     #[test]
