@@ -9,6 +9,8 @@
   proxyclient.py refused PROXY:PORT LINE...     # prints the reply to the last line; ok if 4xx/5xx
   proxyclient.py badpass PROXY:PORT PUSER        # 3 wrong passwords: prints each reply's seconds
   proxyclient.py greeting PROXY:PORT             # prints the first reply
+  proxyclient.py many PROXY:PORT HOST N FILE SRC  # N sessions at once (USER anonymous@HOST), each
+      downloading FILE (half passive, half active); compares with SRC; prints "ok failed"
 """
 import ftplib, socket, sys, time
 
@@ -104,6 +106,34 @@ def main():
         except Exception as e:
             last = f"({e})"
         print(" ".join(f"{t:.2f}" for t in times), "|", last)
+    elif what == "many":
+        import io, threading
+        host, n, name, src = a[0], int(a[1]), a[2], open(a[3], "rb").read()
+        done, failed, errors = [0], [0], []
+        lock = threading.Lock()
+        barrier = threading.Barrier(n)
+        def one(i):
+            try:
+                f = connect(proxy)
+                f.login(f"anonymous@{host}", "x")
+                barrier.wait(timeout=60)  # every session logged in at once, then all transfer
+                f.set_pasv(i % 2 == 0)
+                buf = io.BytesIO()
+                f.retrbinary("RETR " + name, buf.write)
+                f.quit()
+                ok = buf.getvalue() == src
+            except Exception as e:
+                ok = False
+                with lock:
+                    errors.append(repr(e))
+            with lock:
+                (done if ok else failed)[0] += 1
+        ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        print(done[0], failed[0], *errors[:3])
+        if failed[0]:
+            raise SystemExit(1)
     elif what == "greeting":
         host, port = proxy.rsplit(":", 1)
         s = socket.create_connection((host, int(port)), timeout=10)

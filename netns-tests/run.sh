@@ -338,6 +338,15 @@ explicit_proxy() { # topology label; vsftpd runs, ftpgate not. Explicit proxy mo
   cdl "$t cache: hit through the proxy for the file fetched transparently" hit "$WORK/pub/px1.bin" -- ip netns exec $C $X userhost $PX $SRV_IP anonymous x pasv px1.bin "$OUT"
   cdl "$t cache: miss through the proxy" miss "$WORK/pub/px2.bin" -- ip netns exec $C $X userhost $PX $SRV_IP anonymous x port px2.bin "$OUT"
   cdl "$t cache: hit transparently for the file fetched through the proxy" hit "$WORK/pub/px2.bin" -- ip netns exec $C curl -sS -o "$OUT" ftp://$SRV_IP/px2.bin
+  # load: 100 sessions through the proxy at once, all logged in, then all downloading
+  local pid; pid=$(cat "$WORK/gate.pid")
+  if r=$(inC timeout 120 $X many $PX $SRV_IP 100 big.bin "$WORK/pub/big.bin" 2>&1); then
+    pass "$t: 100 concurrent sessions, each a 20 MB download (half passive, half active): $r ok/failed, peak RSS $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
+  else
+    fail "$t: 100 concurrent sessions: $r"
+  fi
+  busywait 5000 bash -c "inR() { ip netns exec $R \"\$@\"; }; inR '$BIN' status --cache-dir '$WORK/cache' | grep -q '^0 explicit proxy sessions'" &&
+    pass "$t: every proxy session closed afterwards (status)" || fail "$t: proxy sessions left: $(inR "$BIN" status --cache-dir "$WORK/cache" | grep -A3 explicit)"
   # refusals: FTP replies a person can act on
   r=$(inC $X refused $PX "USER a@10.0.4.2" 2>&1) && [[ $r == 530*allow-dest* ]] &&
     pass "$t: destination outside --allow-dest refused ($r)" || fail "$t: destination outside --allow-dest: $r"

@@ -346,7 +346,7 @@ impl Proxy {
                 fds.push(libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 });
                 what.push((i as u64, 0));
             }
-            let mut timeout = Duration::from_secs(5);
+            let mut timeout = crate::status::PUBLISH_EVERY; // the status board stays current
             for (&id, c) in &self.conns {
                 let mut ev = 0;
                 let reading = !c.closing
