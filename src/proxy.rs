@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use crate::cache::Decision;
 use crate::log;
 use crate::nfq_loop::{log_event, Wake};
-use crate::proto::explicit::{Access, Fed, Handoff, ProxyLogin, Step, Streams, Target, MAX_LOGIN_LINE};
+use crate::proto::explicit::{Access, Handoff, ProxyLogin, Step, Streams, Target, MAX_LOGIN_LINE};
 use crate::proto::{Dir, Via};
 use crate::relay::{transparent_listener, CacheCtx, Relay};
 
@@ -142,8 +142,8 @@ struct Up {
     addr: SocketAddrV4,
     st: Streams,
     to_server: Vec<u8>,
-    /// A RETR waits for its freshness check: (token, deadline, its bytes).
-    held: Option<(u64, Instant, Vec<u8>)>,
+    /// A RETR waits for its freshness check: (token, deadline).
+    held: Option<(u64, Instant)>,
     client_eof: bool,
     server_eof: bool,
 }
@@ -370,7 +370,7 @@ impl Proxy {
                     }
                     fds.push(libc::pollfd { fd: u.server.as_raw_fd(), events: ev, revents: 0 });
                     what.push((id, 2));
-                    if let Some((_, deadline, _)) = &u.held {
+                    if let Some((_, deadline)) = &u.held {
                         timeout = timeout.min(deadline.saturating_duration_since(now));
                     }
                 }
@@ -529,14 +529,10 @@ impl Proxy {
     fn upstream(&mut self, id: u64, bytes: &[u8], now: Instant) {
         let Some(c) = self.conns.get_mut(&id) else { return };
         let Some(u) = c.up.as_mut() else { return };
-        match u.st.feed(Dir::ToServer, bytes, false, &mut self.relay, now) {
-            Fed::Out(out) => u.to_server.extend_from_slice(&out),
-            Fed::Held => {
-                let token = self.next_token;
-                self.next_token += 1;
-                u.held = Some((token, now + HOLD_LIMIT, bytes.to_vec()));
-                self.start_check(id, token);
-            }
+        let f = u.st.feed(Dir::ToServer, bytes, false, &mut self.relay, now);
+        u.to_server.extend_from_slice(&f.out);
+        if f.held {
+            self.hold(id, now);
         }
         if let Some(u) = self.conns.get_mut(&id).and_then(|c| c.up.as_mut()) {
             if write_some(&mut u.server, &mut u.to_server).is_err() {
@@ -568,9 +564,8 @@ impl Proxy {
         c.last = now;
         match got {
             Some(bytes) => {
-                if let Fed::Out(out) = u.st.feed(Dir::ToClient, &bytes, false, &mut self.relay, now) {
-                    c.to_client.extend_from_slice(&out);
-                }
+                let f = u.st.feed(Dir::ToClient, &bytes, false, &mut self.relay, now);
+                c.to_client.extend_from_slice(&f.out);
             }
             None => {
                 u.server_eof = true;
@@ -710,10 +705,7 @@ impl Proxy {
         let via = Via { client_side: *c.local.ip(), server_side: *from.ip() };
         let st = Streams::new(c.peer, addr, via, &mut self.relay, now);
         let mut up = Up { server, addr, st, to_server: Vec::new(), held: None, client_eof: false, server_eof: false };
-        let greeting_out = match up.st.feed(Dir::ToClient, &greeting, false, &mut self.relay, now) {
-            Fed::Out(b) => b,
-            Fed::Held => Vec::new(),
-        };
+        let greeting_out = up.st.feed(Dir::ToClient, &greeting, false, &mut self.relay, now).out;
         let ok = greeting.first() == Some(&b'2');
         log!("proxy {}: connected to {target} ({addr}) from {from}", c.peer);
         if !ok {
@@ -724,9 +716,8 @@ impl Proxy {
             match handoff {
                 Some(Handoff::SendUser(user)) => {
                     let line = format!("USER {user}\r\n");
-                    if let Fed::Out(out) = up.st.feed(Dir::ToServer, line.as_bytes(), false, &mut self.relay, now) {
-                        up.to_server.extend_from_slice(&out);
-                    }
+                    let f = up.st.feed(Dir::ToServer, line.as_bytes(), false, &mut self.relay, now);
+                    up.to_server.extend_from_slice(&f.out);
                 }
                 Some(Handoff::LoginNext) => c.to_client.extend_from_slice(
                     format!("230 Connected to {target}; now log in to the server (USER, PASS)\r\n").as_bytes(),
@@ -741,6 +732,16 @@ impl Proxy {
         let _ = write_some(&mut c.client, &mut c.to_client);
         self.events(id);
         self.login_lines(id, now);
+    }
+
+    /// A RETR waits for its freshness check; reading from the client stops meanwhile.
+    fn hold(&mut self, id: u64, now: Instant) {
+        let token = self.next_token;
+        self.next_token += 1;
+        if let Some(u) = self.conns.get_mut(&id).and_then(|c| c.up.as_mut()) {
+            u.held = Some((token, now + HOLD_LIMIT));
+        }
+        self.start_check(id, token);
     }
 
     fn start_check(&mut self, id: u64, token: u64) {
@@ -770,16 +771,18 @@ impl Proxy {
         if u.held.as_ref().is_none_or(|h| h.0 != token) {
             return;
         }
-        let (_, _, bytes) = u.held.take().expect("checked");
+        u.held = None;
         log!("{who}: freshness check {decision:?} in {:.3} s", took.as_secs_f64());
-        let out = u.st.release(decision, &bytes, &mut self.relay);
-        u.to_server.extend_from_slice(&out);
+        let f = u.st.release(decision, &mut self.relay, now);
+        u.to_server.extend_from_slice(&f.out);
         if write_some(&mut u.server, &mut u.to_server).is_err() {
             return self.close(id, "server write failed");
         }
         self.events(id);
+        if f.held {
+            self.hold(id, now); // another RETR came behind it
+        }
         // bytes the client sent meanwhile wait in its socket: reading resumes
-        let _ = now;
     }
 
     fn events(&mut self, id: u64) {
@@ -818,7 +821,7 @@ impl Proxy {
         let mut late = Vec::new();
         let mut idle = Vec::new();
         for (&id, c) in &self.conns {
-            if let Some((token, deadline, _)) = c.up.as_ref().and_then(|u| u.held.as_ref()) {
+            if let Some((token, deadline)) = c.up.as_ref().and_then(|u| u.held.as_ref()) {
                 if *deadline <= now {
                     late.push((id, *token));
                 }

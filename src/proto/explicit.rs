@@ -263,21 +263,30 @@ impl ProxyLogin {
 /// [`Session`] as in-order segments (from sequence number 1 after a SYN each way). Each
 /// verdict is turned back into bytes for its receiver: what lies past what it already has, so a
 /// probe (a repeated byte) gives nothing and a deleted reply never arrives.
+///
+/// A RETR the session holds (a cache hit being checked) keeps what the client sent after it in
+/// the same read: with TCP the client would send it again, here nobody would, so it is fed
+/// once the RETR is released.
 pub struct Streams {
     pub session: Session,
     c_next: Seq,
     s_next: Seq,
     srv_rcv: Seq,
     cli_rcv: Seq,
+    /// The held RETR's segment: its sequence number and bytes.
+    held: Option<(Seq, Vec<u8>)>,
+    /// Client bytes (and end of stream) that came behind the held RETR.
+    pending: Vec<u8>,
+    pending_fin: bool,
 }
 
-/// What feeding bytes gave.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Fed {
-    /// Bytes for the receiver (maybe none).
-    Out(Vec<u8>),
-    /// A RETR waits for its freshness check: call [`Streams::release`] with these same bytes.
-    Held,
+/// What feeding bytes gave: bytes for the receiver, and whether a RETR now waits for its
+/// freshness check (then call [`Streams::release`] with the answer; client bytes meanwhile are
+/// kept, but the shell should stop reading).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Fed {
+    pub out: Vec<u8>,
+    pub held: bool,
 }
 
 impl Streams {
@@ -289,37 +298,58 @@ impl Streams {
         let synack = Flags { syn: true, ack: true, ..Default::default() };
         session.handle_segment(Dir::ToClient, &Segment { seq: z, ack: Seq(1), flags: synack, sack: &[], payload: &[] }, dp, now);
         let one = Seq(1);
-        Streams { session, c_next: one, s_next: one, srv_rcv: one, cli_rcv: one }
+        Streams { session, c_next: one, s_next: one, srv_rcv: one, cli_rcv: one, held: None, pending: Vec::new(), pending_fin: false }
+    }
+
+    /// A RETR waits for its freshness check.
+    pub fn is_holding(&self) -> bool {
+        self.held.is_some()
     }
 
     /// Feeds bytes of one direction (`fin`: its end).
     pub fn feed(&mut self, dir: Dir, data: &[u8], fin: bool, dp: &mut dyn DataPlane, now: Instant) -> Fed {
+        if dir == Dir::ToServer && self.held.is_some() {
+            self.pending.extend_from_slice(data);
+            self.pending_fin |= fin;
+            return Fed { out: Vec::new(), held: true };
+        }
         let (seq, ack) = match dir {
             Dir::ToServer => (self.c_next, self.cli_rcv),
             Dir::ToClient => (self.s_next, self.srv_rcv),
         };
         let flags = Flags { ack: true, fin, ..Default::default() };
         let v = self.session.handle_segment(dir, &Segment { seq, ack, flags, sack: &[], payload: data }, dp, now);
+        if v == Verdict::Hold {
+            // the session took the bytes up to the end of the RETR line
+            let used = (self.session.next_seq(Dir::ToServer).diff(seq).max(0) as usize).min(data.len());
+            self.held = Some((seq, data[..used].to_vec()));
+            self.pending = data[used..].to_vec();
+            self.pending_fin = fin;
+            self.c_next = seq.add(used);
+            return Fed { out: Vec::new(), held: true };
+        }
         let next = seq.add(data.len() + fin as usize);
         match dir {
             Dir::ToServer => self.c_next = next,
             Dir::ToClient => self.s_next = next,
         }
-        if v == Verdict::Hold {
-            return Fed::Held;
-        }
-        Fed::Out(self.deliver(dir, v, seq, data))
+        Fed { out: self.deliver(dir, v, seq, data), held: false }
     }
 
-    /// The held client bytes go on, as the freshness check decided.
-    pub fn release(&mut self, decision: Decision, held: &[u8], dp: &mut dyn DataPlane) -> Vec<u8> {
-        match self.session.release(decision, dp) {
-            Some(v) => {
-                let seq = self.c_next.sub(held.len());
-                self.deliver(Dir::ToServer, v, seq, held)
-            }
+    /// The held RETR goes on as the freshness check decided, followed by what came behind it.
+    pub fn release(&mut self, decision: Decision, dp: &mut dyn DataPlane, now: Instant) -> Fed {
+        let Some((seq, bytes)) = self.held.take() else { return Fed::default() };
+        let mut out = match self.session.release(decision, dp) {
+            Some(v) => self.deliver(Dir::ToServer, v, seq, &bytes),
             None => Vec::new(),
+        };
+        let (pending, fin) = (std::mem::take(&mut self.pending), std::mem::take(&mut self.pending_fin));
+        if pending.is_empty() && !fin {
+            return Fed { out, held: false };
         }
+        let more = self.feed(Dir::ToServer, &pending, fin, dp, now);
+        out.extend_from_slice(&more.out);
+        Fed { out, held: more.held }
     }
 
     fn deliver(&mut self, dir: Dir, v: Verdict, seq: Seq, data: &[u8]) -> Vec<u8> {

@@ -429,6 +429,14 @@ impl Session {
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
     }
+    /// The next sequence number (in the sender's numbers) this session expects in `dir`.
+    pub fn next_seq(&self, dir: Dir) -> Seq {
+        match dir {
+            Dir::ToServer => self.c2s.next,
+            Dir::ToClient => self.s2c.next,
+        }
+    }
+
     /// A word for `ftpgate status`.
     pub fn state(&self) -> &'static str {
         if self.is_closed() || self.c2s.fin || self.s2c.fin {

@@ -637,7 +637,7 @@ fn teardown_acks_after_fin_pass() {
 /// Explicit proxy: the two byte streams through [`explicit::Streams`], split anywhere.
 mod explicit_streams {
     use super::*;
-    use crate::proto::explicit::{Fed, Streams};
+    use crate::proto::explicit::Streams;
 
     const VIA: Via = Via { client_side: Ipv4Addr::new(10, 0, 1, 1), server_side: Ipv4Addr::new(10, 0, 2, 1) };
 
@@ -658,16 +658,16 @@ mod explicit_streams {
         }
         fn send(&mut self, dir: Dir, data: &[u8], size: usize, hit: Option<Decision>) {
             for chunk in data.chunks(size.max(1)) {
-                match self.st.feed(dir, chunk, false, &mut self.dp, self.now) {
-                    Fed::Out(b) => match dir {
-                        Dir::ToServer => self.to_server.extend_from_slice(&b),
-                        Dir::ToClient => self.to_client.extend_from_slice(&b),
-                    },
-                    Fed::Held => {
-                        let d = hit.clone().expect("held without a decision");
-                        let b = self.st.release(d, chunk, &mut self.dp);
-                        self.to_server.extend_from_slice(&b);
+                let mut f = self.st.feed(dir, chunk, false, &mut self.dp, self.now);
+                loop {
+                    match dir {
+                        Dir::ToServer => self.to_server.extend_from_slice(&f.out),
+                        Dir::ToClient => self.to_client.extend_from_slice(&f.out),
                     }
+                    if !f.held {
+                        break;
+                    }
+                    f = self.st.release(hit.expect("held without a decision"), &mut self.dp, self.now);
                 }
             }
         }
@@ -715,6 +715,23 @@ mod explicit_streams {
             assert!(String::from_utf8_lossy(&e.to_client).ends_with("(10,0,1,1,23,112)\r\n150 go\r\n226 done\r\n"), "size {size}");
             let key = Key::new(SERVER.parse().unwrap(), "alice", "/home/alice/f.bin".into(), true);
             assert_eq!(e.dp.transfers, vec![(1, Transfer::Serve { key, offset: 0 })]);
+        }
+    }
+
+    /// With TCP the client would send again what followed a held RETR; through the proxy
+    /// nobody would, so it must follow the released RETR (here a second RETR, held in turn).
+    #[test]
+    fn explicit_commands_behind_a_held_retr_follow_it() {
+        for size in [1, 7, 1000] {
+            let mut e = Ends::new();
+            e.dp.cache.insert("/home/alice/f.bin".into(), 1000);
+            e.send(Dir::ToClient, b"220 hi\r\n", size, None);
+            e.send(Dir::ToServer, b"USER alice\r\nPASS pw\r\nPWD\r\nTYPE I\r\nPASV\r\n", size, None);
+            e.send(Dir::ToClient, b"331 pw\r\n230 in\r\n257 \"/home/alice\"\r\n200 I\r\n227 ok (10,0,2,2,117,48)\r\n", size, None);
+            e.send(Dir::ToServer, b"RETR f.bin\r\nNOOP\r\nQUIT\r\n", size, Some(Decision::Hit));
+            let seen = String::from_utf8_lossy(&e.to_server).into_owned();
+            assert!(seen.ends_with("PASV\r\nREST 1000\r\nRETR f.bin\r\nNOOP\r\nQUIT\r\n"), "size {size}: {seen:?}");
+            assert!(!e.st.is_holding());
         }
     }
 }
