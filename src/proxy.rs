@@ -194,7 +194,7 @@ pub fn spawn(mut cfg: ProxyConfig, relay: Relay, cache: Option<Arc<CacheCtx>>) -
     for a in &cfg.listen {
         // transparent like the data listeners: the gateway's `-m socket --transparent` rule
         // lets clients reach it through a firewall whose INPUT is closed
-        let l = transparent_listener(*a).with_context(|| format!("--listen {a}: cannot listen"))?;
+        let l = transparent_listener(*a, 1024).with_context(|| format!("--listen {a}: cannot listen"))?;
         l.set_nonblocking(true)?;
         listeners.push(l);
     }

@@ -255,8 +255,8 @@ impl DataPlane for Relay {
                 (seen, port, *req.server.ip(), *req.server.ip())
             }
         };
-        let listener = transparent_listener(SocketAddrV4::new(listen_ip, port))
-            .or_else(|_| transparent_listener(SocketAddrV4::new(listen_ip, 0)))
+        let listener = transparent_listener(SocketAddrV4::new(listen_ip, port), 4)
+            .or_else(|_| transparent_listener(SocketAddrV4::new(listen_ip, 0), 4))
             .map_err(|e| format!("cannot listen on {listen_ip}: {e}"))?;
         let announce = match listener.local_addr() {
             Ok(std::net::SocketAddr::V4(a)) => a,
@@ -562,10 +562,13 @@ fn transparent_socket(at: SocketAddrV4) -> io::Result<OwnedFd> {
     }
 }
 
-pub fn transparent_listener(at: SocketAddrV4) -> io::Result<TcpListener> {
+/// A data port takes one connection (the backlog only has to hold a racing thief's too); an
+/// explicit proxy listener needs a full one (`backlog`), or bursts of clients wait for SYN-ACK
+/// retransmissions.
+pub fn transparent_listener(at: SocketAddrV4, backlog: i32) -> io::Result<TcpListener> {
     let fd = transparent_socket(at)?;
     // SAFETY: listen on our own bound socket.
-    check(unsafe { libc::listen(fd.as_raw_fd(), 4) })?;
+    check(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
     Ok(TcpListener::from(fd))
 }
 
