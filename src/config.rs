@@ -131,12 +131,11 @@ impl Options {
         macro_rules! pick {
             ($($f:ident),*) => { Options { $($f: self.$f.or(file.$f)),* } };
         }
-        let o = pick!(
+        pick!(
             queue, fail_closed, mark, table, cache_dir, data_timeout, idle_timeout, cache_max_bytes, cache_settle,
             check_timeout, no_cache, max_sessions, max_data, listen, proxy_users, allow_from, allow_dest,
             connect_timeout, metrics, xferlog, drain_timeout, log
-        );
-        o
+        )
     }
 }
 

@@ -29,6 +29,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once, at start
 enum Cmd {
     /// Install, remove or print the iptables/ip-rule set-up (idempotent)
     Rules {

@@ -115,12 +115,15 @@ impl Throttle {
     }
 }
 
+/// Proxy users and access rules re-read on SIGHUP, waiting for the proxy loop to take them.
+pub type Reload = Arc<Mutex<Option<(Option<Users>, Access)>>>;
+
 pub struct ProxyConfig {
     pub listen: Vec<SocketAddrV4>,
     pub users: Option<Users>,
     pub access: Access,
     /// What SIGHUP may replace while running.
-    pub reload: Arc<Mutex<Option<(Option<Users>, Access)>>>,
+    pub reload: Reload,
     pub connect_timeout: Duration,
     /// A connected session idle this long is closed.
     pub idle: Duration,
@@ -605,7 +608,7 @@ impl Proxy {
             let line: Vec<u8> = c.buf.drain(..=end).collect();
             let text = String::from_utf8_lossy(&line).into_owned();
             let steps = c.login.line(&text);
-            self.steps(id, steps, now);
+            self.steps(id, steps);
         }
         if let Some(c) = self.conns.get_mut(&id) {
             let _ = write_some(&mut c.client, &mut c.to_client);
@@ -613,7 +616,7 @@ impl Proxy {
         self.maybe_close(id);
     }
 
-    fn steps(&mut self, id: u64, steps: Vec<Step>, now: Instant) {
+    fn steps(&mut self, id: u64, steps: Vec<Step>) {
         for s in steps {
             let Some(c) = self.conns.get_mut(&id) else { return };
             match s {
@@ -638,7 +641,7 @@ impl Proxy {
                     });
                     if spawned.is_err() {
                         let steps = c.login.verified(false);
-                        self.steps(id, steps, now);
+                        self.steps(id, steps);
                     }
                 }
                 Step::Connect(target) => {
@@ -657,7 +660,7 @@ impl Proxy {
                     });
                     if spawned.is_err() {
                         let steps = c.login.connected(Err("421 Cannot start a connection now".into()));
-                        self.steps(id, steps, now);
+                        self.steps(id, steps);
                     }
                 }
                 Step::Handoff(_) => {} // handled where the connection arrives
@@ -672,7 +675,7 @@ impl Proxy {
                 Done::Verified { conn, ok } => {
                     let Some(c) = self.conns.get_mut(&conn) else { continue };
                     let steps = c.login.verified(ok);
-                    self.steps(conn, steps, now);
+                    self.steps(conn, steps);
                     self.login_lines(conn, now);
                 }
                 Done::Connected { conn, target, r } => self.connected(conn, target, r, now),
@@ -687,13 +690,13 @@ impl Proxy {
             Ok(x) => x,
             Err(e) => {
                 let steps = c.login.connected(Err(e));
-                self.steps(id, steps, now);
+                self.steps(id, steps);
                 return self.login_lines(id, now);
             }
         };
         let (Ok(std::net::SocketAddr::V4(addr)), Ok(std::net::SocketAddr::V4(from))) = (server.peer_addr(), server.local_addr()) else {
             let steps = c.login.connected(Err("421 Connection lost".into()));
-            self.steps(id, steps, now);
+            self.steps(id, steps);
             return self.login_lines(id, now);
         };
         let _ = server.set_nonblocking(true);
