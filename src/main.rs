@@ -244,6 +244,17 @@ struct Settings {
     users: Option<Users>,
 }
 
+impl Settings {
+    /// The explicit proxy's access rules.
+    fn access(&self) -> Access {
+        Access {
+            auth: self.users.is_some(),
+            allow_from: self.o.allow_from.clone().unwrap_or_default(),
+            allow_dest: self.o.allow_dest.clone().unwrap_or_default(),
+        }
+    }
+}
+
 fn settings(o: Options) -> Result<Settings> {
     let cache_dir = o.cache_dir.clone().ok_or_else(|| anyhow!("--cache-dir (or cache-dir in the configuration file) is required"))?;
     if o.data_timeout == Some(0) {
@@ -339,9 +350,6 @@ fn run(a: RunArgs) -> Result<()> {
         }))
     };
     let queue = o.queue.unwrap_or(2121);
-    if let Some(addr) = o.metrics {
-        ftpgate::metrics::serve(addr, queue, cache.as_ref().map(|c| c.store.clone()))?;
-    }
     let relay = Relay::new(
         RelayConfig {
             accept_timeout: Duration::from_secs(o.data_timeout.unwrap_or(30)),
@@ -353,14 +361,13 @@ fn run(a: RunArgs) -> Result<()> {
     );
     let board = Arc::new(Board::default());
     status::serve(&s.cache_dir, board.clone(), relay.handle())?;
+    if let Some(addr) = o.metrics {
+        ftpgate::metrics::serve(addr, queue, cache.as_ref().map(|c| c.store.clone()), board.clone(), relay.handle())?;
+    }
     let max_sessions = o.max_sessions.unwrap_or(1024);
     let reload_slot = Arc::new(Mutex::new(None));
     if !listen.is_empty() {
-        let access = Access {
-            auth: s.users.is_some(),
-            allow_from: o.allow_from.clone().unwrap_or_default(),
-            allow_dest: o.allow_dest.clone().unwrap_or_default(),
-        };
+        let access = s.access();
         let cfg = ProxyConfig {
             listen: listen.clone(),
             users: s.users,
@@ -380,11 +387,7 @@ fn run(a: RunArgs) -> Result<()> {
         let fresh = merged(cli.clone(), config_file.as_deref()).and_then(settings);
         match fresh {
             Ok(n) => {
-                let access = Access {
-                    auth: n.users.is_some(),
-                    allow_from: n.o.allow_from.clone().unwrap_or_default(),
-                    allow_dest: n.o.allow_dest.clone().unwrap_or_default(),
-                };
+                let access = n.access();
                 *reload_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((n.users, access));
                 log!("SIGHUP: configuration re-read; proxy users and access rules apply to new sessions, other changes need a restart");
             }

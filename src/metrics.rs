@@ -12,6 +12,8 @@ use prometheus_client::registry::Registry;
 
 use crate::cache::store::Store;
 use crate::log;
+use crate::relay::Relay;
+use crate::status::Board;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeL {
@@ -82,7 +84,7 @@ impl Metrics {
             queue_drops: Family::default(),
             dropped_segments: Counter::default(),
         };
-        r.register("ftpgate_sessions_active", "Control sessions being followed", m.sessions_active.clone());
+        r.register("ftpgate_sessions_active", "Control sessions in progress, as ftpgate status shows them", m.sessions_active.clone());
         r.register("ftpgate_sessions", "Control sessions seen", m.sessions.clone());
         r.register("ftpgate_data_transfers", "Data connections relayed, by mode and result", m.transfers.clone());
         r.register("ftpgate_data_transfers_active", "Data connections open or waiting", m.transfers_active.clone());
@@ -107,13 +109,7 @@ impl Metrics {
     }
 
     pub fn session_started(&self, mode: &str) {
-        let l = ModeL { mode: mode.into() };
-        self.sessions.get_or_create(&l).inc();
-        self.sessions_active.get_or_create(&l).inc();
-    }
-
-    pub fn session_ended(&self, mode: &str) {
-        self.sessions_active.get_or_create(&ModeL { mode: mode.into() }).dec();
+        self.sessions.get_or_create(&ModeL { mode: mode.into() }).inc();
     }
 
     pub fn transfer(&self, mode: &str, result: &str, to_client: u64, to_server: u64) {
@@ -154,8 +150,9 @@ fn queue_drops(queue: u16) -> Option<(u64, u64)> {
     })
 }
 
-/// Serves `/metrics` on `addr` from a thread of its own.
-pub fn serve(addr: std::net::SocketAddr, queue: u16, store: Option<Arc<Store>>) -> anyhow::Result<()> {
+/// Serves `/metrics` on `addr` from a thread of its own. Gauges of what is in progress are
+/// read when asked: sessions from the status board, data connections from the relay.
+pub fn serve(addr: std::net::SocketAddr, queue: u16, store: Option<Arc<Store>>, board: Arc<Board>, relay: Relay) -> anyhow::Result<()> {
     let server = tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("--metrics {addr}: cannot listen: {e}"))?;
     log!("metrics at http://{addr}/metrics");
     std::thread::Builder::new().name("ftpgate-metrics".into()).spawn(move || {
@@ -165,6 +162,10 @@ pub fn serve(addr: std::net::SocketAddr, queue: u16, store: Option<Arc<Store>>) 
                 continue;
             }
             let m = m();
+            let (transparent, explicit) = board.counts();
+            m.sessions_active.get_or_create(&ModeL { mode: "transparent".into() }).set(transparent as i64);
+            m.sessions_active.get_or_create(&ModeL { mode: "explicit".into() }).set(explicit as i64);
+            m.transfers_active.set(relay.data_connections() as i64);
             if let Some(s) = &store {
                 let (entries, bytes) = s.totals();
                 m.cache_entries.set(entries as i64);

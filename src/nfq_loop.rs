@@ -154,9 +154,7 @@ impl Helper {
             // the client's ports may be reused at once: a SYN that is not a retransmission
             // starts over, with nothing of the old connection's state
             if self.sessions.get(&key).is_some_and(|s| s.is_new_connection(pkt.seq())) {
-                if self.sessions.remove(&key).is_some() {
-                    crate::metrics::m().session_ended("transparent");
-                }
+                self.sessions.remove(&key);
                 if let Some(h) = self.held.get_mut(&key) {
                     h.deadline = now; // the old connection's held segment is dropped
                 }
@@ -233,24 +231,11 @@ impl Helper {
 
     /// Asks the server on a thread of its own; the answer comes back through the channel.
     fn start_check(&mut self, key: Key, token: u64) {
-        let session = &self.sessions[&key];
-        let (Some(cache), Some(login), Some(entry)) = (self.cache.clone(), session.login(), session.held_key().cloned())
-        else {
-            let _ = self.tx.send(Checked { session: key, token, decision: Decision::Bypass, took: Duration::ZERO });
-            self.wake.notify();
-            return;
-        };
         let (tx, wake) = (self.tx.clone(), self.wake.clone());
-        let spawned = std::thread::Builder::new().name("ftpgate-check".into()).spawn(move || {
-            let t = Instant::now();
-            let decision = cache.freshness(&login, &entry);
-            let _ = tx.send(Checked { session: key, token, decision, took: t.elapsed() });
+        crate::relay::check_held(&self.sessions[&key], self.cache.as_ref(), move |decision, took| {
+            let _ = tx.send(Checked { session: key, token, decision, took });
             wake.notify();
         });
-        if spawned.is_err() {
-            let _ = self.tx.send(Checked { session: key, token, decision: Decision::Bypass, took: Duration::ZERO });
-            self.wake.notify();
-        }
     }
 
     /// Releases held packets whose checks answered or whose time is up; returns them ready
@@ -338,7 +323,6 @@ impl Helper {
             if !keep {
                 log!("session {} -> {}: closed (user {})", k.0, k.1, s.user().unwrap_or("-"));
                 mapped_gone |= s.has_length_changes();
-                crate::metrics::m().session_ended("transparent");
             }
             keep
         });

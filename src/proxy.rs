@@ -132,6 +132,15 @@ pub struct ProxyConfig {
     pub board: Option<Arc<crate::status::Board>>,
 }
 
+/// What a polled descriptor is.
+#[derive(Clone, Copy)]
+enum Ready {
+    Wake,
+    Listener(usize),
+    Client(u64),
+    Server(u64),
+}
+
 /// What the helper threads report.
 enum Done {
     Verified { conn: u64, ok: bool },
@@ -162,8 +171,6 @@ struct Conn {
     up: Option<Up>,
     /// Close once `to_client` is written.
     closing: bool,
-    /// Counted in the active sessions gauge.
-    counted: bool,
     last: Instant,
 }
 
@@ -342,12 +349,12 @@ impl Proxy {
             self.apply_reload();
             let now = Instant::now();
             let mut fds: Vec<libc::pollfd> = Vec::new();
-            let mut what: Vec<(u64, u8)> = Vec::new(); // (conn id or listener index, 0 listener / 1 client / 2 server)
+            let mut what: Vec<Ready> = Vec::new();
             fds.push(libc::pollfd { fd: self.wake.fd(), events: libc::POLLIN, revents: 0 });
-            what.push((0, 9));
+            what.push(Ready::Wake);
             for (i, l) in self.listeners.iter().enumerate() {
                 fds.push(libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-                what.push((i as u64, 0));
+                what.push(Ready::Listener(i));
             }
             let mut timeout = crate::status::PUBLISH_EVERY; // the status board stays current
             for (&id, c) in &self.conns {
@@ -362,7 +369,7 @@ impl Proxy {
                     ev |= libc::POLLOUT;
                 }
                 fds.push(libc::pollfd { fd: c.client.as_raw_fd(), events: ev, revents: 0 });
-                what.push((id, 1));
+                what.push(Ready::Client(id));
                 if let Some(u) = &c.up {
                     let mut ev = 0;
                     if !u.server_eof && c.to_client.len() < MAX_BUFFERED {
@@ -372,7 +379,7 @@ impl Proxy {
                         ev |= libc::POLLOUT;
                     }
                     fds.push(libc::pollfd { fd: u.server.as_raw_fd(), events: ev, revents: 0 });
-                    what.push((id, 2));
+                    what.push(Ready::Server(id));
                     if let Some((_, deadline)) = &u.held {
                         timeout = timeout.min(deadline.saturating_duration_since(now));
                     }
@@ -384,18 +391,18 @@ impl Proxy {
                 continue;
             }
             let now = Instant::now();
-            for (pfd, &(id, kind)) in fds.iter().zip(&what) {
+            for (pfd, &ready) in fds.iter().zip(&what) {
                 if pfd.revents == 0 {
                     continue;
                 }
-                match kind {
-                    9 => {
+                match ready {
+                    Ready::Wake => {
                         self.wake.drain();
                         self.reports(now);
                     }
-                    0 => self.accept(id as usize, now),
-                    1 => self.client_ready(id, pfd.revents, now),
-                    _ => self.server_ready(id, pfd.revents, now),
+                    Ready::Listener(i) => self.accept(i, now),
+                    Ready::Client(id) => self.client_ready(id, pfd.revents, now),
+                    Ready::Server(id) => self.server_ready(id, pfd.revents, now),
                 }
             }
             self.expire(now);
@@ -464,7 +471,6 @@ impl Proxy {
                 to_client: Vec::new(),
                 up: None,
                 closing: false,
-                counted: false,
                 last: now,
             };
             if let Err(why) = self.cfg.access.client(*peer.ip()) {
@@ -481,7 +487,6 @@ impl Proxy {
                 c.closing = true;
             } else {
                 crate::metrics::m().session_started("explicit");
-                c.counted = true;
                 log!("proxy {peer}: connected to {local}");
                 if let Step::Reply(r) = c.login.greeting() {
                     c.to_client.extend_from_slice(r.as_bytes());
@@ -750,21 +755,10 @@ impl Proxy {
     fn start_check(&mut self, id: u64, token: u64) {
         let Some(u) = self.conns.get(&id).and_then(|c| c.up.as_ref()) else { return };
         let (tx, wake) = (self.tx.clone(), self.wake.clone());
-        let (Some(cache), Some(login), Some(entry)) = (self.cache.clone(), u.st.session.login(), u.st.session.held_key().cloned()) else {
-            let _ = tx.send(Done::Checked { conn: id, token, decision: Decision::Bypass, took: Duration::ZERO });
-            wake.notify();
-            return;
-        };
-        let spawned = std::thread::Builder::new().name("ftpgate-check".into()).spawn(move || {
-            let t = Instant::now();
-            let decision = cache.freshness(&login, &entry);
-            let _ = tx.send(Done::Checked { conn: id, token, decision, took: t.elapsed() });
+        crate::relay::check_held(&u.st.session, self.cache.as_ref(), move |decision, took| {
+            let _ = tx.send(Done::Checked { conn: id, token, decision, took });
             wake.notify();
         });
-        if spawned.is_err() {
-            let _ = self.tx.send(Done::Checked { conn: id, token, decision: Decision::Bypass, took: Duration::ZERO });
-            self.wake.notify();
-        }
     }
 
     fn release(&mut self, id: u64, token: u64, decision: Decision, took: Duration, now: Instant) {
@@ -807,9 +801,6 @@ impl Proxy {
 
     fn close(&mut self, id: u64, why: &str) {
         if let Some(mut c) = self.conns.remove(&id) {
-            if c.counted {
-                crate::metrics::m().session_ended("explicit");
-            }
             if let Some(u) = &mut c.up {
                 let _ = write_some(&mut u.server, &mut u.to_server);
             }

@@ -34,6 +34,12 @@ pub struct Board {
 }
 
 impl Board {
+    /// Sessions (transparent, explicit) as last published.
+    pub fn counts(&self) -> (usize, usize) {
+        let n = |m: &Mutex<Vec<SessionLine>>| m.lock().unwrap_or_else(|e| e.into_inner()).len();
+        (n(&self.transparent), n(&self.explicit))
+    }
+
     pub fn publish(&self, explicit: bool, lines: Vec<SessionLine>) {
         let m = if explicit { &self.explicit } else { &self.transparent };
         *m.lock().unwrap_or_else(|e| e.into_inner()) = lines;

@@ -99,6 +99,16 @@ pub enum Mode {
     Active,
 }
 
+impl Mode {
+    /// `passive` or `active`, as logs and metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Passive => "passive",
+            Mode::Active => "active",
+        }
+    }
+}
+
 /// A data connection the relay must prepare before the line announcing it goes out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataRequest {

@@ -34,7 +34,7 @@ use crate::cache::store::{Capture, Store};
 use crate::cache::{decide, settled, Answer, Decision, Key, Login, Meta};
 use crate::log;
 use crate::metrics;
-use crate::proto::{DataId, DataPlane, DataRequest, Described, Mode, Opened, Transfer};
+use crate::proto::{DataId, DataPlane, DataRequest, Described, Mode, Opened, Session, Transfer};
 use crate::xferlog;
 
 #[derive(Clone, Debug)]
@@ -73,6 +73,26 @@ impl CacheCtx {
             self.store.remove(entry);
         }
         decision
+    }
+}
+
+/// Checks the RETR `session` holds on a thread of its own and calls `answer` there with the
+/// decision and the time it took — at once with `Bypass` when there is no cache, no login or
+/// no thread to ask with. The control loops pass an `answer` that queues the result and wakes
+/// them.
+pub fn check_held(session: &Session, cache: Option<&Arc<CacheCtx>>, answer: impl Fn(Decision, Duration) + Send + Sync + 'static) {
+    let (Some(cache), Some(login), Some(entry)) = (cache.cloned(), session.login(), session.held_key().cloned()) else {
+        return answer(Decision::Bypass, Duration::ZERO);
+    };
+    let answer = Arc::new(answer);
+    let from_thread = answer.clone();
+    let spawned = std::thread::Builder::new().name("ftpgate-check".into()).spawn(move || {
+        let t = Instant::now();
+        let decision = cache.freshness(&login, &entry);
+        from_thread(decision, t.elapsed());
+    });
+    if spawned.is_err() {
+        answer(Decision::Bypass, Duration::ZERO);
     }
 }
 
@@ -177,6 +197,11 @@ impl Relay {
             .collect()
     }
 
+    /// Data connections open or waiting for their peer.
+    pub fn data_connections(&self) -> usize {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Data connections whose peer connected and which have not ended.
     pub fn transferring(&self) -> usize {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -240,8 +265,7 @@ impl DataPlane for Relay {
     }
 
     fn open(&mut self, req: &DataRequest) -> Result<Opened, String> {
-        let live = self.slots.lock().unwrap_or_else(|e| e.into_inner()).len();
-        if live >= self.cfg.max_data {
+        if self.data_connections() >= self.cfg.max_data {
             return Err(format!("too many data connections in progress (limit {})", self.cfg.max_data));
         }
         let (listen_ip, port, peer, src) = match (req.mode, req.via) {
@@ -263,22 +287,15 @@ impl DataPlane for Relay {
             _ => return Err("listener has no IPv4 address".into()),
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mode = match req.mode {
-            Mode::Passive => "passive",
-            Mode::Active => "active",
-        };
-        let slot = Arc::new(Slot::new(format!("{mode} {} <-> {}", req.client.ip(), req.target)));
+        let slot = Arc::new(Slot::new(format!("{} {} <-> {}", req.mode.as_str(), req.client.ip(), req.target)));
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).insert(id, slot.clone());
         let job = Job { req: req.clone(), peer, src, listener: Some(listener), cfg: self.cfg.clone(), slot, cache: self.cache.clone() };
         let slots = self.slots.clone();
-        metrics::m().transfers_active.inc();
         let spawned = std::thread::Builder::new().name("ftpgate-data".into()).spawn(move || {
             job.run();
             slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            metrics::m().transfers_active.dec();
         });
         if let Err(e) = spawned {
-            metrics::m().transfers_active.dec();
             self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             return Err(format!("cannot start relay: {e}"));
         }
@@ -300,11 +317,7 @@ struct Job {
 
 impl Job {
     fn name(&self) -> String {
-        let m = match self.req.mode {
-            Mode::Passive => "passive",
-            Mode::Active => "active",
-        };
-        format!("data {m} {} <-> {}", self.req.client.ip(), self.req.target)
+        format!("data {}", self.slot.name)
     }
 
     fn run(mut self) {
@@ -372,21 +385,20 @@ impl Job {
     }
 
     fn count(&self, result: &str, to_client: u64, to_server: u64) {
-        let mode = match self.req.mode {
-            Mode::Passive => "passive",
-            Mode::Active => "active",
-        };
-        metrics::m().transfer(mode, result, to_client, to_server);
+        metrics::m().transfer(self.req.mode.as_str(), result, to_client, to_server);
     }
 
     /// A file transfer's line in the transfer log (listings have none).
     fn xferlog(&self, secs: f64, to_client: u64, to_server: u64, ok: bool) {
-        let Some(d) = self.slot.lock().desc.clone() else { return };
+        let (desc, finished) = {
+            let st = self.slot.lock();
+            (st.desc.clone(), st.finished)
+        };
+        let Some(d) = desc else { return };
         let incoming = matches!(d.verb.as_str(), "STOR" | "APPE" | "STOU");
         if !incoming && d.verb != "RETR" {
             return;
         }
-        let finished = self.slot.lock().finished;
         xferlog::write(&xferlog::Record {
             at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
             secs,
