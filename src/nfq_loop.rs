@@ -16,7 +16,7 @@ use nfq::{Message, Queue, Verdict as NfVerdict};
 
 use crate::cache::Decision;
 use crate::log;
-use crate::proto::{Dir, Event, Segment, Seq, SeqState, Session, Verdict};
+use crate::proto::{DataId, Dir, Event, Segment, Seq, SeqState, Session, Verdict};
 use crate::relay::{CacheCtx, Relay};
 use crate::wire::Packet;
 
@@ -50,6 +50,23 @@ struct Held {
     ts: Option<(u32, u32)>,
 }
 
+/// A server segment carrying a transfer's final reply, held until its data connection is done.
+struct HeldReply {
+    msg: Message,
+    ts: Option<(u32, u32)>,
+    /// The newest TCP timestamps the server sent while it was held.
+    newest: Option<(u32, u32)>,
+}
+
+/// The timestamps a released segment must carry: its own are older than those of segments
+/// that passed while it was held, and PAWS would have the receiver drop it.
+fn fresher_ts(own: Option<(u32, u32)>, newest: Option<(u32, u32)>) -> Option<(u32, u32)> {
+    match (own, newest) {
+        (Some(old), Some(new)) if Seq(new.0) > Seq(old.0) => Some(new),
+        _ => None,
+    }
+}
+
 /// A freshness check's outcome, sent back from its thread.
 struct Checked {
     session: Key,
@@ -67,6 +84,12 @@ pub struct Helper {
     held: HashMap<Key, Held>,
     /// The newest TCP timestamps each session's client sent while a segment was held.
     held_ts: HashMap<Key, (u32, u32)>,
+    /// Final replies held until their data connection is done ([`Session::data_done`]).
+    held_replies: HashMap<Key, HeldReply>,
+    /// Which session waits for which data connection.
+    awaiting: HashMap<DataId, Key>,
+    /// Data connections that ended, from the relay's threads.
+    done_rx: Receiver<DataId>,
     /// Held segments of connections that were replaced, waiting for their drop verdict.
     stale: Vec<Message>,
     next_token: u64,
@@ -100,9 +123,15 @@ fn state_writer(f: PathBuf) -> Option<Sender<String>> {
 }
 
 impl Helper {
-    pub fn new(relay: Relay, cache: Option<Arc<CacheCtx>>, cfg: LoopConfig) -> Result<Helper> {
+    pub fn new(mut relay: Relay, cache: Option<Arc<CacheCtx>>, cfg: LoopConfig) -> Result<Helper> {
         let (tx, rx) = channel();
         let wake = Arc::new(Wake::new().context("cannot create a pipe")?);
+        let (done_tx, done_rx) = channel();
+        let w = wake.clone();
+        relay.set_notify(Arc::new(move |id| {
+            let _ = done_tx.send(id);
+            w.notify();
+        }));
         let now = Instant::now();
         let mut sessions = HashMap::new();
         if let Some(f) = &cfg.state_file {
@@ -122,6 +151,9 @@ impl Helper {
             cache,
             held: HashMap::new(),
             held_ts: HashMap::new(),
+            held_replies: HashMap::new(),
+            awaiting: HashMap::new(),
+            done_rx,
             stale: Vec::new(),
             next_token: 0,
             tx,
@@ -158,6 +190,9 @@ impl Helper {
                 if let Some(h) = self.held.get_mut(&key) {
                     h.deadline = now; // the old connection's held segment is dropped
                 }
+                if let Some(h) = self.held_replies.remove(&key) {
+                    self.stale.push(h.msg);
+                }
             }
         }
         if !self.sessions.contains_key(&key) {
@@ -184,9 +219,13 @@ impl Helper {
             crate::metrics::m().session_started("transparent");
         }
         let session = self.sessions.get_mut(&key).expect("inserted above");
-        if dir == Dir::ToServer && self.held.contains_key(&key) {
-            if let Some(t) = pkt.ts {
-                let newest = self.held_ts.entry(key).or_insert(t);
+        if let Some(t) = pkt.ts {
+            let newest = match dir {
+                Dir::ToServer if self.held.contains_key(&key) => Some(self.held_ts.entry(key).or_insert(t)),
+                Dir::ToClient => self.held_replies.get_mut(&key).map(|h| h.newest.get_or_insert(t)),
+                _ => None,
+            };
+            if let Some(newest) = newest {
                 if Seq(t.0) > Seq(newest.0) {
                     *newest = t;
                 }
@@ -206,6 +245,16 @@ impl Helper {
         self.drain_events(key);
         if changed {
             self.state_dirty = true;
+        }
+        if verdict == Verdict::Hold && dir == Dir::ToClient {
+            // a transfer's final reply waits for its data connection to be done
+            if let Some(id) = self.sessions.get(&key).and_then(|s| s.awaiting_data()) {
+                self.awaiting.insert(id, key);
+            }
+            if let Some(old) = self.held_replies.insert(key, HeldReply { msg, ts, newest: None }) {
+                self.stale.push(old.msg);
+            }
+            return None;
         }
         if verdict == Verdict::Hold {
             let token = self.next_token;
@@ -263,10 +312,7 @@ impl Helper {
             self.drain_events(key);
             // segments that passed while this one was held (probes, ACKs) carried newer TCP
             // timestamps: going out with its own older one, PAWS would have the server drop it
-            let ts = match (h.ts, self.held_ts.remove(&key)) {
-                (Some(old), Some(new)) if Seq(new.0) > Seq(old.0) => Some(new),
-                _ => None,
-            };
+            let ts = fresher_ts(h.ts, self.held_ts.remove(&key));
             match verdict {
                 Some(v) => {
                     let edited = match &v {
@@ -283,7 +329,49 @@ impl Helper {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.held.values().map(|h| h.deadline).min()
+        let replies = self.held_replies.keys().filter_map(|k| self.sessions.get(k)?.poll_timeout());
+        self.held.values().map(|h| h.deadline).chain(replies).min()
+    }
+
+    /// Releases final replies whose data connections ended (or whose deadline passed); returns
+    /// them ready for their verdicts.
+    fn release_replies(&mut self, now: Instant) -> Vec<Message> {
+        let mut ready: Vec<(Key, Option<Verdict>)> = Vec::new();
+        while let Ok(id) = self.done_rx.try_recv() {
+            let Some(key) = self.awaiting.remove(&id) else { continue };
+            if let Some(s) = self.sessions.get_mut(&key) {
+                if s.awaiting_data() == Some(id) {
+                    let v = s.data_done(&mut self.relay);
+                    ready.push((key, v));
+                }
+            }
+        }
+        for key in self.held_replies.keys().copied().collect::<Vec<_>>() {
+            let Some(s) = self.sessions.get_mut(&key) else {
+                ready.push((key, Some(Verdict::Drop)));
+                continue;
+            };
+            if s.poll_timeout().is_some_and(|d| d <= now) {
+                let v = s.handle_timeout(now, &mut self.relay);
+                ready.push((key, v));
+            }
+        }
+        let mut out = Vec::new();
+        for (key, v) in ready {
+            let Some(v) = v else { continue };
+            let Some(mut h) = self.held_replies.remove(&key) else { continue };
+            self.awaiting.retain(|_, k| *k != key);
+            self.state_dirty = true;
+            self.drain_events(key);
+            let ts = fresher_ts(h.ts, h.newest);
+            let edited = match &v {
+                Verdict::Edit(e) => Some(Packet::parse(h.msg.get_payload()).and_then(|p| p.edited(e, ts))),
+                _ => None,
+            };
+            apply(&mut h.msg, v, edited, &key);
+            out.push(h.msg);
+        }
+        out
     }
 
     /// Shows the sessions on the status board, about once a second.
@@ -536,6 +624,9 @@ pub fn run(mut helper: Helper) -> Result<()> {
         }
         if pfds[1].revents != 0 || helper.next_deadline().is_some_and(|d| d <= Instant::now()) {
             for msg in helper.release_ready(Instant::now()) {
+                queue.verdict(msg).context("NFQUEUE verdict failed")?;
+            }
+            for msg in helper.release_replies(Instant::now()) {
                 queue.verdict(msg).context("NFQUEUE verdict failed")?;
             }
         }

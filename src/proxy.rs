@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use crate::cache::Decision;
 use crate::log;
 use crate::nfq_loop::{log_event, Wake};
-use crate::proto::explicit::{Access, Handoff, ProxyLogin, Step, Streams, Target, MAX_LOGIN_LINE};
+use crate::proto::explicit::{Access, Fed, Handoff, ProxyLogin, Step, Streams, Target, MAX_LOGIN_LINE};
 use crate::proto::{Dir, Via};
 use crate::relay::{transparent_listener, CacheCtx, Relay};
 
@@ -146,6 +146,8 @@ enum Done {
     Verified { conn: u64, ok: bool },
     Connected { conn: u64, target: Target, r: Result<(TcpStream, Vec<u8>), String> },
     Checked { conn: u64, token: u64, decision: Decision, took: Duration },
+    /// A data connection ended (a held final reply may go on).
+    DataEnded { id: crate::proto::DataId },
 }
 
 /// The server side of a connected session, and the session between.
@@ -199,7 +201,7 @@ struct Proxy {
 }
 
 /// Binds the listeners (errors here stop `run` with a clear message) and starts the loop.
-pub fn spawn(mut cfg: ProxyConfig, relay: Relay, cache: Option<Arc<CacheCtx>>) -> Result<()> {
+pub fn spawn(mut cfg: ProxyConfig, mut relay: Relay, cache: Option<Arc<CacheCtx>>) -> Result<()> {
     let mut listeners = Vec::new();
     for a in &cfg.listen {
         // transparent like the data listeners: the gateway's `-m socket --transparent` rule
@@ -210,6 +212,11 @@ pub fn spawn(mut cfg: ProxyConfig, relay: Relay, cache: Option<Arc<CacheCtx>>) -
     }
     let (tx, rx) = channel();
     let wake = Arc::new(Wake::new().context("cannot create a pipe")?);
+    let (dtx, w) = (tx.clone(), wake.clone());
+    relay.set_notify(Arc::new(move |id| {
+        let _ = dtx.send(Done::DataEnded { id });
+        w.notify();
+    }));
     let users = cfg.users.take().map(Arc::new);
     let p = Proxy {
         cfg,
@@ -685,6 +692,12 @@ impl Proxy {
                 }
                 Done::Connected { conn, target, r } => self.connected(conn, target, r, now),
                 Done::Checked { conn, token, decision, took } => self.release(conn, token, decision, took, now),
+                Done::DataEnded { id } => {
+                    let conn = self.conns.iter().find(|(_, c)| c.up.as_ref().is_some_and(|u| u.st.awaiting_data() == Some(id)));
+                    if let Some(&conn) = conn.map(|(k, _)| k) {
+                        self.reply_released(conn, |st, dp, now| st.data_done(dp, now), now);
+                    }
+                }
             }
         }
     }
@@ -782,6 +795,19 @@ impl Proxy {
         // bytes the client sent meanwhile wait in its socket: reading resumes
     }
 
+    /// A held final reply goes on to the client (with what the server sent behind it).
+    fn reply_released(&mut self, id: u64, f: impl FnOnce(&mut Streams, &mut Relay, Instant) -> Fed, now: Instant) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(u) = c.up.as_mut() else { return };
+        let out = f(&mut u.st, &mut self.relay, now).out;
+        c.to_client.extend_from_slice(&out);
+        if write_some(&mut c.client, &mut c.to_client).is_err() {
+            return self.close(id, "client write failed");
+        }
+        self.events(id);
+        self.maybe_close(id);
+    }
+
     fn events(&mut self, id: u64) {
         let Some(c) = self.conns.get_mut(&id) else { return };
         let Some(u) = c.up.as_mut() else { return };
@@ -827,6 +853,15 @@ impl Proxy {
         }
         for (id, token) in late {
             self.release(id, token, Decision::Bypass, HOLD_LIMIT, now);
+        }
+        let due: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.up.as_ref().is_some_and(|u| u.st.awaiting_data().is_some() && u.st.session.poll_timeout().is_some_and(|d| d <= now)))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            self.reply_released(id, |st, dp, now| st.handle_timeout(now, dp), now);
         }
         for id in idle {
             if let Some(c) = self.conns.get_mut(&id) {

@@ -278,6 +278,11 @@ pub struct Streams {
     /// Client bytes (and end of stream) that came behind the held RETR.
     pending: Vec<u8>,
     pending_fin: bool,
+    /// A transfer's final reply held until its data connection is done, and the server bytes
+    /// that came behind it.
+    held_reply: Option<(Seq, Vec<u8>)>,
+    s_pending: Vec<u8>,
+    s_pending_fin: bool,
 }
 
 /// What feeding bytes gave: bytes for the receiver, and whether a RETR now waits for its
@@ -298,7 +303,52 @@ impl Streams {
         let synack = Flags { syn: true, ack: true, ..Default::default() };
         session.handle_segment(Dir::ToClient, &Segment { seq: z, ack: Seq(1), flags: synack, sack: &[], payload: &[] }, dp, now);
         let one = Seq(1);
-        Streams { session, c_next: one, s_next: one, srv_rcv: one, cli_rcv: one, held: None, pending: Vec::new(), pending_fin: false }
+        Streams {
+            session,
+            c_next: one,
+            s_next: one,
+            srv_rcv: one,
+            cli_rcv: one,
+            held: None,
+            pending: Vec::new(),
+            pending_fin: false,
+            held_reply: None,
+            s_pending: Vec::new(),
+            s_pending_fin: false,
+        }
+    }
+
+    /// A final reply waits for this data connection to end: call [`Streams::data_done`] then.
+    pub fn awaiting_data(&self) -> Option<crate::proto::DataId> {
+        self.held_reply.as_ref().and(self.session.awaiting_data())
+    }
+
+    /// The data connection a held final reply waits for ended: the reply (and what came behind
+    /// it) for the client.
+    pub fn data_done(&mut self, dp: &mut dyn DataPlane, now: Instant) -> Fed {
+        let v = self.session.data_done(dp);
+        self.release_reply(v, dp, now)
+    }
+
+    /// Deadlines of the session (see [`Session::handle_timeout`]).
+    pub fn handle_timeout(&mut self, now: Instant, dp: &mut dyn DataPlane) -> Fed {
+        if self.held_reply.is_none() {
+            return Fed::default();
+        }
+        let v = self.session.handle_timeout(now, dp);
+        self.release_reply(v, dp, now)
+    }
+
+    fn release_reply(&mut self, v: Option<Verdict>, dp: &mut dyn DataPlane, now: Instant) -> Fed {
+        let Some(v) = v else { return Fed::default() };
+        let Some((seq, bytes)) = self.held_reply.take() else { return Fed::default() };
+        let mut out = self.deliver(Dir::ToClient, v, seq, &bytes);
+        let (pending, fin) = (std::mem::take(&mut self.s_pending), std::mem::take(&mut self.s_pending_fin));
+        if !pending.is_empty() || fin {
+            let more = self.feed(Dir::ToClient, &pending, fin, dp, now);
+            out.extend_from_slice(&more.out);
+        }
+        Fed { out, held: false }
     }
 
     /// A RETR waits for its freshness check.
@@ -313,12 +363,26 @@ impl Streams {
             self.pending_fin |= fin;
             return Fed { out: Vec::new(), held: true };
         }
+        if dir == Dir::ToClient && self.held_reply.is_some() {
+            self.s_pending.extend_from_slice(data);
+            self.s_pending_fin |= fin;
+            return Fed::default();
+        }
         let (seq, ack) = match dir {
             Dir::ToServer => (self.c_next, self.cli_rcv),
             Dir::ToClient => (self.s_next, self.srv_rcv),
         };
         let flags = Flags { ack: true, fin, ..Default::default() };
         let v = self.session.handle_segment(dir, &Segment { seq, ack, flags, sack: &[], payload: data }, dp, now);
+        if v == Verdict::Hold && dir == Dir::ToClient {
+            // the session took the bytes up to the end of the final reply
+            let used = (self.session.next_seq(Dir::ToClient).diff(seq).max(0) as usize).min(data.len());
+            self.held_reply = Some((seq, data[..used].to_vec()));
+            self.s_pending = data[used..].to_vec();
+            self.s_pending_fin = fin;
+            self.s_next = seq.add(used);
+            return Fed::default();
+        }
         if v == Verdict::Hold {
             // the session took the bytes up to the end of the RETR line
             let used = (self.session.next_seq(Dir::ToServer).diff(seq).max(0) as usize).min(data.len());

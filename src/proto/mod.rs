@@ -170,6 +170,38 @@ pub trait DataPlane {
     }
     /// Names the command that uses data connection `id` (for the transfer log).
     fn describe(&mut self, _id: DataId, _what: Described) {}
+    /// Where data connection `id` stands, asked when its command's final reply arrives and
+    /// while that reply is held ([`Session::data_done`]).
+    fn data_state(&mut self, _id: DataId) -> DataState {
+        DataState::Unknown
+    }
+}
+
+/// Where a prepared data connection stands, as the data plane knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataState {
+    /// Not known to the data plane (forgotten, or no data plane that tracks it).
+    Unknown,
+    /// Waiting for its peer; no connection has arrived.
+    Waiting,
+    /// A connection arrived (or waits to be accepted) and bytes are moving; `moved` counts them.
+    Busy { moved: u64 },
+    /// Ended: every byte delivered and the connection closed, or how it failed.
+    Done(DataOutcome),
+}
+
+/// How a data connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataOutcome {
+    /// Every byte delivered, both connections closed.
+    Ok,
+    /// Its peer never connected.
+    NoPeer,
+    /// The peer connected, but the onward connection could not be made (a client whose data
+    /// port is closed): the client is told `425`.
+    Unreachable(String),
+    /// The transfer broke off.
+    Failed(String),
 }
 
 /// The command a data connection serves, as a transfer log names it.
@@ -213,6 +245,8 @@ enum Cmd {
     Cwd(String),
     Type(bool),
     Retr(String, Option<DataId>),
+    /// A listing or upload on a prepared data connection.
+    Xfer(DataId),
     Rest(u64),
     /// Injected by ftpgate (the `REST` before a cache hit): its reply is removed.
     Hidden,
@@ -231,6 +265,26 @@ struct Hold {
     offset: u64,
     line: Vec<u8>,
     start: Seq,
+}
+
+/// How long a held final reply waits for its data connection without progress before it goes
+/// to the client as the server sent it.
+pub const REPLY_HOLD_STEP: Duration = Duration::from_secs(5);
+
+/// A transfer command's final reply, held until its data connection is done.
+#[derive(Debug)]
+struct ReplyHold {
+    id: DataId,
+    /// The reply line's original start and length.
+    start: Seq,
+    len: usize,
+    /// Where the reply line starts in the held payload.
+    at: usize,
+    deadline: Instant,
+    moved: u64,
+    code: u16,
+    /// Part of the line was absorbed from an earlier segment: the seqmap must record it whole.
+    mapped: bool,
 }
 
 /// The held segment, as it will go out apart from the RETR line.
@@ -322,6 +376,11 @@ pub struct Session {
     hold: Option<Hold>,
     held: Option<HeldPacket>,
     hold_new: bool,
+    /// A final reply waiting for its data connection, and its segment.
+    reply_hold: Option<ReplyHold>,
+    reply_held: Option<HeldPacket>,
+    /// Set by `on_reply` when the line just completed is to be held.
+    reply_hold_new: Option<(DataId, u16)>,
     /// Over the gateway's session limit: the server's greeting is replaced by this.
     refuse_greeting: Option<Vec<u8>>,
     events: VecDeque<Event>,
@@ -369,6 +428,9 @@ impl Session {
             hold: None,
             held: None,
             hold_new: false,
+            reply_hold: None,
+            reply_held: None,
+            reply_hold_new: None,
             refuse_greeting: None,
             events: VecDeque::new(),
             last_seen: now,
@@ -455,6 +517,8 @@ impl Session {
             "tls (passed through)"
         } else if self.hold.is_some() {
             "checking the cache"
+        } else if self.reply_held.is_some() {
+            "finishing a transfer"
         } else if self.logged_in {
             "logged in"
         } else if self.greeted {
@@ -478,9 +542,87 @@ impl Session {
     pub fn held_key(&self) -> Option<&Key> {
         self.hold.as_ref().map(|h| &h.key)
     }
-    /// Whether a segment is held waiting for [`Session::release`].
+    /// Whether a segment is held waiting for [`Session::release`] or [`Session::data_done`].
     pub fn is_holding(&self) -> bool {
-        self.held.is_some()
+        self.held.is_some() || self.reply_held.is_some()
+    }
+    /// The data connection whose end a held final reply waits for: call
+    /// [`Session::data_done`] when the data plane says it ended.
+    pub fn awaiting_data(&self) -> Option<DataId> {
+        self.reply_held.as_ref().and(self.reply_hold.as_ref()).map(|h| h.id)
+    }
+    /// When [`Session::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.reply_held.as_ref().and(self.reply_hold.as_ref()).map(|h| h.deadline)
+    }
+    /// Deadlines: a held final reply whose data connection made no progress for
+    /// [`REPLY_HOLD_STEP`] goes to the client as the server sent it. Returns the held
+    /// segment's verdict when it is released.
+    pub fn handle_timeout(&mut self, now: Instant, dp: &mut dyn DataPlane) -> Option<Verdict> {
+        let h = self.reply_hold.as_mut()?;
+        if now < h.deadline {
+            return None;
+        }
+        match dp.data_state(h.id) {
+            DataState::Busy { moved } if moved != h.moved => {
+                h.moved = moved;
+                h.deadline = now + REPLY_HOLD_STEP;
+                None
+            }
+            DataState::Done(_) => self.data_done(dp),
+            _ => {
+                self.events.push_back(Event::Note(format!(
+                    "data connection made no progress for {} s; the server's {} reply goes on",
+                    REPLY_HOLD_STEP.as_secs(),
+                    h.code
+                )));
+                self.release_reply(None)
+            }
+        }
+    }
+    /// The data connection a held final reply waits for has ended: the held segment's verdict
+    /// (`None` if nothing is held or it has not ended). The reply goes on as the server sent it,
+    /// or as `425` when the client could not be reached, `426` when the transfer broke off.
+    pub fn data_done(&mut self, dp: &mut dyn DataPlane) -> Option<Verdict> {
+        let h = self.reply_hold.as_ref()?;
+        let DataState::Done(outcome) = dp.data_state(h.id) else { return None };
+        let code = h.code;
+        let new = self.failed_transfer_reply(&outcome, code);
+        self.release_reply(new)
+    }
+
+    /// What the client gets instead of the server's final reply `code` when its data connection
+    /// ended with `outcome`.
+    fn failed_transfer_reply(&mut self, outcome: &DataOutcome, code: u16) -> Option<Vec<u8>> {
+        match outcome {
+            DataOutcome::Unreachable(e) => {
+                self.events.push_back(Event::Note(format!("data connection could not be made ({e}); answering 425 instead of {code}")));
+                Some(b"425 Can't open data connection.\r\n".to_vec())
+            }
+            DataOutcome::Failed(e) if code < 300 => {
+                self.events.push_back(Event::Note(format!("data connection broke off ({e}); answering 426 instead of {code}")));
+                Some(format!("426 Connection closed; transfer aborted ({}).\r\n", e.escape_default()).into_bytes())
+            }
+            _ => None,
+        }
+    }
+
+    /// Sends the held final reply on, replaced by `new` if given.
+    fn release_reply(&mut self, new: Option<Vec<u8>>) -> Option<Verdict> {
+        let h = self.reply_hold.take()?;
+        let p = self.reply_held.take()?;
+        let mut payload = p.prefix;
+        let st = &mut self.s2c;
+        match new {
+            Some(new) => {
+                payload.truncate(h.at);
+                payload.extend_from_slice(&new);
+                st.map.push(h.start, h.len, new);
+            }
+            None if h.mapped => st.map.push(h.start, h.len, payload[h.at..].to_vec()),
+            None => {}
+        }
+        Some(Verdict::Edit(Edit { seq: p.seq, ack: p.ack, sack: p.sack, payload: Some(payload) }))
     }
     /// True once lengths changed: the session must outlive idle periods, or later segments
     /// would go out unmapped.
@@ -576,11 +718,18 @@ impl Session {
         }
         let tls = self.tls;
         let holding = dir == Dir::ToServer && self.hold.is_some();
+        let reply_held = if dir == Dir::ToClient { self.reply_hold.as_ref().map(|h| h.start) } else { None };
         let refusing = dir == Dir::ToClient && self.refuse_greeting.is_some() && !self.greeted;
         let st = self.stream(dir);
         let end = seg.seq.add(seg.payload.len());
         if holding && (end > st.next || seg.flags.fin) {
             return Verdict::Drop; // nothing may pass the held RETR; TCP retransmits it later
+        }
+        if let Some(start) = reply_held {
+            if (!seg.payload.is_empty() && end > start) || seg.flags.fin {
+                // nothing may overtake the held final reply, nor repeat it; TCP retransmits
+                return Verdict::Drop;
+            }
         }
         if seg.flags.fin {
             st.fin = true;
@@ -631,6 +780,11 @@ impl Session {
             if std::mem::take(&mut self.hold_new) {
                 let seq = out_seq.unwrap_or(s);
                 self.held = Some(HeldPacket { seq, ack, sack, prefix: out });
+                return Verdict::Hold;
+            }
+            if self.reply_hold.is_some() && self.reply_held.is_none() {
+                let seq = out_seq.unwrap_or(s);
+                self.reply_held = Some(HeldPacket { seq, ack, sack, prefix: out });
                 return Verdict::Hold;
             }
         }
@@ -694,6 +848,26 @@ impl Session {
             } else {
                 self.on_line(dir, &line, line_pos.is_some(), dp)
             };
+            if let Some((id, code)) = self.reply_hold_new.take() {
+                if let Some(p) = line_pos {
+                    // hold the segment up to the end of this reply until the data connection
+                    // is done; what followed it is left for the server to send again
+                    let now = self.last_seen;
+                    self.reply_hold = Some(ReplyHold {
+                        id,
+                        start,
+                        len,
+                        at: p,
+                        deadline: now + REPLY_HOLD_STEP,
+                        moved: 0,
+                        code,
+                        mapped: held_before,
+                    });
+                    let st = self.stream(dir);
+                    st.next = start.add(len);
+                    return (emit_from, out);
+                }
+            }
             if self.hold_new {
                 // keep the RETR line in hand (absorbed: the client sees it acknowledged); what
                 // followed it in this segment is left for the client to send again
@@ -781,7 +955,9 @@ impl Session {
                 match self.cmds.front() {
                     Some(Cmd::Pasv) => is_prefix_ci(l, b"227 "),
                     Some(Cmd::Epsv) => is_prefix_ci(l, b"229 "),
-                    Some(Cmd::Refused(_)) | Some(Cmd::Hidden) => l.first().is_none_or(|&c| c != b'1'),
+                    Some(Cmd::Refused(_)) | Some(Cmd::Hidden) | Some(Cmd::Retr(_, Some(_))) | Some(Cmd::Xfer(_)) => {
+                        l.first().is_none_or(|&c| c != b'1')
+                    }
                     _ => false,
                 }
             }
@@ -834,19 +1010,19 @@ impl Session {
             }
             Some(b"REST") => (Cmd::Rest(arg(line).trim().parse().unwrap_or(0)), None),
             Some(b"LIST") | Some(b"NLST") | Some(b"MLSD") | Some(b"STOU") => {
-                self.data = None;
                 self.rest = 0;
-                (Cmd::Other, None)
+                (self.data.take().map_or(Cmd::Other, Cmd::Xfer), None)
             }
             Some(b"STOR") | Some(b"APPE") | Some(b"DELE") | Some(b"RNFR") | Some(b"RNTO") => {
+                let mut cmd = Cmd::Other;
                 if matches!(verb.as_ref(), Some(b"STOR") | Some(b"APPE")) {
-                    self.data = None;
+                    cmd = self.data.take().map_or(Cmd::Other, Cmd::Xfer);
                     self.rest = 0;
                 }
                 if let Some(path) = self.cwd.as_deref().and_then(|c| crate::cache::resolve(c, &arg(line))) {
                     dp.invalidate(self.server, &path);
                 }
-                (Cmd::Other, None)
+                (cmd, None)
             }
             Some(b"PASS") => {
                 self.pass = Some(arg(line));
@@ -974,15 +1150,33 @@ impl Session {
             (Cmd::Retr(name, id), code) => {
                 let path = self.resolve(&name);
                 self.events.push_back(Event::Retr { path, binary: self.binary, ok: code < 300 });
-                if let Some(id) = id {
-                    dp.finished(id, code < 300);
-                }
-                None
+                let id = id?;
+                dp.finished(id, code < 300);
+                self.transfer_end(id, code, whole, dp)
             }
+            (Cmd::Xfer(id), code) => self.transfer_end(id, code, whole, dp),
             (Cmd::Pasv, 227) => self.on_passive(line, ftp::parse_227(line), whole, dp),
             (Cmd::Epsv, 229) => self.on_passive(line, ftp::parse_229(line), whole, dp),
             _ => None,
         }
+    }
+
+    /// A transfer command's final reply: the client must not see it before its data connection
+    /// has carried every byte and been closed (in active mode the relay connects to the client
+    /// only after the server connected to it, so a server with little to send can finish
+    /// first). Held until the data plane says the connection is done, replaced when it failed.
+    fn transfer_end(&mut self, id: DataId, code: u16, whole: bool, dp: &mut dyn DataPlane) -> Option<Vec<u8>> {
+        let hold = match dp.data_state(id) {
+            DataState::Done(outcome) => return self.failed_transfer_reply(&outcome, code),
+            DataState::Busy { .. } => true,
+            // a 2xx means the server made the data connection: it waits to be accepted
+            DataState::Waiting => code < 300,
+            DataState::Unknown => false,
+        };
+        if hold && whole {
+            self.reply_hold_new = Some((id, code));
+        }
+        None
     }
 
     /// The absolute path a name given to a command refers to, if the working directory is known

@@ -17,6 +17,10 @@ struct FakeDp {
     transfers: Vec<(DataId, Transfer)>,
     finished: Vec<(DataId, bool)>,
     invalidated: Vec<String>,
+    /// What `data_state` answers for every data connection (`Unknown` when unset).
+    state: Option<DataState>,
+    /// How the data connection ends when the session holds a final reply in `Pair::send_at`.
+    ends_as: Option<DataOutcome>,
 }
 
 impl DataPlane for FakeDp {
@@ -46,6 +50,9 @@ impl DataPlane for FakeDp {
     }
     fn invalidate(&mut self, _server: SocketAddrV4, path: &str) {
         self.invalidated.push(path.to_string());
+    }
+    fn data_state(&mut self, _id: DataId) -> DataState {
+        self.state.clone().unwrap_or(DataState::Unknown)
     }
 }
 
@@ -111,6 +118,15 @@ impl Pair {
             Verdict::Drop => return,
             Verdict::Edit(e) => {
                 (e.seq, e.payload.unwrap_or_else(|| data.to_vec()))
+            }
+            Verdict::Hold if dir == Dir::ToClient => {
+                // a final reply waits for its data connection; it ends, then the reply goes out
+                let outcome = self.dp.ends_as.clone().expect("final reply held without an outcome queued");
+                self.dp.state = Some(DataState::Done(outcome));
+                match self.s.data_done(&mut self.dp).expect("nothing held") {
+                    Verdict::Edit(e) => (e.seq, e.payload.unwrap_or_else(|| data.to_vec())),
+                    v => panic!("data_done gave {v:?}"),
+                }
             }
             Verdict::Hold => {
                 // the freshness check answers; then the held segment goes out
@@ -734,4 +750,116 @@ mod explicit_streams {
             assert!(!e.st.is_holding());
         }
     }
+}
+
+/// An active download up to the server's `150`, its data connection in progress.
+fn transfer_in_progress() -> Pair {
+    let mut p = Pair::new();
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    p.send(Dir::ToServer, b"USER anonymous\r\nPASS x\r\nTYPE I\r\n", &[]);
+    p.send(Dir::ToClient, b"331 pw\r\n230 in\r\n200 binary\r\n", &[]);
+    p.send(Dir::ToServer, b"PORT 10,0,1,2,156,64\r\nRETR f\r\n", &[]);
+    p.send(Dir::ToClient, b"200 PORT ok\r\n150 go\r\n", &[]);
+    p.dp.state = Some(DataState::Busy { moved: 0 });
+    p
+}
+
+fn seg<'a>(seq: Seq, ack: Seq, payload: &'a [u8]) -> Segment<'a> {
+    Segment { seq, ack, flags: Flags { ack: true, ..Default::default() }, sack: &[], payload }
+}
+
+#[test]
+fn final_reply_waits_until_the_data_connection_is_done() {
+    let mut p = transfer_in_progress();
+    let (seq, ack) = (p.v.snd_nxt, p.v.rcv_nxt);
+    let now = p.now;
+    // the server's 226 arrives before the relay has even reached the client
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq, ack, b"226 done\r\n"), &mut p.dp, now), Verdict::Hold);
+    assert_eq!(p.s.awaiting_data(), Some(1));
+    assert!(p.s.poll_timeout().is_some());
+    // its retransmission may not overtake it, a pure ACK may pass
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq, ack, b"226 done\r\n"), &mut p.dp, now), Verdict::Drop);
+    assert!(matches!(p.s.handle_segment(Dir::ToClient, &seg(seq.add(10), ack, b""), &mut p.dp, now), Verdict::Pass | Verdict::Edit(_)));
+    // not done yet: nothing to release
+    assert_eq!(p.s.data_done(&mut p.dp), None);
+    assert!(!p.received(Dir::ToClient).contains("226"));
+    p.dp.state = Some(DataState::Done(DataOutcome::Ok));
+    let Some(Verdict::Edit(e)) = p.s.data_done(&mut p.dp) else { panic!("not released") };
+    assert_eq!(e.payload.as_deref(), Some(&b"226 done\r\n"[..]));
+    assert_eq!(p.s.awaiting_data(), None);
+    assert!(p.dp.finished.contains(&(1, true)));
+}
+
+#[test]
+fn client_unreachable_gets_425_and_the_stream_stays_mapped() {
+    let mut p = transfer_in_progress();
+    p.dp.ends_as = Some(DataOutcome::Unreachable("Connection refused".into()));
+    p.v.snd_nxt = p.v.snd_nxt.add(10);
+    let seq = p.v.snd_nxt.sub(10);
+    p.send_at(Dir::ToClient, seq, b"226 done\r\n");
+    assert!(p.received(Dir::ToClient).ends_with("150 go\r\n425 Can't open data connection.\r\n"), "{}", p.received(Dir::ToClient));
+    p.dp.state = None;
+    p.send(Dir::ToServer, b"QUIT\r\n", &[1]);
+    p.send(Dir::ToClient, b"221 bye\r\n", &[3]);
+    assert!(p.received(Dir::ToClient).ends_with("425 Can't open data connection.\r\n221 bye\r\n"));
+}
+
+#[test]
+fn broken_transfer_turns_226_into_426() {
+    let mut p = transfer_in_progress();
+    p.dp.ends_as = Some(DataOutcome::Failed("Connection reset by peer".into()));
+    p.send(Dir::ToClient, b"226 done\r\n", &[4]);
+    assert!(p.received(Dir::ToClient).ends_with("150 go\r\n426 Connection closed; transfer aborted (Connection reset by peer).\r\n"));
+}
+
+#[test]
+fn reply_split_over_segments_is_held_whole() {
+    let mut p = transfer_in_progress();
+    p.dp.ends_as = Some(DataOutcome::Ok);
+    p.send(Dir::ToClient, b"226 Transfer complete.\r\n", &[1, 2, 3, 5]);
+    assert!(p.received(Dir::ToClient).ends_with("150 go\r\n226 Transfer complete.\r\n"));
+    p.dp.state = None;
+    p.send(Dir::ToClient, b"200 more\r\n", &[]);
+    assert!(p.received(Dir::ToClient).ends_with("226 Transfer complete.\r\n200 more\r\n"));
+}
+
+#[test]
+fn stalled_data_connection_releases_the_reply_at_its_deadline() {
+    let mut p = transfer_in_progress();
+    let (seq, ack) = (p.v.snd_nxt, p.v.rcv_nxt);
+    let now = p.now;
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq, ack, b"226 done\r\n"), &mut p.dp, now), Verdict::Hold);
+    let d = p.s.poll_timeout().unwrap();
+    assert_eq!(p.s.handle_timeout(d - Duration::from_millis(1), &mut p.dp), None);
+    // progress extends the hold
+    p.dp.state = Some(DataState::Busy { moved: 1000 });
+    assert_eq!(p.s.handle_timeout(d, &mut p.dp), None);
+    let d2 = p.s.poll_timeout().unwrap();
+    assert!(d2 > d);
+    // none since: the server's reply goes on unchanged
+    let Some(Verdict::Edit(e)) = p.s.handle_timeout(d2, &mut p.dp) else { panic!("not released") };
+    assert_eq!(e.payload.as_deref(), Some(&b"226 done\r\n"[..]));
+}
+
+#[test]
+fn reply_after_the_data_connection_ended_passes_and_errors_without_one_pass() {
+    let mut p = transfer_in_progress();
+    p.dp.state = Some(DataState::Done(DataOutcome::Ok));
+    p.send(Dir::ToClient, b"226 done\r\n", &[]);
+    assert!(p.received(Dir::ToClient).ends_with("150 go\r\n226 done\r\n"));
+    // a 550 on a data connection nobody connected to is not held
+    p.send(Dir::ToServer, b"PASV\r\n", &[]);
+    p.send(Dir::ToClient, b"227 Entering Passive Mode (10,0,2,2,117,48)\r\n", &[]);
+    p.send(Dir::ToServer, b"LIST nothere\r\n", &[]);
+    p.dp.state = Some(DataState::Waiting);
+    p.send(Dir::ToClient, b"550 No such file\r\n", &[]);
+    assert!(p.received(Dir::ToClient).ends_with("550 No such file\r\n"));
+    // an upload's 226 on a waiting connection is held (its connection waits to be accepted)
+    p.send(Dir::ToServer, b"PASV\r\n", &[]);
+    p.send(Dir::ToClient, b"227 Entering Passive Mode (10,0,2,2,117,50)\r\n", &[]);
+    p.send(Dir::ToServer, b"STOR up\r\n", &[]);
+    p.send(Dir::ToClient, b"150 ok\r\n", &[]);
+    p.dp.ends_as = Some(DataOutcome::Ok);
+    p.send(Dir::ToClient, b"226 stored\r\n", &[]);
+    assert!(p.received(Dir::ToClient).ends_with("150 ok\r\n226 stored\r\n"));
 }

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,7 +34,7 @@ use crate::cache::store::{Capture, Store};
 use crate::cache::{decide, settled, Answer, Decision, Key, Login, Meta};
 use crate::log;
 use crate::metrics;
-use crate::proto::{DataId, DataPlane, DataRequest, Described, Mode, Opened, Session, Transfer};
+use crate::proto::{DataId, DataOutcome, DataPlane, DataRequest, DataState, Described, Mode, Opened, Session, Transfer};
 use crate::xferlog;
 
 #[derive(Clone, Debug)]
@@ -109,6 +109,11 @@ struct SlotState {
     desc: Option<Described>,
     /// The transfer command's final reply: 2xx or not.
     finished: Option<bool>,
+    /// Where the connection stands; `None` while it waits for its peer.
+    outcome: Option<DataOutcome>,
+    /// A second handle on the listener while the peer has not been accepted, so the control
+    /// path can tell a connection waiting in its backlog.
+    listener: Option<OwnedFd>,
 }
 
 /// Shared between the control path and one data connection's thread.
@@ -158,24 +163,47 @@ impl Slot {
 }
 
 type Slots = Arc<Mutex<HashMap<DataId, Arc<Slot>>>>;
+/// Ended data connections, kept a while so the control path can still ask how they ended.
+type Ended = Arc<Mutex<HashMap<DataId, (Arc<Slot>, Instant)>>>;
+/// Called (on the data connection's thread) when a data connection has ended.
+pub type Notify = Arc<dyn Fn(DataId) + Send + Sync>;
+/// How long an ended data connection's outcome is kept.
+const KEEP_ENDED: Duration = Duration::from_secs(120);
 
 pub struct Relay {
     cfg: RelayConfig,
     nat: NatLookup,
     cache: Option<Arc<CacheCtx>>,
     slots: Slots,
+    ended: Ended,
     next_id: Arc<AtomicU64>,
+    notify: Option<Notify>,
 }
 
 impl Relay {
     pub fn new(cfg: RelayConfig, nat: NatLookup, cache: Option<Arc<CacheCtx>>) -> Relay {
-        Relay { cfg, nat, cache, slots: Arc::default(), next_id: Arc::new(AtomicU64::new(1)) }
+        Relay { cfg, nat, cache, slots: Arc::default(), ended: Arc::default(), next_id: Arc::new(AtomicU64::new(1)), notify: None }
     }
 
     /// A second handle on the same relay (for another control loop): data connection ids and
-    /// the `max_data` limit are shared.
+    /// the `max_data` limit are shared; the handle has no notifier of its own yet.
     pub fn handle(&self) -> Relay {
-        Relay { cfg: self.cfg.clone(), nat: self.nat, cache: self.cache.clone(), slots: self.slots.clone(), next_id: self.next_id.clone() }
+        Relay {
+            cfg: self.cfg.clone(),
+            nat: self.nat,
+            cache: self.cache.clone(),
+            slots: self.slots.clone(),
+            ended: self.ended.clone(),
+            next_id: self.next_id.clone(),
+            notify: None,
+        }
+    }
+
+    /// Data connections opened through this handle call `f` with their id once they ended
+    /// (every byte delivered and closed, or failed): a control loop holding a final reply
+    /// wakes up and asks [`DataPlane::data_state`].
+    pub fn set_notify(&mut self, f: Notify) {
+        self.notify = Some(f);
     }
 
     /// The data connections open or waiting, for `ftpgate status`.
@@ -248,6 +276,29 @@ impl DataPlane for Relay {
         }
     }
 
+    fn data_state(&mut self, id: DataId) -> DataState {
+        let slot = match self.slot(id) {
+            Some(s) => s,
+            None => match self.ended.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+                Some((s, _)) => s.clone(),
+                None => return DataState::Unknown,
+            },
+        };
+        let st = slot.lock();
+        if let Some(o) = &st.outcome {
+            return DataState::Done(o.clone());
+        }
+        let moved = || slot.to_client.load(Ordering::Relaxed) + slot.to_server.load(Ordering::Relaxed);
+        if slot.connected.load(Ordering::Relaxed) {
+            return DataState::Busy { moved: moved() };
+        }
+        // the relay accepts under the same lock: a connection is either accepted or still here
+        match &st.listener {
+            Some(fd) if splice::readable_now(fd) => DataState::Busy { moved: 0 },
+            _ => DataState::Waiting,
+        }
+    }
+
     fn finished(&mut self, id: DataId, ok: bool) {
         if let Some(slot) = self.slot(id) {
             slot.lock().finished = Some(ok);
@@ -286,14 +337,33 @@ impl DataPlane for Relay {
             Ok(std::net::SocketAddr::V4(a)) => a,
             _ => return Err("listener has no IPv4 address".into()),
         };
+        listener.set_nonblocking(true).map_err(|e| format!("cannot set up the listener: {e}"))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot::new(format!("{} {} <-> {}", req.mode.as_str(), req.client.ip(), req.target)));
+        slot.lock().listener = listener.as_fd().try_clone_to_owned().ok();
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).insert(id, slot.clone());
-        let job = Job { req: req.clone(), peer, src, listener: Some(listener), cfg: self.cfg.clone(), slot, cache: self.cache.clone() };
-        let slots = self.slots.clone();
+        {
+            let now = Instant::now();
+            self.ended.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (_, at)| now.duration_since(*at) < KEEP_ENDED);
+        }
+        let job = Job {
+            id,
+            req: req.clone(),
+            peer,
+            src,
+            listener: Some(listener),
+            cfg: self.cfg.clone(),
+            slot: slot.clone(),
+            cache: self.cache.clone(),
+            notify: self.notify.clone(),
+        };
+        let (slots, ended) = (self.slots.clone(), self.ended.clone());
         let spawned = std::thread::Builder::new().name("ftpgate-data".into()).spawn(move || {
             job.run();
-            slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            let s = slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            if let Some(s) = s {
+                ended.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (s, Instant::now()));
+            }
         });
         if let Err(e) = spawned {
             self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
@@ -304,6 +374,7 @@ impl DataPlane for Relay {
 }
 
 struct Job {
+    id: DataId,
     req: DataRequest,
     /// The only address allowed to connect.
     peer: Ipv4Addr,
@@ -313,6 +384,17 @@ struct Job {
     cfg: RelayConfig,
     slot: Arc<Slot>,
     cache: Option<Arc<CacheCtx>>,
+    notify: Option<Notify>,
+}
+
+/// A capture to confirm with the server once the client has its bytes.
+struct KeepLater {
+    cap: Capture,
+    login: Login,
+    n: u64,
+    copy: io::Result<()>,
+    started: i64,
+    took: f64,
 }
 
 impl Job {
@@ -321,35 +403,94 @@ impl Job {
     }
 
     fn run(mut self) {
+        let keep = self.relay_bytes();
+        self.done(DataOutcome::Failed("relay ended".into())); // no-op when already told
+        if let Some(k) = keep {
+            self.keep(k);
+        }
+    }
+
+    /// Records how the connection ended and tells the control loop (once).
+    fn done(&self, outcome: DataOutcome) {
+        {
+            let mut st = self.slot.lock();
+            if st.outcome.is_some() {
+                return;
+            }
+            st.outcome = Some(outcome);
+            st.listener = None;
+        }
+        if let Some(n) = &self.notify {
+            n(self.id);
+        }
+    }
+
+    /// Accepts the peer, connects onwards and moves the bytes; says when it is done.
+    fn relay_bytes(&mut self) -> Option<KeepLater> {
         let name = self.name();
         let started = Instant::now();
         let deadline = started + self.cfg.accept_timeout;
         let (inbound, from) = loop {
-            let Some(listener) = &self.listener else { return };
-            match accept_until(listener, deadline) {
-                Ok(Some((s, std::net::SocketAddr::V4(a)))) if *a.ip() == self.peer => break (s, a),
-                Ok(Some((_, a))) => {
-                    metrics::m().refusal("data_port_theft");
-                    crate::warn!("{name}: refused connection from {a} (expected {})", self.peer)
-                }
-                Ok(None) => {
+            let Some(listener) = &self.listener else { return None };
+            match splice::wait_readable_fd(listener, deadline.saturating_duration_since(Instant::now())) {
+                Ok(true) => {}
+                Ok(false) => {
                     self.count("timeout", 0, 0);
-                    return log!("{name}: no connection from {} within {:?}", self.peer, self.cfg.accept_timeout);
+                    self.done(DataOutcome::NoPeer);
+                    log!("{name}: no connection from {} within {:?}", self.peer, self.cfg.accept_timeout);
+                    return None;
                 }
                 Err(e) => {
                     self.count("failed", 0, 0);
-                    return crate::warn!("{name}: accept failed: {e}");
+                    self.done(DataOutcome::Failed(e.to_string()));
+                    crate::warn!("{name}: accept failed: {e}");
+                    return None;
+                }
+            }
+            // under the slot's lock: the control path sees the connection either waiting in
+            // the backlog or accepted, never neither
+            let mut st = self.slot.lock();
+            match listener.accept() {
+                Ok((s, std::net::SocketAddr::V4(a))) if *a.ip() == self.peer => {
+                    self.slot.connected.store(true, Ordering::Relaxed);
+                    st.listener = None;
+                    drop(st);
+                    if let Err(e) = s.set_nonblocking(false) {
+                        self.done(DataOutcome::Failed(e.to_string()));
+                        return None;
+                    }
+                    break (s, a);
+                }
+                Ok((_, a)) => {
+                    drop(st);
+                    metrics::m().refusal("data_port_theft");
+                    crate::warn!("{name}: refused connection from {a} (expected {})", self.peer)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    drop(st);
+                    self.count("failed", 0, 0);
+                    self.done(DataOutcome::Failed(e.to_string()));
+                    crate::warn!("{name}: accept failed: {e}");
+                    return None;
                 }
             }
         };
         self.listener = None; // one connection per announced port
-        self.slot.connected.store(true, Ordering::Relaxed);
         let avoid = from.port();
         let outbound = match connect_from(self.src, avoid, self.req.target, self.cfg.accept_timeout) {
             Ok(s) => s,
             Err(e) => {
                 self.count("failed", 0, 0);
-                return crate::warn!("{name}: cannot connect to {}: {e}", self.req.target);
+                self.done(DataOutcome::Unreachable(e.to_string()));
+                if e.kind() == io::ErrorKind::ConnectionRefused {
+                    // the peer closed its data port: a client that gave up, or a port that was
+                    // never open; the client is answered 425
+                    log!("{name}: {} refused the data connection; transfer abandoned", self.req.target);
+                } else {
+                    crate::warn!("{name}: cannot connect to {}: {e}", self.req.target);
+                }
+                return None;
             }
         };
         for s in [&inbound, &outbound] {
@@ -363,11 +504,21 @@ impl Job {
         };
         let (srv2, cli2) = match (srv.try_clone(), cli.try_clone()) {
             (Ok(a), Ok(b)) => (a, b),
-            _ => return crate::warn!("{name}: cannot clone sockets"),
+            _ => {
+                self.done(DataOutcome::Failed("cannot clone sockets".into()));
+                crate::warn!("{name}: cannot clone sockets");
+                return None;
+            }
         };
         let slot = self.slot.clone();
         let up = std::thread::spawn(move || splice::pump(&cli2, &srv2, &slot.to_server));
-        let down = self.down(&srv, &cli);
+        let (down, keep) = self.down(&srv, &cli);
+        // the server's side has ended and the client has every byte and our FIN: its final
+        // reply may go on (an upload's reply comes after its bytes reached the server anyway)
+        self.done(match &down {
+            Ok(_) => DataOutcome::Ok,
+            Err(e) => DataOutcome::Failed(e.to_string()),
+        });
         let up = up.join().unwrap_or_else(|_| Err(io::Error::other("relay thread panicked")));
         let secs = started.elapsed().as_secs_f64();
         match (&down, &up) {
@@ -382,6 +533,7 @@ impl Job {
         let (d, u) = (*down.as_ref().unwrap_or(&0), *up.as_ref().unwrap_or(&0));
         self.count(if ok { "ok" } else { "failed" }, d, u);
         self.xferlog(secs, d, u, ok);
+        keep
     }
 
     fn count(&self, result: &str, to_client: u64, to_server: u64) {
@@ -416,17 +568,19 @@ impl Job {
 impl Job {
     /// Server → client: waits for the first byte (or EOF), by which time the control path has
     /// said what the connection carries, and moves the bytes accordingly.
-    fn down(&self, srv: &TcpStream, cli: &TcpStream) -> io::Result<u64> {
-        if !splice::wait_readable(srv, self.cfg.idle_timeout)? {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "server sent nothing"));
+    fn down(&self, srv: &TcpStream, cli: &TcpStream) -> (io::Result<u64>, Option<KeepLater>) {
+        match splice::wait_readable(srv, self.cfg.idle_timeout) {
+            Ok(true) => {}
+            Ok(false) => return (Err(io::Error::new(io::ErrorKind::TimedOut, "server sent nothing")), None),
+            Err(e) => return (Err(e), None),
         }
         let plan = self.slot.lock().plan.take();
-        match plan {
+        let r = match plan {
             None => splice::pump(srv, cli, &self.slot.to_client),
             Some(Plan::Serve { file, meta, offset }) => {
                 if !splice::at_eof(srv) {
                     log!("cache: server sent data for {} although told REST {}; relaying it", meta.key.path, meta.size);
-                    return splice::pump(srv, cli, &self.slot.to_client);
+                    return (splice::pump(srv, cli, &self.slot.to_client), None);
                 }
                 let t = Instant::now();
                 let r = splice::send_file(&file, offset, meta.size, cli, &self.slot.to_client);
@@ -451,19 +605,21 @@ impl Job {
                     Ok(r) => r,
                     Err(e) => {
                         log!("cache miss {}: transfer failed ({e}); not kept", cap.key.path);
-                        return Err(e);
+                        return (Err(e), None);
                     }
                 };
                 let took = t.elapsed().as_secs_f64();
-                self.keep(cap, &login, n, copy, started, took);
-                Ok(n)
+                return (Ok(n), Some(KeepLater { cap, login, n, copy, started, took }));
             }
-        }
+        };
+        (r, None)
     }
 
     /// Makes a capture an entry if the download completed (226) and the server confirms the
     /// size, with a modification time settled before the download started.
-    fn keep(&self, cap: Capture, login: &Login, n: u64, copy: io::Result<()>, started: i64, took: f64) {
+    fn keep(&self, k: KeepLater) {
+        let KeepLater { cap, login, n, copy, started, took } = k;
+        let login = &login;
         let Some(cache) = &self.cache else { return };
         let path = cap.key.path.clone();
         let not = |why: String| log!("cache miss {path}: {n} bytes relayed in {took:.3} s; not kept: {why}");
@@ -509,30 +665,6 @@ fn show(r: &io::Result<u64>) -> String {
     match r {
         Ok(n) => format!("{n} bytes"),
         Err(e) => e.to_string(),
-    }
-}
-
-fn accept_until(l: &TcpListener, deadline: Instant) -> io::Result<Option<(TcpStream, std::net::SocketAddr)>> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(None);
-        }
-        let mut pfd = libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n > 0 {
-            let (s, a) = l.accept()?;
-            s.set_nonblocking(false)?;
-            return Ok(Some((s, a)));
-        }
     }
 }
 

@@ -177,6 +177,30 @@ pub fn wait_readable(s: &TcpStream, timeout: std::time::Duration) -> io::Result<
     }
 }
 
+/// Waits until `fd` is readable (a listener: a connection waits), at most `timeout`; `Ok(false)`
+/// when it passed.
+pub fn wait_readable_fd(fd: &impl std::os::fd::AsFd, timeout: std::time::Duration) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
+        let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut pfd, ms) {
+            Ok(n) => return Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Whether `fd` is readable right now (a listener: a connection waits in its backlog).
+pub fn readable_now(fd: &impl std::os::fd::AsFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut pfd, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
 /// True when the peer closed without sending anything more (the next read gives EOF).
 pub fn at_eof(s: &TcpStream) -> bool {
     let mut b = [0u8; 1];
