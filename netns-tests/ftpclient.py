@@ -16,6 +16,7 @@
                                            # SIG.go, then active (port 1031) and passive downloads
                                            # on the same session
   ftpclient.py ops HOST                    # ftpuser: PWD CWD MKD STOR LIST RNFR/RNTO DELE RMD
+  ftpclient.py closedport HOST FILE        # PORT naming a port nobody listens on, RETR: must end in 425
 MODE is one of pasv, epsv, port, eprt.
 """
 import ftplib, os, socket, sys, time, re
@@ -117,6 +118,21 @@ def main():
         c.login("typist@"); c.cmd("TYPE I", "200")
         retr(c, mode, name, out)
         c.cmd("QUIT", "221")
+    elif what == "closedport":
+        host, name = sys.argv[2:4]
+        c = Raw(host)
+        c.login("closed@"); c.cmd("TYPE I", "200")
+        l = socket.socket(); l.bind((c.s.getsockname()[0], 0))
+        ip, port = l.getsockname(); l.close()  # bound, never listening: connections are refused
+        c.cmd("PORT %s,%d,%d" % (ip.replace(".", ","), port >> 8, port & 255), "200")
+        c.send("RETR %s\r\n" % name)
+        r = recv_reply(c.f)
+        if r.startswith("1"):
+            r = recv_reply(c.f)
+        print(r.strip())
+        if not r.startswith("425"):
+            raise SystemExit(f"expected 425, got {r!r}")
+        c.cmd("NOOP", "200"); c.cmd("QUIT", "221")
     elif what == "pipeline":
         host, name, out = sys.argv[2:5]
         c = Raw(host)
