@@ -819,7 +819,9 @@ impl Proxy {
 
     fn maybe_close(&mut self, id: u64) {
         let Some(c) = self.conns.get(&id) else { return };
-        let done = c.to_client.is_empty() && (c.closing || c.up.as_ref().is_some_and(|u| u.client_eof && u.server_eof));
+        // a final reply still held for its data connection goes out first
+        let holding = c.up.as_ref().is_some_and(|u| u.st.awaiting_data().is_some());
+        let done = c.to_client.is_empty() && !holding && (c.closing || c.up.as_ref().is_some_and(|u| u.client_eof && u.server_eof));
         if done {
             self.close(id, "closed");
         }
