@@ -600,6 +600,31 @@ transfer_end() { # topology label; vsftpd runs, ftpgate not
   gate_stop
 }
 
+# issue 13: ftpgate's own connections to a server (freshness checks, post-download checks) never
+# cost a client its session: vsftpd with max_per_ip=3 (behind NAT every LAN host and ftpgate
+# share one address), three sequential cache hits, then three concurrent sessions.
+server_slots() { # topology label; vsftpd runs, ftpgate not
+  local t=$1 U=ftp://$SRV_IP n
+  server_stop; VSFTPD_MAX_PER_IP=3 vsftpd_start
+  head -c 1048576 /dev/urandom >"$WORK/pub/slot.bin"; touch -d '1 hour ago' "$WORK/pub/slot.bin"
+  rm -rf "$WORK/cache"; gate_start
+  cdl "$t server slots: miss" miss "$WORK/pub/slot.bin" -- ip netns exec $C curl -sS -o "$OUT" $U/slot.bin
+  for m in "-P - --disable-eprt" "--disable-epsv" ""; do
+    cdl "$t server slots: sequential hit (curl $m)" hit "$WORK/pub/slot.bin" -- ip netns exec $C curl -sS $m -o "$OUT" $U/slot.bin
+  done
+  if busywait 5000 bash -c "[[ \$(ip netns exec $S ss -Htn state established '( sport = :21 )' | wc -l) == 0 ]]"; then
+    pass "$t server slots: ftpgate's idle check connections closed within seconds"
+  else
+    fail "$t server slots: $(inS ss -Htn state established '( sport = :21 )' | wc -l) sessions still open at the server"
+  fi
+  if timeout 120 ip netns exec $C $PY load $SRV_IP slot.bin "$WORK/pub/slot.bin" 3 0 >"$WORK/case.log" 2>&1; then
+    pass "$t server slots: then 3 concurrent sessions at max_per_ip=3 all log in and download ($(head -1 "$WORK/case.log"))"
+  else
+    fail "$t server slots: 3 concurrent sessions at max_per_ip=3 ($(tail -c 300 "$WORK/case.log" | tr '\n' ' '))"
+  fi
+  gate_stop; server_stop; vsftpd_start
+}
+
 compare_alg() { # topology: 20 MB PASV download time, kernel ALG vs ftpgate
   local t=$1 ta tg
   gate_stop; alg_start
@@ -636,7 +661,7 @@ for topo in nat routed; do
   ops "$topo vsftpd"
   compare_alg "$topo"
   if [[ $topo == nat ]]; then
-    gate_stop; transfer_end "$topo vsftpd"; cache_tests vsftpd; limits_and_load "$topo vsftpd"; explicit_proxy "$topo"; appliance "$topo"; rules_legacy; gate_start
+    gate_stop; transfer_end "$topo vsftpd"; server_slots "$topo vsftpd"; cache_tests vsftpd; limits_and_load "$topo vsftpd"; explicit_proxy "$topo"; appliance "$topo"; rules_legacy; gate_start
   fi
   server_stop
   vsftpd_start ssl

@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use ftpgate::cache::fresh::Checker;
+use ftpgate::cache::fresh::{Checker, Limits};
 use ftpgate::cache::store::{self, Store};
 use ftpgate::config::{self, parse_hex, parse_size, Options};
 use ftpgate::filter::RuleSet;
@@ -136,6 +136,10 @@ struct RunArgs {
     /// Seconds to wait for the server's MDTM/SIZE answers [default: 3]
     #[arg(long)]
     check_timeout: Option<u64>,
+    /// Connections of ftpgate's own (freshness checks) at once per server and login; idle ones
+    /// close after 2 s, none opens for 10 s after a 421 [default: 2]
+    #[arg(long)]
+    check_connections: Option<usize>,
     /// Turn the cache off (relay only)
     #[arg(long)]
     no_cache: bool,
@@ -194,6 +198,7 @@ impl RunArgs {
             cache_max_bytes: self.cache_max_bytes,
             cache_settle: self.cache_settle,
             check_timeout: self.check_timeout,
+            check_connections: self.check_connections,
             no_cache: self.no_cache.then_some(true),
             max_sessions: self.max_sessions,
             max_data: self.max_data,
@@ -345,7 +350,10 @@ fn run(a: RunArgs) -> Result<()> {
             .with_context(|| format!("cache dir {}: cannot open", s.cache_dir.display()))?;
         Some(Arc::new(CacheCtx {
             store,
-            checker: Arc::new(Checker::new(Duration::from_secs(o.check_timeout.unwrap_or(3).max(1)))),
+            checker: Checker::with_limits(
+                Duration::from_secs(o.check_timeout.unwrap_or(3).max(1)),
+                Limits { per_login: o.check_connections.unwrap_or(2).max(1), ..Limits::default() },
+            ),
             settle: o.cache_settle.unwrap_or(3) as i64,
         }))
     };

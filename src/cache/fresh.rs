@@ -2,11 +2,20 @@
 //! the client's login, for a file's MDTM and SIZE. Connections are kept per login and reused
 //! while the server keeps them open; every step is bounded by a timeout, and any failure
 //! answers [`Answer::Unknown`] (which never gives a hit).
+//!
+//! These connections take sessions at the server from the gateway's address — behind NAT the
+//! same address as every LAN client, and servers limit sessions per address (vsftpd
+//! `max_per_ip`, proftpd `MaxClientsPerHost`, pure-ftpd `-C`). So they never cost a client its
+//! session: at most [`Limits::per_login`] at once per server and login (a check that cannot get
+//! one within half its timeout answers `Unknown`: the client's RETR goes to the server
+//! unchanged), idle ones are closed after [`Limits::idle`], and none is opened for
+//! [`Limits::backoff`] after the server answered `421`.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Mutex;
+use std::net::SocketAddrV4;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use super::{mdtm_answer, size_answer, Answer, Login};
@@ -31,17 +40,133 @@ struct Conn {
     idle_since: Instant,
 }
 
-pub struct Checker {
-    timeout: Duration,
-    pool: Mutex<HashMap<Login, Vec<Conn>>>,
+/// How many connections of its own ftpgate keeps at a server, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections at once per server and login (in use or idle).
+    pub per_login: usize,
+    /// An idle connection is closed after this.
+    pub idle: Duration,
+    /// After a `421` from a server, no connection to it for this long.
+    pub backoff: Duration,
 }
 
-/// Idle connections older than this are not reused (servers close idle sessions).
-const KEEP: Duration = Duration::from_secs(60);
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { per_login: 2, idle: Duration::from_secs(2), backoff: Duration::from_secs(10) }
+    }
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: HashMap<Login, Vec<Conn>>,
+    busy: HashMap<Login, usize>,
+    /// Servers that answered 421, until when they are left alone.
+    refused: HashMap<SocketAddrV4, Instant>,
+}
+
+impl Pool {
+    fn count(&self, login: &Login) -> usize {
+        self.busy.get(login).copied().unwrap_or(0) + self.idle.get(login).map_or(0, Vec::len)
+    }
+    /// Takes out the idle connections past `idle` (to be closed outside the lock).
+    fn expired(&mut self, idle: Duration) -> Vec<Conn> {
+        let mut out = Vec::new();
+        for list in self.idle.values_mut() {
+            let (old, keep): (Vec<Conn>, Vec<Conn>) = list.drain(..).partition(|c| c.idle_since.elapsed() >= idle);
+            *list = keep;
+            out.extend(old);
+        }
+        self.idle.retain(|_, l| !l.is_empty());
+        self.refused.retain(|_, until| *until > Instant::now());
+        out
+    }
+}
+
+pub struct Checker {
+    timeout: Duration,
+    limits: Limits,
+    pool: Mutex<Pool>,
+    freed: Condvar,
+}
+
+/// A place for one connection at a server, given back on drop.
+struct Slot<'a> {
+    checker: &'a Checker,
+    login: Login,
+    /// A connection to put back into the pool when the slot is given back.
+    keep: Option<Conn>,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut pool = self.checker.lock();
+        if let Some(n) = pool.busy.get_mut(&self.login) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(mut c) = self.keep.take() {
+            c.idle_since = Instant::now();
+            pool.idle.entry(self.login.clone()).or_default().push(c);
+        }
+        self.checker.freed.notify_all();
+    }
+}
+
+fn quit_all(conns: Vec<Conn>) {
+    for mut c in conns {
+        let _ = send(&mut c, "QUIT\r\n");
+    }
+}
 
 impl Checker {
-    pub fn new(timeout: Duration) -> Checker {
-        Checker { timeout, pool: Mutex::new(HashMap::new()) }
+    /// A checker with the default [`Limits`]; a thread of its own closes idle connections.
+    pub fn new(timeout: Duration) -> Arc<Checker> {
+        Checker::with_limits(timeout, Limits::default())
+    }
+
+    pub fn with_limits(timeout: Duration, limits: Limits) -> Arc<Checker> {
+        let c = Arc::new(Checker { timeout, limits, pool: Mutex::default(), freed: Condvar::new() });
+        let weak: Weak<Checker> = Arc::downgrade(&c);
+        let _ = std::thread::Builder::new().name("ftpgate-checks".into()).spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let Some(c) = weak.upgrade() else { return };
+            let old = c.lock().expired(c.limits.idle);
+            quit_all(old);
+        });
+        c
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A place for a connection under `login`, with an idle connection if there is one;
+    /// `None` when the server is backing off or no place frees up within half the timeout.
+    fn slot(&self, login: &Login) -> Option<(Slot<'_>, Option<Conn>)> {
+        let deadline = Instant::now() + self.timeout / 2;
+        let mut pool = self.lock();
+        loop {
+            if pool.refused.get(&login.server).is_some_and(|t| *t > Instant::now()) {
+                return None;
+            }
+            let idle = pool.idle.get_mut(login).and_then(Vec::pop);
+            if idle.is_some() || pool.count(login) < self.limits.per_login.max(1) {
+                *pool.busy.entry(login.clone()).or_default() += 1;
+                return Some((Slot { checker: self, login: login.clone(), keep: None }, idle));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            pool = self.freed.wait_timeout(pool, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Connections of ftpgate's own open at `server` (in use or idle), for tests and status.
+    pub fn open_at(&self, server: SocketAddrV4) -> usize {
+        let pool = self.lock();
+        let busy: usize = pool.busy.iter().filter(|(l, _)| l.server == server).map(|(_, n)| n).sum();
+        busy + pool.idle.iter().filter(|(l, _)| l.server == server).map(|(_, v)| v.len()).sum::<usize>()
     }
 
     /// Asks for `path`'s MDTM and SIZE on a connection of its own, closed afterwards.
@@ -54,8 +179,15 @@ impl Checker {
         if !sendable(path) {
             return Facts::unknown();
         }
-        let once = || {
-            self.connect(login).and_then(|mut c| {
+        let Some((_slot, idle)) = self.slot(login) else { return Facts::unknown() };
+        // an idle connection is older than the download: safe to use, then closed
+        let mut first = idle;
+        let mut once = || {
+            let c = match first.take() {
+                Some(c) => Ok(c),
+                None => self.connect(login),
+            };
+            c.and_then(|mut c| {
                 let f = ask(&mut c, path);
                 let _ = send(&mut c, "QUIT\r\n");
                 f
@@ -70,12 +202,7 @@ impl Checker {
         if !sendable(path) {
             return Facts::unknown();
         }
-        let pooled = {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            let list = pool.entry(login.clone()).or_default();
-            list.retain(|c| c.idle_since.elapsed() < KEEP);
-            list.pop()
-        };
+        let Some((mut slot, pooled)) = self.slot(login) else { return Facts::unknown() };
         let attempt = |c: Option<Conn>| -> io::Result<(Conn, Facts)> {
             let mut c = match c {
                 Some(c) => c,
@@ -89,17 +216,19 @@ impl Checker {
             None => attempt(None),
         };
         match result {
-            Ok((mut c, f)) => {
-                c.idle_since = Instant::now();
-                let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-                let list = pool.entry(login.clone()).or_default();
-                if list.len() < 4 {
-                    list.push(c);
-                }
+            Ok((c, f)) => {
+                slot.keep = Some(c); // idle in the pool until reused or closed
                 f
             }
             Err(_) => Facts::unknown(),
         }
+    }
+
+    /// The server refused a session (`421`): leave it alone for a while.
+    fn back_off(&self, server: SocketAddrV4) {
+        let until = Instant::now() + self.limits.backoff;
+        self.lock().refused.insert(server, until);
+        crate::log!("cache: {server} refused a connection of ftpgate's own (421); no checks there for {} s", self.limits.backoff.as_secs());
     }
 
     fn connect(&self, login: &Login) -> io::Result<Conn> {
@@ -108,9 +237,18 @@ impl Checker {
         s.set_write_timeout(Some(self.timeout))?;
         s.set_nodelay(true)?;
         let mut c = Conn { r: BufReader::new(s.try_clone()?), w: s, idle_since: Instant::now() };
-        expect(&mut c, 220)?;
+        let (code, text) = reply(&mut c)?;
+        if code == 421 {
+            self.back_off(login.server);
+        }
+        if code != 220 {
+            return Err(io::Error::other(format!("expected 220, got {code} {text}")));
+        }
         send(&mut c, &format!("USER {}\r\n", login.user))?;
         let (code, _) = reply(&mut c)?;
+        if code == 421 {
+            self.back_off(login.server);
+        }
         if code == 331 {
             send(&mut c, &format!("PASS {}\r\n", login.pass))?;
             expect(&mut c, 230)?;
@@ -174,4 +312,42 @@ fn ask(c: &mut Conn, path: &str) -> io::Result<Facts> {
     send(c, &format!("SIZE {path}\r\n"))?;
     let (sc, st) = reply(c)?;
     Ok(Facts { mdtm: mdtm_answer(mc, &mt), size: size_answer(sc, &st) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login(user: &str) -> Login {
+        Login { server: "10.0.2.2:21".parse().unwrap(), user: user.into(), pass: String::new() }
+    }
+
+    #[test]
+    fn connections_per_login_are_limited_and_freed() {
+        let limits = Limits { per_login: 1, idle: Duration::from_secs(2), backoff: Duration::from_secs(10) };
+        let c = Checker::with_limits(Duration::from_millis(200), limits);
+        let a = c.slot(&login("a")).expect("first slot");
+        assert_eq!(c.open_at(login("a").server), 1);
+        let t = Instant::now();
+        assert!(c.slot(&login("a")).is_none(), "second slot for the same login");
+        assert!(t.elapsed() >= Duration::from_millis(90), "gave up before half the timeout");
+        // another login has its own
+        let b = c.slot(&login("b")).expect("other login");
+        drop(b);
+        // freed while another waits: the waiter gets it
+        let c2 = c.clone();
+        let waiter = std::thread::spawn(move || c2.slot(&login("a")).is_some());
+        std::thread::sleep(Duration::from_millis(20));
+        drop(a);
+        assert!(waiter.join().unwrap());
+        assert_eq!(c.open_at(login("a").server), 0);
+    }
+
+    #[test]
+    fn no_connection_while_the_server_backs_off() {
+        let c = Checker::with_limits(Duration::from_millis(100), Limits::default());
+        c.back_off(login("a").server);
+        assert!(c.slot(&login("a")).is_none());
+        assert_eq!(c.check(&login("a"), "/f"), Facts::unknown());
+    }
 }
