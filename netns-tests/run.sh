@@ -424,6 +424,12 @@ EOC
     fail "$t: metrics: miss +$(d $m0 $m1 'ftpgate_cache_requests_total{outcome="miss"}') hit +$(d $m1 $m2 'ftpgate_cache_requests_total{outcome="hit"}') served +$(d $m1 $m2 'ftpgate_cache_served_bytes_total') relayed +$(d $m0 $m1 'ftpgate_relayed_bytes_total{direction="to_client"}') PORT +$(d $m0 $m1 'ftpgate_rewrites_total{kind="PORT"}') entries $(metric $m2 'ftpgate_cache_entries')"
   fi
   grep -q '^# TYPE ftpgate_queue_drops gauge' "$m2" && pass "$t: queue drop counters exported" || fail "$t: no queue drop metric"
+  if (( $(metric $m2 'ftpgate_queue_verdict_seconds_count') > $(metric $m1 'ftpgate_queue_verdict_seconds_count') )) &&
+     grep -q '^ftpgate_queue_waiting ' "$m2"; then
+    pass "$t: verdict latency histogram ($(metric $m2 'ftpgate_queue_verdict_seconds_count') packets, $(metric $m2 'ftpgate_queue_verdict_seconds_sum') s) and queue depth exported"
+  else
+    fail "$t: no verdict latency / queue depth metrics"
+  fi
   # an upload, then the transfer log: one classic line per file transfer
   inC curl -sS -T "$WORK/pub/small.txt" ftp://ftpuser:ftppass@$SRV_IP/up-x.txt || fail "$t: upload"
   busywait 3000 bash -c "(( \$(wc -l <'$WORK/xferlog') >= 3 ))"

@@ -8,6 +8,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::cache::store::Store;
@@ -61,6 +62,11 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
     pub queue_drops: Family<ReasonL, Gauge>,
+    /// Packets in ftpgate's queue waiting for a verdict (held ones included).
+    pub queue_waiting: Gauge,
+    /// From a packet's arrival in ftpgate (its receipt from the queue socket) to its verdict;
+    /// held segments are not counted.
+    pub verdict_seconds: Histogram,
     pub dropped_segments: Counter,
 }
 
@@ -82,6 +88,9 @@ impl Metrics {
             cache_entries: Gauge::default(),
             cache_bytes: Gauge::default(),
             queue_drops: Family::default(),
+            queue_waiting: Gauge::default(),
+            // 5 µs … ~2.6 s
+            verdict_seconds: Histogram::new(exponential_buckets(5e-6, 2.0, 20)),
             dropped_segments: Counter::default(),
         };
         r.register("ftpgate_sessions_active", "Control sessions in progress, as ftpgate status shows them", m.sessions_active.clone());
@@ -97,6 +106,12 @@ impl Metrics {
         r.register("ftpgate_cache_entries", "Entries in the cache", m.cache_entries.clone());
         r.register("ftpgate_cache_size_bytes", "Bytes in the cache", m.cache_bytes.clone());
         r.register("ftpgate_queue_drops", "Packets the kernel dropped from ftpgate's NFQUEUE", m.queue_drops.clone());
+        r.register("ftpgate_queue_waiting", "Packets in ftpgate's NFQUEUE waiting for a verdict", m.queue_waiting.clone());
+        r.register(
+            "ftpgate_queue_verdict_seconds",
+            "Time from a control packet's arrival in ftpgate to its verdict (held segments not counted)",
+            m.verdict_seconds.clone(),
+        );
         r.register("ftpgate_dropped_segments", "Control segments ftpgate dropped (retransmitted by TCP)", m.dropped_segments.clone());
         Metrics { registry: r, ..m }
     }
@@ -139,14 +154,15 @@ pub fn m() -> &'static Metrics {
 
 /// The kernel's drop counters of one queue (`/proc/net/netfilter/nfnetlink_queue`: the queue
 /// was full, or the netlink socket could not take the packet).
-fn queue_drops(queue: u16) -> Option<(u64, u64)> {
+/// Also the packets waiting in it (`queue_total`).
+fn queue_drops(queue: u16) -> Option<(u64, u64, u64)> {
     let text = std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue").ok()?;
     text.lines().find_map(|l| {
         let w: Vec<&str> = l.split_whitespace().collect();
         if w.first()?.parse::<u16>().ok()? != queue {
             return None;
         }
-        Some((w.get(5)?.parse().ok()?, w.get(6)?.parse().ok()?))
+        Some((w.get(5)?.parse().ok()?, w.get(6)?.parse().ok()?, w.get(2)?.parse().ok()?))
     })
 }
 
@@ -171,7 +187,8 @@ pub fn serve(addr: std::net::SocketAddr, queue: u16, store: Option<Arc<Store>>, 
                 m.cache_entries.set(entries as i64);
                 m.cache_bytes.set(bytes as i64);
             }
-            if let Some((full, user)) = queue_drops(queue) {
+            if let Some((full, user, waiting)) = queue_drops(queue) {
+                m.queue_waiting.set(waiting as i64);
                 m.queue_drops.get_or_create(&ReasonL { reason: "queue_full".into() }).set(full as i64);
                 m.queue_drops.get_or_create(&ReasonL { reason: "socket_full".into() }).set(user as i64);
             }

@@ -645,8 +645,10 @@ pub fn run(mut helper: Helper) -> Result<()> {
                 }
                 Err(e) => return Err(e).context("NFQUEUE receive failed"),
             };
-            if let Some(msg) = helper.handle(msg, Instant::now()) {
+            let arrived = Instant::now();
+            if let Some(msg) = helper.handle(msg, arrived) {
                 queue.verdict(msg).context("NFQUEUE verdict failed")?;
+                crate::metrics::m().verdict_seconds.observe(arrived.elapsed().as_secs_f64());
             }
         }
         let now = Instant::now();
