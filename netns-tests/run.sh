@@ -723,6 +723,8 @@ for topo in nat routed; do
   gate_stop
   grep -q "SIGTERM received; exiting" "$WORK/ftpgate.log" && pass "$topo SIGTERM ends ftpgate cleanly" || fail "$topo SIGTERM not handled"
   grep -q "panicked" "$WORK/ftpgate.log" && fail "$topo ftpgate panicked" || pass "$topo ftpgate log has no panic"
+  grep -q "queue thread at real-time priority 10 (SCHED_FIFO)" "$WORK/ftpgate.log" && pass "$topo queue thread runs at real-time priority" ||
+    fail "$topo queue thread priority: $(grep -m1 'queue thread' "$WORK/ftpgate.log")"
   topo_down
 done
 summary

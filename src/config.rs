@@ -30,6 +30,7 @@ pub struct Options {
     pub cache_settle: Option<u64>,
     pub check_timeout: Option<u64>,
     pub check_connections: Option<usize>,
+    pub queue_priority: Option<u8>,
     pub no_cache: Option<bool>,
     pub max_sessions: Option<usize>,
     pub max_data: Option<usize>,
@@ -134,7 +135,7 @@ impl Options {
         }
         pick!(
             queue, fail_closed, mark, table, cache_dir, data_timeout, idle_timeout, cache_max_bytes, cache_settle,
-            check_timeout, check_connections, no_cache, max_sessions, max_data, listen, proxy_users, allow_from, allow_dest,
+            check_timeout, check_connections, queue_priority, no_cache, max_sessions, max_data, listen, proxy_users, allow_from, allow_dest,
             connect_timeout, metrics, xferlog, drain_timeout, log
         )
     }

@@ -146,6 +146,10 @@ struct RunArgs {
     /// Control sessions at once; more get 421 [default: 1024]
     #[arg(long)]
     max_sessions: Option<usize>,
+    /// Real-time (SCHED_FIFO) priority of the queue thread, so the control path never queues
+    /// behind the data path; 0 leaves it at normal priority (needs CAP_SYS_NICE) [default: 10]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=99))]
+    queue_priority: Option<u8>,
     /// Data connections at once; more PASV/PORT get 425 [default: 512]
     #[arg(long)]
     max_data: Option<usize>,
@@ -199,6 +203,7 @@ impl RunArgs {
             cache_settle: self.cache_settle,
             check_timeout: self.check_timeout,
             check_connections: self.check_connections,
+            queue_priority: self.queue_priority,
             no_cache: self.no_cache.then_some(true),
             max_sessions: self.max_sessions,
             max_data: self.max_data,
@@ -413,6 +418,7 @@ fn run(a: RunArgs) -> Result<()> {
             mapped_idle: Duration::from_secs(5 * 24 * 3600),
             state_file: Some(s.cache_dir.join("sessions.state")),
             max_sessions,
+            rt_priority: o.queue_priority.unwrap_or(10),
         },
     )?;
     helper.board = Some(board);
