@@ -70,10 +70,14 @@ struct Held {
     deadline: Instant,
     /// Its TCP timestamps (TSval, TSecr).
     ts: Option<(u32, u32)>,
+    /// The newest TCP timestamps the client sent while it was held.
+    newest: Option<(u32, u32)>,
 }
 
 /// A server segment carrying a transfer's final reply, held until its data connection is done.
 struct HeldReply {
+    /// The data connection it waits for.
+    id: DataId,
     msg: Message,
     ts: Option<(u32, u32)>,
     /// The newest TCP timestamps the server sent while it was held.
@@ -104,12 +108,8 @@ pub struct Helper {
     last_sweep: Instant,
     cache: Option<Arc<CacheCtx>>,
     held: HashMap<Key, Held>,
-    /// The newest TCP timestamps each session's client sent while a segment was held.
-    held_ts: HashMap<Key, (u32, u32)>,
     /// Final replies held until their data connection is done ([`Session::data_done`]).
     held_replies: HashMap<Key, HeldReply>,
-    /// Which session waits for which data connection.
-    awaiting: HashMap<DataId, Key>,
     /// Data connections that ended, from the relay's threads.
     done_rx: Receiver<DataId>,
     /// Held segments of connections that were replaced, waiting for their drop verdict.
@@ -172,9 +172,7 @@ impl Helper {
             last_sweep: Instant::now(),
             cache,
             held: HashMap::new(),
-            held_ts: HashMap::new(),
             held_replies: HashMap::new(),
-            awaiting: HashMap::new(),
             done_rx,
             stale: Vec::new(),
             next_token: 0,
@@ -243,9 +241,8 @@ impl Helper {
         let session = self.sessions.get_mut(&key).expect("inserted above");
         if let Some(t) = pkt.ts {
             let newest = match dir {
-                Dir::ToServer if self.held.contains_key(&key) => Some(self.held_ts.entry(key).or_insert(t)),
+                Dir::ToServer => self.held.get_mut(&key).map(|h| h.newest.get_or_insert(t)),
                 Dir::ToClient => self.held_replies.get_mut(&key).map(|h| h.newest.get_or_insert(t)),
-                _ => None,
             };
             if let Some(newest) = newest {
                 if Seq(t.0) > Seq(newest.0) {
@@ -270,10 +267,10 @@ impl Helper {
         }
         if verdict == Verdict::Hold && dir == Dir::ToClient {
             // a transfer's final reply waits for its data connection to be done
-            if let Some(id) = self.sessions.get(&key).and_then(|s| s.awaiting_data()) {
-                self.awaiting.insert(id, key);
-            }
-            if let Some(old) = self.held_replies.insert(key, HeldReply { msg, ts, newest: None }) {
+            // a to-client hold always names its data connection; without one (never), 0 matches
+            // no notification and the session's deadline releases it
+            let id = self.sessions.get(&key).and_then(|s| s.awaiting_data()).unwrap_or(0);
+            if let Some(old) = self.held_replies.insert(key, HeldReply { id, msg, ts, newest: None }) {
                 self.stale.push(old.msg);
             }
             return None;
@@ -281,8 +278,7 @@ impl Helper {
         if verdict == Verdict::Hold {
             let token = self.next_token;
             self.next_token += 1;
-            self.held_ts.remove(&key);
-            if let Some(old) = self.held.insert(key, Held { msg, token, deadline: now + HOLD_LIMIT, ts }) {
+            if let Some(old) = self.held.insert(key, Held { msg, token, deadline: now + HOLD_LIMIT, ts, newest: None }) {
                 // only possible when a dead connection's segment is still held: drop it
                 self.stale.push(old.msg);
             }
@@ -334,7 +330,7 @@ impl Helper {
             self.drain_events(key);
             // segments that passed while this one was held (probes, ACKs) carried newer TCP
             // timestamps: going out with its own older one, PAWS would have the server drop it
-            let ts = fresher_ts(h.ts, self.held_ts.remove(&key));
+            let ts = fresher_ts(h.ts, h.newest);
             match verdict {
                 Some(v) => {
                     let edited = match &v {
@@ -360,12 +356,11 @@ impl Helper {
     fn release_replies(&mut self, now: Instant) -> Vec<Message> {
         let mut ready: Vec<(Key, Option<Verdict>)> = Vec::new();
         while let Ok(id) = self.done_rx.try_recv() {
-            let Some(key) = self.awaiting.remove(&id) else { continue };
+            // few replies are held at once: a scan finds the one waiting for `id`
+            let Some((&key, _)) = self.held_replies.iter().find(|(_, h)| h.id == id) else { continue };
             if let Some(s) = self.sessions.get_mut(&key) {
-                if s.awaiting_data() == Some(id) {
-                    let v = s.data_done(&mut self.relay);
-                    ready.push((key, v));
-                }
+                let v = s.data_done(&mut self.relay);
+                ready.push((key, v));
             }
         }
         for key in self.held_replies.keys().copied().collect::<Vec<_>>() {
@@ -382,7 +377,6 @@ impl Helper {
         for (key, v) in ready {
             let Some(v) = v else { continue };
             let Some(mut h) = self.held_replies.remove(&key) else { continue };
-            self.awaiting.retain(|_, k| *k != key);
             self.state_dirty = true;
             self.drain_events(key);
             let ts = fresher_ts(h.ts, h.newest);

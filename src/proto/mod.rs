@@ -285,6 +285,8 @@ struct ReplyHold {
     code: u16,
     /// Part of the line was absorbed from an earlier segment: the seqmap must record it whole.
     mapped: bool,
+    /// The held segment (set as soon as the segment that completed the reply is decided).
+    packet: Option<HeldPacket>,
 }
 
 /// The held segment, as it will go out apart from the RETR line.
@@ -376,9 +378,8 @@ pub struct Session {
     hold: Option<Hold>,
     held: Option<HeldPacket>,
     hold_new: bool,
-    /// A final reply waiting for its data connection, and its segment.
+    /// A final reply waiting for its data connection, with its segment.
     reply_hold: Option<ReplyHold>,
-    reply_held: Option<HeldPacket>,
     /// Set by `on_reply` when the line just completed is to be held.
     reply_hold_new: Option<(DataId, u16)>,
     /// Over the gateway's session limit: the server's greeting is replaced by this.
@@ -429,7 +430,6 @@ impl Session {
             held: None,
             hold_new: false,
             reply_hold: None,
-            reply_held: None,
             reply_hold_new: None,
             refuse_greeting: None,
             events: VecDeque::new(),
@@ -517,7 +517,7 @@ impl Session {
             "tls (passed through)"
         } else if self.hold.is_some() {
             "checking the cache"
-        } else if self.reply_held.is_some() {
+        } else if self.reply_hold.is_some() {
             "finishing a transfer"
         } else if self.logged_in {
             "logged in"
@@ -544,16 +544,16 @@ impl Session {
     }
     /// Whether a segment is held waiting for [`Session::release`] or [`Session::data_done`].
     pub fn is_holding(&self) -> bool {
-        self.held.is_some() || self.reply_held.is_some()
+        self.held.is_some() || self.reply_hold.is_some()
     }
     /// The data connection whose end a held final reply waits for: call
     /// [`Session::data_done`] when the data plane says it ended.
     pub fn awaiting_data(&self) -> Option<DataId> {
-        self.reply_held.as_ref().and(self.reply_hold.as_ref()).map(|h| h.id)
+        self.reply_hold.as_ref().map(|h| h.id)
     }
     /// When [`Session::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.reply_held.as_ref().and(self.reply_hold.as_ref()).map(|h| h.deadline)
+        self.reply_hold.as_ref().map(|h| h.deadline)
     }
     /// Deadlines: a held final reply whose data connection made no progress for
     /// [`REPLY_HOLD_STEP`] goes to the client as the server sent it. Returns the held
@@ -569,7 +569,11 @@ impl Session {
                 h.deadline = now + REPLY_HOLD_STEP;
                 None
             }
-            DataState::Done(_) => self.data_done(dp),
+            DataState::Done(outcome) => {
+                let code = h.code;
+                let new = self.failed_transfer_reply(&outcome, code);
+                self.release_reply(new)
+            }
             _ => {
                 self.events.push_back(Event::Note(format!(
                     "data connection made no progress for {} s; the server's {} reply goes on",
@@ -609,8 +613,8 @@ impl Session {
 
     /// Sends the held final reply on, replaced by `new` if given.
     fn release_reply(&mut self, new: Option<Vec<u8>>) -> Option<Verdict> {
-        let h = self.reply_hold.take()?;
-        let p = self.reply_held.take()?;
+        let mut h = self.reply_hold.take()?;
+        let p = h.packet.take()?;
         let mut payload = p.prefix;
         let st = &mut self.s2c;
         match new {
@@ -718,14 +722,14 @@ impl Session {
         }
         let tls = self.tls;
         let holding = dir == Dir::ToServer && self.hold.is_some();
-        let reply_held = if dir == Dir::ToClient { self.reply_hold.as_ref().map(|h| h.start) } else { None };
+        let reply_held_from = if dir == Dir::ToClient { self.reply_hold.as_ref().map(|h| h.start) } else { None };
         let refusing = dir == Dir::ToClient && self.refuse_greeting.is_some() && !self.greeted;
         let st = self.stream(dir);
         let end = seg.seq.add(seg.payload.len());
         if holding && (end > st.next || seg.flags.fin) {
             return Verdict::Drop; // nothing may pass the held RETR; TCP retransmits it later
         }
-        if let Some(start) = reply_held {
+        if let Some(start) = reply_held_from {
             if (!seg.payload.is_empty() && end > start) || seg.flags.fin {
                 // nothing may overtake the held final reply, nor repeat it; TCP retransmits
                 return Verdict::Drop;
@@ -782,9 +786,9 @@ impl Session {
                 self.held = Some(HeldPacket { seq, ack, sack, prefix: out });
                 return Verdict::Hold;
             }
-            if self.reply_hold.is_some() && self.reply_held.is_none() {
+            if let Some(h) = self.reply_hold.as_mut().filter(|h| h.packet.is_none()) {
                 let seq = out_seq.unwrap_or(s);
-                self.reply_held = Some(HeldPacket { seq, ack, sack, prefix: out });
+                h.packet = Some(HeldPacket { seq, ack, sack, prefix: out });
                 return Verdict::Hold;
             }
         }
@@ -862,6 +866,7 @@ impl Session {
                         moved: 0,
                         code,
                         mapped: held_before,
+                        packet: None,
                     });
                     let st = self.stream(dir);
                     st.next = start.add(len);

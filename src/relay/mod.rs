@@ -164,7 +164,30 @@ impl Slot {
 
 type Slots = Arc<Mutex<HashMap<DataId, Arc<Slot>>>>;
 /// Ended data connections, kept a while so the control path can still ask how they ended.
-type Ended = Arc<Mutex<HashMap<DataId, (Arc<Slot>, Instant)>>>;
+type Ended = Arc<Mutex<EndedSlots>>;
+
+/// Ended slots by id, and in the order they ended (so forgetting old ones costs nothing per
+/// data connection opened).
+#[derive(Default)]
+struct EndedSlots {
+    by_id: HashMap<DataId, Arc<Slot>>,
+    order: std::collections::VecDeque<(Instant, DataId)>,
+}
+
+impl EndedSlots {
+    fn insert(&mut self, id: DataId, slot: Arc<Slot>) {
+        let now = Instant::now();
+        while let Some(&(at, old)) = self.order.front() {
+            if now.duration_since(at) < KEEP_ENDED {
+                break;
+            }
+            self.order.pop_front();
+            self.by_id.remove(&old);
+        }
+        self.by_id.insert(id, slot);
+        self.order.push_back((now, id));
+    }
+}
 /// Called (on the data connection's thread) when a data connection has ended.
 pub type Notify = Arc<dyn Fn(DataId) + Send + Sync>;
 /// How long an ended data connection's outcome is kept.
@@ -279,8 +302,8 @@ impl DataPlane for Relay {
     fn data_state(&mut self, id: DataId) -> DataState {
         let slot = match self.slot(id) {
             Some(s) => s,
-            None => match self.ended.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
-                Some((s, _)) => s.clone(),
+            None => match self.ended.lock().unwrap_or_else(|e| e.into_inner()).by_id.get(&id) {
+                Some(s) => s.clone(),
                 None => return DataState::Unknown,
             },
         };
@@ -342,10 +365,6 @@ impl DataPlane for Relay {
         let slot = Arc::new(Slot::new(format!("{} {} <-> {}", req.mode.as_str(), req.client.ip(), req.target)));
         slot.lock().listener = listener.as_fd().try_clone_to_owned().ok();
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).insert(id, slot.clone());
-        {
-            let now = Instant::now();
-            self.ended.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (_, at)| now.duration_since(*at) < KEEP_ENDED);
-        }
         let job = Job {
             id,
             req: req.clone(),
@@ -362,7 +381,7 @@ impl DataPlane for Relay {
             job.run();
             let s = slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             if let Some(s) = s {
-                ended.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (s, Instant::now()));
+                ended.lock().unwrap_or_else(|e| e.into_inner()).insert(id, s);
             }
         });
         if let Err(e) = spawned {
@@ -432,7 +451,7 @@ impl Job {
         let deadline = started + self.cfg.accept_timeout;
         let (inbound, from) = loop {
             let Some(listener) = &self.listener else { return None };
-            match splice::wait_readable_fd(listener, deadline.saturating_duration_since(Instant::now())) {
+            match splice::wait_readable(listener, deadline.saturating_duration_since(Instant::now())) {
                 Ok(true) => {}
                 Ok(false) => {
                     self.count("timeout", 0, 0);

@@ -161,25 +161,9 @@ pub fn send_file(file: &File, mut offset: u64, len: u64, dst: &TcpStream, moved:
     Ok(sent)
 }
 
-/// Waits until `s` has data or EOF (or `timeout` passes: `Ok(false)`).
-pub fn wait_readable(s: &TcpStream, timeout: std::time::Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    loop {
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
-        if n >= 0 {
-            return Ok(n > 0);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-/// Waits until `fd` is readable (a listener: a connection waits), at most `timeout`; `Ok(false)`
-/// when it passed.
-pub fn wait_readable_fd(fd: &impl std::os::fd::AsFd, timeout: std::time::Duration) -> io::Result<bool> {
+/// Waits until `fd` is readable (a socket: data or EOF; a listener: a connection waits), at most
+/// `timeout`; `Ok(false)` when it passed.
+pub fn wait_readable(fd: &impl std::os::fd::AsFd, timeout: std::time::Duration) -> io::Result<bool> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let deadline = std::time::Instant::now() + timeout;
     loop {
