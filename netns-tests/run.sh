@@ -578,24 +578,28 @@ transfer_end() { # topology label; vsftpd runs, ftpgate not
     [[ $n == 0 ]] && pass "$t transfer end, cores busy: 50 relayed curl $m downloads of 50 bytes" ||
       fail "$t transfer end: $n of 50 relayed curl $m downloads of 50 bytes failed ($(head -c 300 "$WORK/repeat.log" | tr '\n' ' '))"
   done
-  n=$(repeat 10 "$WORK/pub/tiny.bin" -- ip netns exec $C lftp -e "set net:max-retries 1; set net:timeout 15; set ftp:passive-mode off; get tiny.bin -o $OUT; bye" $U)
-  [[ $n == 0 ]] && pass "$t transfer end: 10 lftp active downloads of 50 bytes" || fail "$t transfer end: $n of 10 lftp active failed ($(head -c 300 "$WORK/repeat.log" | tr '\n' ' '))"
-  n=$(repeat 10 "$WORK/pub/tiny.bin" -- ip netns exec $C $PY ftplib $SRV_IP port tiny.bin "$OUT")
-  [[ $n == 0 ]] && pass "$t transfer end: 10 ftplib active downloads of 50 bytes" || fail "$t transfer end: $n of 10 ftplib active failed ($(head -c 300 "$WORK/repeat.log" | tr '\n' ' '))"
-  ls -A "$WORK/pub" | sort >"$WORK/dl/ls.want"
-  f=0
-  for i in $(seq 20); do
-    inC curl -sS -P - --disable-eprt --list-only $U/ 2>"$WORK/case.log" | tr -d '\r' | sort >"$WORK/dl/ls.got" || f=$((f + 1))
-    cmp -s "$WORK/dl/ls.got" "$WORK/dl/ls.want" || f=$((f + 1))
+  local mode lmode fmode cmode
+  for mode in active passive; do
+    [[ $mode == active ]] && { lmode=off; fmode=port; cmode=(-P - --disable-eprt); } || { lmode=on; fmode=pasv; cmode=(--disable-epsv); }
+    n=$(repeat 10 "$WORK/pub/tiny.bin" -- ip netns exec $C lftp -e "set net:max-retries 1; set net:timeout 15; set ftp:passive-mode $lmode; get tiny.bin -o $OUT; bye" $U)
+    [[ $n == 0 ]] && pass "$t transfer end: 10 lftp $mode downloads of 50 bytes" || fail "$t transfer end: $n of 10 lftp $mode failed ($(head -c 300 "$WORK/repeat.log" | tr '\n' ' '))"
+    n=$(repeat 10 "$WORK/pub/tiny.bin" -- ip netns exec $C $PY ftplib $SRV_IP $fmode tiny.bin "$OUT")
+    [[ $n == 0 ]] && pass "$t transfer end: 10 ftplib $mode downloads of 50 bytes" || fail "$t transfer end: $n of 10 ftplib $mode failed ($(head -c 300 "$WORK/repeat.log" | tr '\n' ' '))"
+    ls -A "$WORK/pub" | sort >"$WORK/dl/ls.want"
+    f=0
+    for i in $(seq 20); do
+      inC curl -sS "${cmode[@]}" --list-only $U/ 2>"$WORK/case.log" | tr -d '\r' | sort >"$WORK/dl/ls.got" || f=$((f + 1))
+      cmp -s "$WORK/dl/ls.got" "$WORK/dl/ls.want" || f=$((f + 1))
+    done
+    [[ $f == 0 ]] && pass "$t transfer end: 20 NLST listings in $mode mode, all complete" || fail "$t transfer end: $f of 20 $mode listings incomplete ($(head -c 200 "$WORK/case.log"))"
+    f=0
+    for i in $(seq 20); do
+      rm -f "$WORK/home/up.bin"
+      inC curl -sS "${cmode[@]}" -T "$WORK/pub/tiny.bin" ftp://ftpuser:ftppass@$SRV_IP/up.bin >"$WORK/case.log" 2>&1 &&
+        cmp -s "$WORK/home/up.bin" "$WORK/pub/tiny.bin" || f=$((f + 1))
+    done
+    [[ $f == 0 ]] && pass "$t transfer end: 20 STOR uploads in $mode mode, all on the server" || fail "$t transfer end: $f of 20 $mode uploads failed ($(head -c 200 "$WORK/case.log"))"
   done
-  [[ $f == 0 ]] && pass "$t transfer end: 20 NLST listings in active mode, all complete" || fail "$t transfer end: $f of 20 active listings incomplete ($(head -c 200 "$WORK/case.log"))"
-  f=0
-  for i in $(seq 20); do
-    rm -f "$WORK/home/up.bin"
-    inC curl -sS -P - --disable-eprt -T "$WORK/pub/tiny.bin" ftp://ftpuser:ftppass@$SRV_IP/up.bin >"$WORK/case.log" 2>&1 &&
-      cmp -s "$WORK/home/up.bin" "$WORK/pub/tiny.bin" || f=$((f + 1))
-  done
-  [[ $f == 0 ]] && pass "$t transfer end: 20 STOR uploads in active mode, all on the server" || fail "$t transfer end: $f of 20 active uploads failed ($(head -c 200 "$WORK/case.log"))"
   local mark; mark=$(logmark)
   if inC $PY closedport $SRV_IP small.txt >"$WORK/case.log" 2>&1 && ! logsince "$mark" "WARN"; then
     pass "$t transfer end: client's data port closed: $(head -1 "$WORK/case.log"), logged at INFO"
