@@ -96,10 +96,46 @@ pyftpd_start() { # [foreign] [masq]
   busywait 5000 inS bash -c "exec 3<>/dev/tcp/$SRV_IP/21" 2>/dev/null
 }
 
+proftpd_start() { # Debian's proftpd with its per-address limit set like vsftpd's stock one
+  cat >"$WORK/proftpd.conf" <<EOC
+ServerType standalone
+ServerName "ftpgate-test"
+DefaultServer on
+UseIPv6 off
+DefaultAddress $SRV_IP
+SocketBindTight on
+Port 21
+User nobody
+Group nogroup
+ScoreboardFile $WORK/proftpd.scoreboard
+PidFile $WORK/proftpd.pid
+WtmpLog off
+DelayTable none
+UseReverseDNS off
+RequireValidShell off
+MaxInstances 5000
+MaxClientsPerHost ${PROFTPD_MAX_PER_HOST:-50}
+PassivePorts 32000 32999
+AllowOverwrite on
+<Anonymous $WORK/pub>
+  User ftp
+  Group nogroup
+  UserAlias anonymous ftp
+  RequireValidShell off
+  <Limit WRITE>
+    DenyAll
+  </Limit>
+</Anonymous>
+EOC
+  ip netns exec "$S" /opt/ftpgate-tests/proftpd/usr/sbin/proftpd -n -c "$WORK/proftpd.conf" >"$WORK/proftpd.log" 2>&1 &
+  echo $! >"$WORK/server.pid"
+  busywait 5000 inS bash -c "exec 3<>/dev/tcp/$SRV_IP/21" 2>/dev/null
+}
+
 server_stop() {
   [[ -f $WORK/server.pid ]] && kill "$(cat "$WORK/server.pid")" 2>/dev/null
   inS pkill -f vsftpd 2>/dev/null; pkill -f "vsftpd $WORK" 2>/dev/null
-  pkill -f "pyftpd.py $SRV_IP" 2>/dev/null
+  pkill -f "pyftpd.py $SRV_IP" 2>/dev/null; pkill -f "proftpd -n -c $WORK/" 2>/dev/null
   rm -f "$WORK/server.pid"; sleep 0.2
 }
 

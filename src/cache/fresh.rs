@@ -57,12 +57,24 @@ impl Default for Limits {
     }
 }
 
+struct Joined {
+    facts: Option<Facts>,
+    waiting: usize,
+}
+
 #[derive(Default)]
 struct Pool {
     idle: HashMap<Login, Vec<Conn>>,
     busy: HashMap<Login, usize>,
     /// Servers that answered 421, until when they are left alone.
     refused: HashMap<SocketAddrV4, Instant>,
+    /// Questions not yet sent to the server, by login and path: a check for the same file
+    /// joins one of these instead of asking again (its answer is younger than its request).
+    unsent: HashMap<(Login, String), u64>,
+    /// Questions that others joined: the answer once there is one, and how many joined
+    /// checks have not taken it yet.
+    answers: HashMap<u64, Joined>,
+    next_ask: u64,
 }
 
 impl Pool {
@@ -198,11 +210,68 @@ impl Checker {
 
     /// Asks for `path`'s MDTM and SIZE, reusing an idle connection of the same login. A pooled
     /// connection that fails is replaced once.
+    ///
+    /// Checks of the same file under the same login coalesce: one that finds another's question
+    /// still waiting for a connection waits for its answer instead of taking a connection of its
+    /// own. The question goes out after both asked, so its answer is as fresh as either needs —
+    /// a burst of clients fetching one file costs the server a few round trips, not one each.
     pub fn check(&self, login: &Login, path: &str) -> Facts {
         if !sendable(path) {
             return Facts::unknown();
         }
+        let question = (login.clone(), path.to_string());
+        let mut pool = self.lock();
+        if let Some(&id) = pool.unsent.get(&question) {
+            pool.answers.entry(id).or_insert(Joined { facts: None, waiting: 0 }).waiting += 1;
+            return self.await_answer(pool, id);
+        }
+        let id = pool.next_ask;
+        pool.next_ask += 1;
+        pool.unsent.insert(question.clone(), id);
+        drop(pool);
+        let facts = self.ask_now(login, path, &question, id);
+        let mut pool = self.lock();
+        if pool.unsent.get(&question) == Some(&id) {
+            pool.unsent.remove(&question); // never sent (no connection)
+        }
+        if let Some(j) = pool.answers.get_mut(&id) {
+            if j.waiting == 0 {
+                pool.answers.remove(&id);
+            } else {
+                j.facts = Some(facts.clone());
+                self.freed.notify_all();
+            }
+        }
+        facts
+    }
+
+    /// Waits (up to the timeout) for the answer to question `id`, which this check joined.
+    fn await_answer(&self, mut pool: MutexGuard<'_, Pool>, id: u64) -> Facts {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(j) = pool.answers.get_mut(&id) else { return Facts::unknown() };
+            if j.facts.is_some() || left.is_zero() {
+                j.waiting -= 1;
+                let facts = j.facts.clone().unwrap_or_else(Facts::unknown);
+                if j.waiting == 0 && j.facts.is_some() {
+                    pool.answers.remove(&id);
+                }
+                return facts;
+            }
+            pool = self.freed.wait_timeout(pool, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Takes a connection and asks; the question stops taking joiners just before it is sent.
+    fn ask_now(&self, login: &Login, path: &str, question: &(Login, String), id: u64) -> Facts {
         let Some((mut slot, pooled)) = self.slot(login) else { return Facts::unknown() };
+        {
+            let mut pool = self.lock();
+            if pool.unsent.get(question) == Some(&id) {
+                pool.unsent.remove(question);
+            }
+        }
         let attempt = |c: Option<Conn>| -> io::Result<(Conn, Facts)> {
             let mut c = match c {
                 Some(c) => c,
@@ -341,6 +410,65 @@ mod tests {
         drop(a);
         assert!(waiter.join().unwrap());
         assert_eq!(c.open_at(login("a").server), 0);
+    }
+
+    /// A server answering MDTM after `delay`; counts the MDTMs it was asked.
+    fn slow_server(delay: Duration) -> (SocketAddrV4, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let SocketAddr::V4(addr) = l.local_addr().unwrap() else { unreachable!() };
+        let asked = Arc::new(AtomicUsize::new(0));
+        let n = asked.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let n = n.clone();
+                std::thread::spawn(move || {
+                    let mut w = s.try_clone().unwrap();
+                    let _ = w.write_all(b"220 hi\r\n");
+                    for line in BufReader::new(s).lines().map_while(Result::ok) {
+                        let a: &[u8] = match &line[..4] {
+                            "USER" => b"230 ok\r\n",
+                            "TYPE" => b"200 ok\r\n",
+                            "MDTM" => {
+                                n.fetch_add(1, Ordering::SeqCst);
+                                std::thread::sleep(delay);
+                                b"213 20260101000000\r\n"
+                            }
+                            "SIZE" => b"213 42\r\n",
+                            _ => b"221 bye\r\n",
+                        };
+                        let _ = w.write_all(a);
+                    }
+                });
+            }
+        });
+        (addr, asked)
+    }
+
+    #[test]
+    fn checks_of_one_file_share_a_question() {
+        let (server, asked) = slow_server(Duration::from_millis(100));
+        let limits = Limits { per_login: 1, ..Limits::default() };
+        let c = Checker::with_limits(Duration::from_secs(5), limits);
+        let l = Login { server, user: "anonymous".into(), pass: String::new() };
+        let want = Facts { mdtm: Answer::Ok("20260101000000".into()), size: Answer::Ok(42) };
+        let threads: Vec<_> = (0..20)
+            .map(|_| {
+                let (c, l) = (c.clone(), l.clone());
+                std::thread::spawn(move || c.check(&l, "/f"))
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), want);
+        }
+        // one question in flight, the rest join the one waiting behind it
+        let n = asked.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(n <= 3, "{n} MDTMs for 20 checks of one file");
+        // another file is its own question; a later check asks again
+        assert_eq!(c.check(&l, "/g"), want);
+        assert_eq!(c.check(&l, "/f"), want);
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), n + 2);
+        assert!(c.lock().answers.is_empty() && c.lock().unsent.is_empty());
     }
 
     #[test]
