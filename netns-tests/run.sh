@@ -635,6 +635,27 @@ server_slots() { # topology label; vsftpd runs, ftpgate not
   gate_stop; server_stop; vsftpd_start
 }
 
+burst_stock() { # topology label; vsftpd runs, ftpgate not. Issue 13: 100 separate client
+  # processes at once against vsftpd's stock per-address limit (50; behind NAT every LAN host
+  # shares one address), ftpgate with its default settings (cache on): none fails, none stalls
+  local t=$1 r
+  server_stop; VSFTPD_MAX_PER_IP=50 vsftpd_start
+  head -c 1048576 /dev/urandom >"$WORK/pub/m1.bin"; touch -d '1 hour ago' "$WORK/pub/m1.bin"
+  rm -rf "$WORK/cache"; gate_start
+  for round in miss hit; do
+    inC timeout 200 $SYSPY "$HERE/burst.py" $SRV_IP m1.bin "$WORK/pub/m1.bin" 100 30 >"$WORK/case.log" 2>&1
+    r=$(grep '^RESULT' "$WORK/case.log")
+    if [[ $r == "RESULT failed 0 stalled 0 "* ]]; then
+      pass "$t burst of 100 client processes at max_per_ip=50 ($round): none failed or stalled (session p50/p90 ms: $(awk '{ print $19 "/" $20 }' <<<"$r"))"
+    else
+      fail "$t burst of 100 at max_per_ip=50 ($round): $(grep -E '^sessions|^  [0-9]+ x|stalled:' "$WORK/case.log" | head -4 | tr '\n' ' ')"
+    fi
+  done
+  grep -q "cache hit" "$WORK/ftpgate.log" && pass "$t burst: the second burst was served from the cache" ||
+    fail "$t burst: no cache hit in the second burst"
+  gate_stop; server_stop; vsftpd_start
+}
+
 compare_alg() { # topology: 20 MB PASV download time, kernel ALG vs ftpgate
   local t=$1 ta tg
   gate_stop; alg_start
@@ -671,7 +692,7 @@ for topo in nat routed; do
   ops "$topo vsftpd"
   compare_alg "$topo"
   if [[ $topo == nat ]]; then
-    gate_stop; transfer_end "$topo vsftpd"; server_slots "$topo vsftpd"; cache_tests vsftpd; limits_and_load "$topo vsftpd"; explicit_proxy "$topo"; appliance "$topo"; rules_legacy; gate_start
+    gate_stop; transfer_end "$topo vsftpd"; server_slots "$topo vsftpd"; burst_stock "$topo vsftpd"; cache_tests vsftpd; limits_and_load "$topo vsftpd"; explicit_proxy "$topo"; appliance "$topo"; rules_legacy; gate_start
   fi
   server_stop
   vsftpd_start ssl

@@ -219,6 +219,17 @@ impl Helper {
                 }
             }
         }
+        let seg = Segment { seq: pkt.seq(), ack: pkt.ack(), flags, sack: &pkt.sack, payload: pkt.payload };
+        if self.sessions.get(&key).is_some_and(|s| s.is_later_connection(dir, &seg)) {
+            log!("session {} -> {}: a new connection on the same addresses (its SYN passed unseen); starting over", key.0, key.1);
+            self.sessions.remove(&key);
+            if let Some(h) = self.held.get_mut(&key) {
+                h.deadline = now;
+            }
+            if let Some(h) = self.held_replies.remove(&key) {
+                self.stale.push(h.msg);
+            }
+        }
         if !self.sessions.contains_key(&key) {
             // counting is O(sessions): only needed once that many are tracked at all
             let live = if self.sessions.len() < self.cfg.max_sessions {
@@ -255,7 +266,6 @@ impl Helper {
             }
         }
         let ts = pkt.ts;
-        let seg = Segment { seq: pkt.seq(), ack: pkt.ack(), flags, sack: &pkt.sack, payload: pkt.payload };
         let before = session.seq_state();
         let verdict = session.handle_segment(dir, &seg, &mut self.relay, now);
         let changed = session.seq_state() != before;

@@ -476,6 +476,30 @@ impl Session {
         !self.c2s.synced || self.resumed_unseen || self.is_closed() || self.c2s.first != syn_seq.add(1)
     }
 
+    /// Whether a segment on this session's addresses belongs to a later connection that reused
+    /// them, one whose client SYN this session never saw (the queue let it pass unseen, as a
+    /// full queue does when failing open). Such a segment would otherwise be measured against
+    /// the old connection's stream: a greeting beyond its end waits as a "gap" for bytes that
+    /// never come, and the client hangs before the greeting. Two signs, both certain:
+    /// - a SYN-ACK that acknowledges a client SYN other than the one this session saw;
+    /// - after this connection closed, a segment outside what its streams ever carried
+    ///   (retransmitted FINs and final ACKs stay inside).
+    pub fn is_later_connection(&self, dir: Dir, seg: &Segment) -> bool {
+        if dir == Dir::ToClient && seg.flags.syn && seg.flags.ack {
+            return self.c2s.synced && !self.resumed_unseen && self.c2s.first != seg.ack;
+        }
+        if !self.is_closed() || seg.flags.syn {
+            return false;
+        }
+        let st = match dir {
+            Dir::ToServer => &self.c2s,
+            Dir::ToClient => &self.s2c,
+        };
+        // a window of slack either side of what the stream carried, for retransmissions
+        const SLACK: i64 = 65536;
+        st.synced && (seg.seq.diff(st.first) < -SLACK || seg.seq.diff(st.next) > SLACK)
+    }
+
     /// Both sides sent FIN, or one sent RST.
     pub fn is_closed(&self) -> bool {
         self.rst || (self.c2s.fin && self.s2c.fin)

@@ -863,3 +863,41 @@ fn reply_after_the_data_connection_ended_passes_and_errors_without_one_pass() {
     p.send(Dir::ToClient, b"226 stored\r\n", &[]);
     assert!(p.received(Dir::ToClient).ends_with("150 ok\r\n226 stored\r\n"));
 }
+
+/// A later connection on the same addresses whose client SYN the helper never saw (a full
+/// queue failing open lets packets pass unseen): the old session would measure its greeting
+/// against the old stream and drop it as a gap, forever. The shell starts over when
+/// `is_later_connection` says so.
+#[test]
+fn a_later_connection_whose_syn_passed_unseen_is_recognised() {
+    let mut p = active_session(&[]);
+    let ack = Flags { ack: true, ..Default::default() };
+    let synack = Flags { syn: true, ack: true, ..Default::default() };
+    // the same connection's SYN-ACK, retransmitted: not a new one
+    let again = Segment { seq: Seq(5000), ack: Seq(1001), flags: synack, sack: &[], payload: &[] };
+    assert!(!p.s.is_later_connection(Dir::ToClient, &again));
+    // a SYN-ACK answering another SYN (other ISN): a later connection, even while this is open
+    let other = Segment { seq: Seq(9_000_000), ack: Seq(77_001), flags: synack, sack: &[], payload: &[] };
+    assert!(p.s.is_later_connection(Dir::ToClient, &other));
+    // both sides close
+    let fin = Flags { fin: true, ack: true, ..Default::default() };
+    let (c, v) = (p.c.snd_nxt, p.v.snd_nxt);
+    let f = Segment { seq: c, ack: p.c.rcv_nxt, flags: fin, sack: &[], payload: &[] };
+    p.s.handle_segment(Dir::ToServer, &f, &mut p.dp, p.now);
+    let f = Segment { seq: v, ack: c.add(1), flags: fin, sack: &[], payload: &[] };
+    p.s.handle_segment(Dir::ToClient, &f, &mut p.dp, p.now);
+    assert!(p.s.is_closed());
+    // retransmitted FINs and the final ACK are the old connection's
+    let last = Segment { seq: c.add(1), ack: v.add(1), flags: ack, sack: &[], payload: &[] };
+    assert!(!p.s.is_later_connection(Dir::ToServer, &last));
+    let refin = Segment { seq: v, ack: c.add(1), flags: fin, sack: &[], payload: &[] };
+    assert!(!p.s.is_later_connection(Dir::ToClient, &refin));
+    // a greeting far from the old stream: a later connection (neither its SYN nor SYN-ACK seen)
+    let greeting = Segment { seq: v.add(3_000_000), ack: Seq(77_001), flags: ack, sack: &[], payload: b"220 hi\r\n" };
+    assert!(p.s.is_later_connection(Dir::ToClient, &greeting));
+    // what the old session would have done with it: dropped it as a gap, and every retransmission
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &greeting, &mut p.dp, p.now), Verdict::Drop);
+    // started over (as the shell does), the greeting passes
+    let mut fresh = Session::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), p.now);
+    assert_eq!(fresh.handle_segment(Dir::ToClient, &greeting, &mut p.dp, p.now), Verdict::Pass);
+}
