@@ -4,7 +4,7 @@ QUIT. Prints failures, stalls, and p50/p90 of each phase and of the whole sessio
   burst.py HOST FILE REF N [TIMEOUT]  # N processes started at once; FILE must equal REF
   burst.py one HOST FILE REF TIMEOUT  # (internal) one session; prints its phase times or the error
   burst.py peak PORT                  # (server namespace) until SIGTERM: the most TCP connections
-                                      # to local PORT open at once (established or closing)
+                                      # to local PORT the server holds at once
 
 The last line of a burst is machine-readable: "RESULT failed F stalled S connect P50 P90 login ...
 (milliseconds)". A session stalls when it times out or any phase takes over STALL seconds.
@@ -67,16 +67,15 @@ def burst(host, name, ref, n, timeout):
     print("RESULT " + " ".join(result), flush=True)
 
 def peak(port):
-    """Counts sockets on local PORT in /proc/net/tcp: ESTABLISHED (01), FIN_WAIT1/2 (04, 05),
-    CLOSE_WAIT (08), LAST_ACK (09), CLOSING (0B); the server's listener and TIME_WAIT are not
-    sessions."""
+    """Counts the sessions the server holds on local PORT in /proc/net/tcp: ESTABLISHED (01)
+    and CLOSE_WAIT (08); the listener, and connections the server already closed, are not."""
     best = [0]
     def stop(*_):
         print(best[0], flush=True)
         sys.exit(0)
     signal.signal(signal.SIGTERM, stop)
     want = f":{port:04X}"
-    live = {"01", "04", "05", "08", "09", "0B"}
+    live = {"01", "08"}
     while True:
         n = 0
         with open("/proc/net/tcp") as f:

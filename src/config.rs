@@ -28,9 +28,12 @@ pub struct Options {
     #[serde(default, deserialize_with = "size")]
     pub cache_max_bytes: Option<u64>,
     pub cache_settle: Option<u64>,
+    #[serde(default, deserialize_with = "size")]
+    pub cache_write_buffer: Option<u64>,
     pub check_timeout: Option<u64>,
     pub check_connections: Option<usize>,
     pub queue_priority: Option<u8>,
+    pub data_nice: Option<u8>,
     pub no_cache: Option<bool>,
     pub max_sessions: Option<usize>,
     pub max_data: Option<usize>,
@@ -134,8 +137,8 @@ impl Options {
             ($($f:ident),*) => { Options { $($f: self.$f.or(file.$f)),* } };
         }
         pick!(
-            queue, fail_closed, mark, table, cache_dir, data_timeout, idle_timeout, cache_max_bytes, cache_settle,
-            check_timeout, check_connections, queue_priority, no_cache, max_sessions, max_data, listen, proxy_users, allow_from, allow_dest,
+            queue, fail_closed, mark, table, cache_dir, data_timeout, idle_timeout, cache_max_bytes, cache_settle, cache_write_buffer,
+            check_timeout, check_connections, queue_priority, data_nice, no_cache, max_sessions, max_data, listen, proxy_users, allow_from, allow_dest,
             connect_timeout, metrics, xferlog, drain_timeout, log
         )
     }
@@ -155,6 +158,8 @@ mark = "0x20000"
 table = 99
 cache-dir = "/var/cache/ftpgate"
 cache-max-bytes = "2G"
+cache-write-buffer = "32M"
+data-nice = 12
 listen = ["192.168.77.1:2121"]
 allow-from = ["192.168.77.0/24"]
 allow-dest = ["0.0.0.0/0"]
@@ -167,6 +172,7 @@ log = "info"
         assert_eq!(o.queue, Some(77));
         assert_eq!(o.mark, Some(0x20000));
         assert_eq!(o.cache_max_bytes, Some(2 << 30));
+        assert_eq!((o.cache_write_buffer, o.data_nice), (Some(32 << 20), Some(12)));
         assert_eq!(o.allow_from.unwrap()[0].len, 24);
         assert_eq!(o.listen.unwrap()[0], "192.168.77.1:2121".parse().unwrap());
     }

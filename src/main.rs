@@ -133,6 +133,11 @@ struct RunArgs {
     /// Files modified less than this many seconds before their download are not cached [default: 3]
     #[arg(long)]
     cache_settle: Option<u64>,
+    /// How far a download's copy into the cache may fall behind the client before it is
+    /// abandoned (not kept: cache disk too slow); the client never waits for the cache disk
+    /// [default: 16M]
+    #[arg(long, value_parser = parse_size)]
+    cache_write_buffer: Option<u64>,
     /// Seconds to wait for the server's MDTM/SIZE answers [default: 3]
     #[arg(long)]
     check_timeout: Option<u64>,
@@ -150,6 +155,11 @@ struct RunArgs {
     /// behind the data path; 0 leaves it at normal priority (needs CAP_SYS_NICE) [default: 10]
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=99))]
     queue_priority: Option<u8>,
+    /// Nice value of the data relay's threads, so the machine's other work (and the control
+    /// path, which runs at real-time priority anyway) is not kept waiting behind bulk transfers;
+    /// 0 = the same as the rest [default: 10]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=19))]
+    data_nice: Option<u8>,
     /// Data connections at once; more PASV/PORT get 425 [default: 512]
     #[arg(long)]
     max_data: Option<usize>,
@@ -201,9 +211,11 @@ impl RunArgs {
             idle_timeout: self.idle_timeout,
             cache_max_bytes: self.cache_max_bytes,
             cache_settle: self.cache_settle,
+            cache_write_buffer: self.cache_write_buffer,
             check_timeout: self.check_timeout,
             check_connections: self.check_connections,
             queue_priority: self.queue_priority,
+            data_nice: self.data_nice,
             no_cache: self.no_cache.then_some(true),
             max_sessions: self.max_sessions,
             max_data: self.max_data,
@@ -269,6 +281,12 @@ fn settings(o: Options) -> Result<Settings> {
     let cache_dir = o.cache_dir.clone().ok_or_else(|| anyhow!("--cache-dir (or cache-dir in the configuration file) is required"))?;
     if o.data_timeout == Some(0) {
         bail!("--data-timeout must be at least 1 second");
+    }
+    if let Some(n) = o.data_nice.filter(|&n| n > 19) {
+        bail!("data-nice {n} is out of range (0 to 19)");
+    }
+    if let Some(p) = o.queue_priority.filter(|&p| p > 99) {
+        bail!("queue-priority {p} is out of range (0 to 99)");
     }
     let listen = o.listen.clone().unwrap_or_default();
     if listen.is_empty() && (o.proxy_users.is_some() || o.allow_from.is_some() || o.allow_dest.is_some()) {
@@ -360,6 +378,7 @@ fn run(a: RunArgs) -> Result<()> {
                 Limits { per_login: o.check_connections.unwrap_or(2).max(1), ..Limits::default() },
             ),
             settle: o.cache_settle.unwrap_or(3) as i64,
+            write_buffer: o.cache_write_buffer.unwrap_or(16 << 20).max(1 << 20) as usize,
         }))
     };
     let queue = o.queue.unwrap_or(2121);
@@ -368,6 +387,7 @@ fn run(a: RunArgs) -> Result<()> {
             accept_timeout: Duration::from_secs(o.data_timeout.unwrap_or(30)),
             idle_timeout: Duration::from_secs(o.idle_timeout.unwrap_or(300).max(1)),
             max_data: o.max_data.unwrap_or(512),
+            nice: o.data_nice.unwrap_or(10),
         },
         ftpgate::conntrack::server_side_client_addr,
         cache.clone(),

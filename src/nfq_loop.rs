@@ -48,8 +48,10 @@ fn raise_priority(prio: u8) {
         return;
     }
     let p = libc::sched_param { sched_priority: prio.into() };
+    // SCHED_RESET_ON_FORK: the threads this one starts (the relay's, the freshness checks')
+    // run at normal priority; inheriting real time, a busy relay could starve the machine
     // SAFETY: sets the calling thread's own scheduling policy with a live parameter.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) } == 0 {
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &p) } == 0 {
         log!("queue thread at real-time priority {prio} (SCHED_FIFO)");
     } else {
         log!(

@@ -45,6 +45,8 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
     /// Data connections (waiting or transferring) at once; more are refused (425).
     pub max_data: usize,
+    /// Nice value of the relay's threads (threads they start inherit it).
+    pub nice: u8,
 }
 
 /// Finds the client's address as the server sees it (conntrack's NAT); `None` = not translated.
@@ -57,6 +59,8 @@ pub struct CacheCtx {
     /// A file modified less than this many seconds before its download started is not kept
     /// (MDTM has one-second resolution).
     pub settle: i64,
+    /// How far a capture may fall behind the client (bytes) before it is abandoned.
+    pub write_buffer: usize,
 }
 
 impl CacheCtx {
@@ -377,7 +381,9 @@ impl DataPlane for Relay {
             notify: self.notify.clone(),
         };
         let (slots, ended) = (self.slots.clone(), self.ended.clone());
+        let nice = self.cfg.nice;
         let spawned = std::thread::Builder::new().name("ftpgate-data".into()).spawn(move || {
+            lower_priority(nice);
             job.run();
             let s = slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             if let Some(s) = s {
@@ -411,7 +417,7 @@ struct KeepLater {
     cap: Capture,
     login: Login,
     n: u64,
-    copy: io::Result<()>,
+    copy: Result<(), splice::CopyError>,
     started: i64,
     took: f64,
 }
@@ -620,7 +626,7 @@ impl Job {
             Some(Plan::Capture { cap, login }) => {
                 let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
                 let t = Instant::now();
-                let (n, copy) = match splice::pump_tee(srv, cli, &cap.file, &self.slot.to_client) {
+                let (n, copy) = match splice::pump_tee(srv, cli, &cap.file, &self.slot.to_client, self.cache.as_ref().map_or(16 << 20, |c| c.write_buffer)) {
                     Ok(r) => r,
                     Err(e) => {
                         log!("cache miss {}: transfer failed ({e}); not kept", cap.key.path);
@@ -643,7 +649,12 @@ impl Job {
         let path = cap.key.path.clone();
         let not = |why: String| log!("cache miss {path}: {n} bytes relayed in {took:.3} s; not kept: {why}");
         if let Err(e) = copy {
-            return not(format!("cannot write the cache ({e})"));
+            let kind = match e {
+                splice::CopyError::TooSlow { .. } => "not_kept_disk_slow",
+                splice::CopyError::Write(_) => "not_kept_write_failed",
+            };
+            metrics::m().cache(kind);
+            return not(e.to_string());
         }
         let finished = {
             let st = self.slot.lock();
@@ -678,6 +689,17 @@ impl Job {
             _ => not("the server did not confirm MDTM and SIZE".into()),
         }
     }
+}
+
+/// Sets the calling thread's nice value (Linux: per thread; threads it starts inherit it).
+/// Raising it needs no privilege; failure leaves the thread as it was.
+fn lower_priority(nice: u8) {
+    if nice == 0 {
+        return;
+    }
+    let tid = nix::unistd::gettid().as_raw() as libc::id_t;
+    // SAFETY: setpriority on this thread's own id; no memory is passed.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, libc::c_int::from(nice)) };
 }
 
 fn show(r: &io::Result<u64>) -> String {

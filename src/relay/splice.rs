@@ -72,55 +72,94 @@ fn drain(pipe: &Pipe, to: i32, mut n: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// Copy pipes in rotation between the relay and the cache writer: the relay waits for the disk
-/// only when all of them are still being written.
-const COPY_PIPES: usize = 8;
+/// Copy pipes in rotation between the relay and the cache writer; how far the writer may lag
+/// is bounded by bytes (`buffer` of [`pump_tee`]), and by these pipes only when chunks are small.
+const COPY_PIPES: usize = 64;
+
+/// Why a download's copy into the cache stopped (the client's transfer goes on regardless).
+#[derive(Debug)]
+pub enum CopyError {
+    /// The cache disk fell more than this many bytes behind the client.
+    TooSlow { buffer: usize },
+    /// Writing the file failed (e.g. the disk is full).
+    Write(io::Error),
+}
+
+impl std::fmt::Display for CopyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CopyError::TooSlow { buffer } => write!(f, "cache disk too slow (the copy fell {buffer} bytes behind the client)"),
+            CopyError::Write(e) => write!(f, "cannot write the cache ({e})"),
+        }
+    }
+}
 
 /// Like [`pump`], and also copies every byte into `file`: `tee(2)` into an empty copy pipe (one
 /// of [`COPY_PIPES`], each as large as the relay's pipe, so a tee always fits whole), which a
 /// writer thread `splice(2)`s into the file while the relay goes on — no userspace copy, and the
-/// disk write overlaps the network. A failing file write (disk full) stops only the copy.
-/// Returns the bytes moved and whether the copy is complete.
-pub fn pump_tee(src: &TcpStream, dst: &TcpStream, file: &File, moved: &AtomicU64) -> io::Result<(u64, io::Result<()>)> {
-    use std::sync::mpsc::{channel, sync_channel};
+/// disk write overlaps the network. The relay never waits for the disk: when the copy would fall
+/// more than `buffer` bytes behind what the client has been sent, or a write fails (disk full),
+/// the copy stops and the transfer goes on. Returns the bytes moved and whether the copy is
+/// complete.
+pub fn pump_tee(
+    src: &TcpStream,
+    dst: &TcpStream,
+    file: &File,
+    moved: &AtomicU64,
+    buffer: usize,
+) -> io::Result<(u64, Result<(), CopyError>)> {
+    use std::sync::mpsc::{channel, sync_channel, TryRecvError};
     let pipe = Pipe::new()?;
     let (free_tx, free_rx) = channel::<Pipe>();
     for _ in 0..COPY_PIPES {
         free_tx.send(Pipe::new()?).map_err(|_| io::Error::other("copy pipes"))?;
     }
     let (work_tx, work_rx) = sync_channel::<(Pipe, usize)>(COPY_PIPES);
+    let behind = std::sync::Arc::new(AtomicU64::new(0));
+    let given_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let out = file.try_clone()?;
+    let (lag, quit) = (behind.clone(), given_up.clone());
     let writer = std::thread::Builder::new().name("ftpgate-cache-write".into()).spawn(move || -> io::Result<()> {
         // on an error it returns at once: dropping both channel ends tells the relay
         while let Ok((p, n)) = work_rx.recv() {
+            if quit.load(Relaxed) {
+                break; // abandoned: what is still queued is not worth the disk's time
+            }
             drain(&p, out.as_raw_fd(), n)?;
+            lag.fetch_sub(n as u64, Relaxed);
             let _ = free_tx.send(p);
         }
         Ok(())
     })?;
     let mut total = 0u64;
-    let mut capture: io::Result<()> = Ok(());
+    let mut capture: Result<(), CopyError> = Ok(());
     let mut work = Some(work_tx);
+    let stopped = || CopyError::Write(io::Error::other("cache writer stopped"));
     loop {
         let n = splice(src.as_raw_fd(), pipe.w.as_raw_fd(), CHUNK, false)?;
         if n == 0 {
             break;
         }
         if capture.is_ok() {
-            // an empty copy pipe; none coming back means the writer failed
-            capture = match free_rx.recv() {
-                Ok(copy) => match tee(pipe.r.as_raw_fd(), copy.w.as_raw_fd(), n) {
-                    Ok(t) if t == n => work
-                        .as_ref()
-                        .map(|w| w.send((copy, n)))
-                        .and_then(Result::ok)
-                        .ok_or_else(|| io::Error::other("cache writer stopped")),
-                    Ok(t) => Err(io::Error::other(format!("tee copied {t} of {n} bytes"))),
-                    Err(e) => Err(e),
-                },
-                Err(_) => Err(io::Error::other("cache writer stopped")),
+            capture = if behind.load(Relaxed) + n as u64 > buffer as u64 {
+                Err(CopyError::TooSlow { buffer })
+            } else {
+                match free_rx.try_recv() {
+                    Ok(copy) => match tee(pipe.r.as_raw_fd(), copy.w.as_raw_fd(), n) {
+                        Ok(t) if t == n => {
+                            behind.fetch_add(n as u64, Relaxed);
+                            work.as_ref().map(|w| w.send((copy, n))).and_then(Result::ok).ok_or_else(stopped)
+                        }
+                        Ok(t) => Err(CopyError::Write(io::Error::other(format!("tee copied {t} of {n} bytes")))),
+                        Err(e) => Err(CopyError::Write(e)),
+                    },
+                    // every copy pipe is still being written: as far behind as it may fall
+                    Err(TryRecvError::Empty) => Err(CopyError::TooSlow { buffer }),
+                    Err(TryRecvError::Disconnected) => Err(stopped()),
+                }
             };
             if capture.is_err() {
+                given_up.store(true, Relaxed);
                 work = None; // lets the writer finish
             }
         }
@@ -131,7 +170,7 @@ pub fn pump_tee(src: &TcpStream, dst: &TcpStream, file: &File, moved: &AtomicU64
     let _ = dst.shutdown(Shutdown::Write);
     drop(work);
     let written = writer.join().unwrap_or_else(|_| Err(io::Error::other("cache writer panicked")));
-    Ok((total, capture.and(written)))
+    Ok((total, capture.and(written.map_err(CopyError::Write))))
 }
 
 /// Sends `len` bytes of `file` from `offset` to `dst` with `sendfile(2)`, then half-closes `dst`.
@@ -245,7 +284,7 @@ mod tests {
         assert!(got == data);
     }
 
-    fn through_tee(file: &File, data: &[u8]) -> (Vec<u8>, u64, io::Result<()>) {
+    fn through_tee(file: &File, data: &[u8], buffer: usize) -> (Vec<u8>, u64, Result<(), CopyError>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (b, _) = l.accept().unwrap();
@@ -259,7 +298,7 @@ mod tests {
             })
         };
         let f = file.try_clone().unwrap();
-        let p = std::thread::spawn(move || pump_tee(&b, &c, &f, &AtomicU64::new(0)).unwrap());
+        let p = std::thread::spawn(move || pump_tee(&b, &c, &f, &AtomicU64::new(0), buffer).unwrap());
         let mut got = Vec::new();
         d.read_to_end(&mut got).unwrap();
         w.join().unwrap();
@@ -272,7 +311,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("ftpgate-tee-{}", std::process::id()));
         let file = File::create(&path).unwrap();
         let data: Vec<u8> = (0..20_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
-        let (got, n, copy) = through_tee(&file, &data);
+        let (got, n, copy) = through_tee(&file, &data, 16 << 20);
         assert!(copy.is_ok(), "{copy:?}");
         assert_eq!(n, data.len() as u64);
         assert!(got == data);
@@ -284,9 +323,46 @@ mod tests {
     fn a_failing_cache_write_never_stops_the_transfer() {
         let full = File::options().write(true).open("/dev/full").unwrap();
         let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
-        let (got, n, copy) = through_tee(&full, &data);
-        assert!(copy.is_err());
+        let (got, n, copy) = through_tee(&full, &data, 16 << 20);
+        assert!(matches!(copy, Err(CopyError::Write(_))), "{copy:?}");
         assert_eq!(n, data.len() as u64);
         assert!(got == data);
+    }
+
+    #[test]
+    fn a_slow_cache_disk_never_holds_the_client() {
+        // the "disk": a FIFO read at about 1.3 MB/s; 20 MB to relay with a 2 MB buffer
+        let path = std::env::temp_dir().join(format!("ftpgate-slow-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let reader = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut f = File::open(&path).unwrap();
+                let mut buf = vec![0u8; 65536];
+                let mut n = 0usize;
+                while let Ok(m) = f.read(&mut buf) {
+                    if m == 0 {
+                        break;
+                    }
+                    n += m;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                n
+            })
+        };
+        let fifo = File::options().write(true).open(&path).unwrap();
+        let data: Vec<u8> = (0..20_000_000u32).map(|i| (i % 241) as u8).collect();
+        let t = std::time::Instant::now();
+        let (got, n, copy) = through_tee(&fifo, &data, 2 << 20);
+        let took = t.elapsed();
+        drop(fifo);
+        assert!(matches!(copy, Err(CopyError::TooSlow { buffer: 2097152 })), "{copy:?}");
+        assert_eq!(n, data.len() as u64);
+        assert!(got == data);
+        // at the disk's pace this would have taken 15 s; the buffer drains in under 2
+        assert!(took < std::time::Duration::from_secs(5), "the client waited {took:?} for the disk");
+        assert!(reader.join().unwrap() <= 4 << 20, "the writer kept writing after giving up");
+        std::fs::remove_file(&path).unwrap();
     }
 }
