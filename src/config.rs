@@ -35,6 +35,7 @@ pub struct Options {
     pub queue_priority: Option<u8>,
     pub data_nice: Option<u8>,
     pub no_cache: Option<bool>,
+    pub no_refetch: Option<bool>,
     pub max_sessions: Option<usize>,
     pub max_data: Option<usize>,
     pub listen: Option<Vec<SocketAddrV4>>,
@@ -138,7 +139,7 @@ impl Options {
         }
         pick!(
             queue, fail_closed, mark, table, cache_dir, data_timeout, idle_timeout, cache_max_bytes, cache_settle, cache_write_buffer,
-            check_timeout, check_connections, queue_priority, data_nice, no_cache, max_sessions, max_data, listen, proxy_users, allow_from, allow_dest,
+            check_timeout, check_connections, queue_priority, data_nice, no_cache, no_refetch, max_sessions, max_data, listen, proxy_users, allow_from, allow_dest,
             connect_timeout, metrics, xferlog, drain_timeout, log
         )
     }

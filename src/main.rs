@@ -148,6 +148,10 @@ struct RunArgs {
     /// Turn the cache off (relay only)
     #[arg(long)]
     no_cache: bool,
+    /// Do not fetch a file again (on a connection of ftpgate's own, at the cache disk's pace)
+    /// after its capture was abandoned because the disk could not keep up with the client
+    #[arg(long)]
+    no_refetch: bool,
     /// Control sessions at once; more get 421 [default: 1024]
     #[arg(long)]
     max_sessions: Option<usize>,
@@ -217,6 +221,7 @@ impl RunArgs {
             queue_priority: self.queue_priority,
             data_nice: self.data_nice,
             no_cache: self.no_cache.then_some(true),
+            no_refetch: self.no_refetch.then_some(true),
             max_sessions: self.max_sessions,
             max_data: self.max_data,
             listen: vec_opt(&self.listen),
@@ -379,6 +384,7 @@ fn run(a: RunArgs) -> Result<()> {
             ),
             settle: o.cache_settle.unwrap_or(3) as i64,
             write_buffer: o.cache_write_buffer.unwrap_or(16 << 20).max(1 << 20) as usize,
+            refetch: !o.no_refetch.unwrap_or(false),
         }))
     };
     let queue = o.queue.unwrap_or(2121);

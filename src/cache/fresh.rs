@@ -293,6 +293,47 @@ impl Checker {
         }
     }
 
+    /// Downloads `path` (PASV, binary) into `out` on a connection of its own under `login`, at
+    /// the pace `out` takes it: the second try of a capture whose disk could not keep up with
+    /// the client. Obeys the same server-slot rules as the checks (no slot: an error, nothing
+    /// fetched). The data connection goes to the server's own address whatever the 227 names.
+    /// The connection is closed afterwards, not pooled.
+    pub fn fetch(&self, login: &Login, path: &str, out: &mut impl Write) -> io::Result<u64> {
+        if !sendable(path) {
+            return Err(io::Error::other("path cannot be sent"));
+        }
+        let Some((_slot, idle)) = self.slot(login) else {
+            return Err(io::Error::other("no connection of ftpgate's own free at the server"));
+        };
+        let mut c = match idle {
+            Some(c) => c,
+            None => self.connect(login)?,
+        };
+        let mut go = || -> io::Result<u64> {
+            send(&mut c, "PASV\r\n")?;
+            let (code, text) = reply(&mut c)?;
+            let ep = crate::proto::ftp::parse_227(format!("{code} {text}\r\n").as_bytes())
+                .map_err(|e| io::Error::other(format!("PASV answered {code} {text} ({e:?})")))?;
+            let to = SocketAddr::V4(SocketAddrV4::new(*login.server.ip(), ep.port));
+            let mut data = TcpStream::connect_timeout(&to, self.timeout)?;
+            data.set_read_timeout(Some(self.timeout.max(Duration::from_secs(30))))?;
+            send(&mut c, &format!("RETR {}\r\n", super::server_path(path)))?;
+            let (code, text) = reply(&mut c)?;
+            if code != 150 && code != 125 {
+                return Err(io::Error::other(format!("RETR answered {code} {text}")));
+            }
+            let n = io::copy(&mut data, out)?;
+            let (code, text) = reply(&mut c)?;
+            if code != 226 && code != 250 {
+                return Err(io::Error::other(format!("RETR ended with {code} {text}")));
+            }
+            Ok(n)
+        };
+        let r = go();
+        let _ = send(&mut c, "QUIT\r\n");
+        r
+    }
+
     /// The server refused a session (`421`): leave it alone for a while.
     fn back_off(&self, server: SocketAddrV4) {
         let until = Instant::now() + self.limits.backoff;

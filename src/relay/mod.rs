@@ -61,6 +61,9 @@ pub struct CacheCtx {
     pub settle: i64,
     /// How far a capture may fall behind the client (bytes) before it is abandoned.
     pub write_buffer: usize,
+    /// A capture abandoned because the disk was too slow is fetched again afterwards, on a
+    /// connection of ftpgate's own at the disk's pace, so that the next download is a hit.
+    pub refetch: bool,
 }
 
 impl CacheCtx {
@@ -649,12 +652,15 @@ impl Job {
         let path = cap.key.path.clone();
         let not = |why: String| log!("cache miss {path}: {n} bytes relayed in {took:.3} s; not kept: {why}");
         if let Err(e) = copy {
-            let kind = match e {
-                splice::CopyError::TooSlow { .. } => "not_kept_disk_slow",
-                splice::CopyError::Write(_) => "not_kept_write_failed",
-            };
-            metrics::m().cache(kind);
-            return not(e.to_string());
+            let slow = matches!(e, splice::CopyError::TooSlow { .. });
+            metrics::m().cache(if slow { "not_kept_disk_slow" } else { "not_kept_write_failed" });
+            not(e.to_string());
+            if slow && cache.refetch {
+                let key = cap.key.clone();
+                drop(cap); // its partial file goes; the fetch captures anew
+                refetch(cache.clone(), key, login.clone());
+            }
+            return;
         }
         let finished = {
             let st = self.slot.lock();
@@ -689,6 +695,43 @@ impl Job {
             _ => not("the server did not confirm MDTM and SIZE".into()),
         }
     }
+}
+
+/// Fetches a file again on a thread of its own, at the cache disk's pace, after its capture
+/// could not keep up with the client: the next download of it is then a hit. Kept on the same
+/// terms as a capture (the server confirms the size, the file settled before the fetch).
+fn refetch(cache: Arc<CacheCtx>, key: Key, login: Login) {
+    let _ = std::thread::Builder::new().name("ftpgate-refetch".into()).spawn(move || {
+        let path = key.path.clone();
+        let mut cap = match cache.store.begin(&key) {
+            Ok(Some(cap)) => cap,
+            Ok(None) => return, // another download of it is being captured
+            Err(e) => return crate::warn!("cache refetch {path}: cannot capture ({e})"),
+        };
+        let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let t = Instant::now();
+        let n = match cache.checker.fetch(&login, &path, &mut cap.file) {
+            Ok(n) => n,
+            Err(e) => return log!("cache refetch {path}: failed ({e}); not kept"),
+        };
+        let took = t.elapsed().as_secs_f64();
+        let facts = cache.checker.check_once(&login, &path);
+        let not = |why: String| log!("cache refetch {path}: {n} bytes in {took:.3} s; not kept: {why}");
+        match (facts.size, facts.mdtm) {
+            (Answer::Ok(size), _) if size != n => not(format!("the server reports {size} bytes")),
+            (Answer::Ok(_), Answer::Ok(m)) if !settled(&m, started, cache.settle) => {
+                not(format!("modified within {} s of the fetch (MDTM {m})", cache.settle))
+            }
+            (Answer::Ok(_), Answer::Ok(m)) => match cache.store.commit(cap, n, &m) {
+                Ok(_) => {
+                    metrics::m().cache("refetched");
+                    log!("cache refetch {path}: {n} bytes at the disk's pace in {took:.3} s; kept")
+                }
+                Err(e) => not(format!("cannot write the cache ({e})")),
+            },
+            _ => not("the server did not confirm MDTM and SIZE".into()),
+        }
+    });
 }
 
 /// Sets the calling thread's nice value (Linux: per thread; threads it starts inherit it).
