@@ -778,14 +778,14 @@ for topo in nat routed; do
   fi
   gate_start
   dl "$topo after restart: PORT download" big.bin -- ip netns exec $C curl -sS -P - --disable-eprt -o "$OUT" ftp://$SRV_IP/big.bin
-  # the queue thread at real time, the relay's threads (which it starts) not: they run at nice 10
+  # the queue thread at real time, the relay's threads (which it starts) not: SCHED_BATCH, nice 0
   inC curl -sS --limit-rate 4M -o /dev/null ftp://$SRV_IP/big.bin & cpid=$!
   sleep 1
   ps -L -o cls=,rtprio=,ni=,comm= -p "$(cat "$WORK/gate.pid")" >"$WORK/threads.txt"
   kill $cpid 2>/dev/null; wait $cpid 2>/dev/null
-  if awk '$4 == "ftpgate" && $1 == "FF" { q = 1 } $4 == "ftpgate-data" { d++; if ($1 != "TS" || $3 != 10) bad++ }
+  if awk '$4 == "ftpgate" && $1 == "FF" { q = 1 } $4 == "ftpgate-data" { d++; if ($1 != "B" || $3 != 0) bad++ }
           END { exit !(q && d >= 1 && !bad) }' "$WORK/threads.txt"; then
-    pass "$topo relay threads at normal priority (nice 10), the queue thread alone at real time"
+    pass "$topo relay threads in SCHED_BATCH, the queue thread alone at real time"
   else
     fail "$topo thread priorities: $(tr '\n' ';' <"$WORK/threads.txt")"
   fi

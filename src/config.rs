@@ -33,7 +33,7 @@ pub struct Options {
     pub check_timeout: Option<u64>,
     pub check_connections: Option<usize>,
     pub queue_priority: Option<u8>,
-    pub data_nice: Option<u8>,
+    pub data_nice: Option<i8>,
     pub no_cache: Option<bool>,
     pub no_refetch: Option<bool>,
     pub max_sessions: Option<usize>,

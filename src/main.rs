@@ -159,11 +159,10 @@ struct RunArgs {
     /// behind the data path; 0 leaves it at normal priority (needs CAP_SYS_NICE) [default: 10]
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=99))]
     queue_priority: Option<u8>,
-    /// Nice value of the data relay's threads, so the machine's other work (and the control
-    /// path, which runs at real-time priority anyway) is not kept waiting behind bulk transfers;
-    /// 0 = the same as the rest [default: 10]
-    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=19))]
-    data_nice: Option<u8>,
+    /// Nice value of the data relay's threads, which run in SCHED_BATCH (their wake-ups do not
+    /// preempt other work; they keep their fair share); below 0 needs CAP_SYS_NICE [default: 0]
+    #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i8).range(-20..=19))]
+    data_nice: Option<i8>,
     /// Data connections at once; more PASV/PORT get 425 [default: 512]
     #[arg(long)]
     max_data: Option<usize>,
@@ -287,8 +286,8 @@ fn settings(o: Options) -> Result<Settings> {
     if o.data_timeout == Some(0) {
         bail!("--data-timeout must be at least 1 second");
     }
-    if let Some(n) = o.data_nice.filter(|&n| n > 19) {
-        bail!("data-nice {n} is out of range (0 to 19)");
+    if let Some(n) = o.data_nice.filter(|&n| !(-20..=19).contains(&n)) {
+        bail!("data-nice {n} is out of range (-20 to 19)");
     }
     if let Some(p) = o.queue_priority.filter(|&p| p > 99) {
         bail!("queue-priority {p} is out of range (0 to 99)");
@@ -393,7 +392,7 @@ fn run(a: RunArgs) -> Result<()> {
             accept_timeout: Duration::from_secs(o.data_timeout.unwrap_or(30)),
             idle_timeout: Duration::from_secs(o.idle_timeout.unwrap_or(300).max(1)),
             max_data: o.max_data.unwrap_or(512),
-            nice: o.data_nice.unwrap_or(10),
+            nice: o.data_nice.unwrap_or(0),
         },
         ftpgate::conntrack::server_side_client_addr,
         cache.clone(),

@@ -46,7 +46,7 @@ pub struct RelayConfig {
     /// Data connections (waiting or transferring) at once; more are refused (425).
     pub max_data: usize,
     /// Nice value of the relay's threads (threads they start inherit it).
-    pub nice: u8,
+    pub nice: i8,
 }
 
 /// Finds the client's address as the server sees it (conntrack's NAT); `None` = not translated.
@@ -734,9 +734,14 @@ fn refetch(cache: Arc<CacheCtx>, key: Key, login: Login) {
     });
 }
 
-/// Sets the calling thread's nice value (Linux: per thread; threads it starts inherit it).
-/// Raising it needs no privilege; failure leaves the thread as it was.
-fn lower_priority(nice: u8) {
+/// Puts the calling thread in SCHED_BATCH (bulk work: its wake-ups do not preempt the
+/// machine's other tasks, yet it keeps its fair share of CPU) at the given nice value (Linux:
+/// per thread; threads it starts inherit both). Needs no privilege; failure leaves the thread
+/// as it was.
+fn lower_priority(nice: i8) {
+    let p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets the calling thread's own policy with a live parameter.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &p) };
     if nice == 0 {
         return;
     }
