@@ -676,24 +676,31 @@ impl Job {
             Some(false) => return not("the server did not complete the transfer".into()),
             None => return not("no final reply from the server".into()),
         }
-        let facts = cache.checker.check_once(login, &path);
-        match (facts.size, facts.mdtm) {
-            (Answer::Ok(size), _) if size != n => not(format!("the server reports {size} bytes")),
-            (Answer::Ok(_), Answer::Ok(m)) if !settled(&m, started, cache.settle) => {
-                not(format!("modified within {} s of the download (MDTM {m})", cache.settle))
+        match confirm(cache, login, cap, n, started) {
+            Ok(evicted) => {
+                let (entries, bytes) = cache.store.totals();
+                log!(
+                    "cache miss {path}: {n} bytes relayed in {took:.3} s; kept ({entries} entries, {bytes} bytes{})",
+                    if evicted.is_empty() { String::new() } else { format!(", evicted {}", evicted.len()) }
+                );
             }
-            (Answer::Ok(_), Answer::Ok(m)) => match cache.store.commit(cap, n, &m) {
-                Ok(evicted) => {
-                    let (entries, bytes) = cache.store.totals();
-                    log!(
-                        "cache miss {path}: {n} bytes relayed in {took:.3} s; kept ({entries} entries, {bytes} bytes{})",
-                        if evicted.is_empty() { String::new() } else { format!(", evicted {}", evicted.len()) }
-                    );
-                }
-                Err(e) => not(format!("cannot write the cache ({e})")),
-            },
-            _ => not("the server did not confirm MDTM and SIZE".into()),
+            Err(why) => not(why),
         }
+    }
+}
+
+/// Asks the server to confirm a captured file — its size, and an MDTM settled before the
+/// download `started` — and makes it an entry (returning the entries evicted for it); otherwise
+/// says why it is not kept.
+fn confirm(cache: &CacheCtx, login: &Login, cap: Capture, n: u64, started: i64) -> Result<Vec<String>, String> {
+    let facts = cache.checker.check_once(login, &cap.key.path);
+    match (facts.size, facts.mdtm) {
+        (Answer::Ok(size), _) if size != n => Err(format!("the server reports {size} bytes")),
+        (Answer::Ok(_), Answer::Ok(m)) if !settled(&m, started, cache.settle) => {
+            Err(format!("modified within {} s of the download (MDTM {m})", cache.settle))
+        }
+        (Answer::Ok(_), Answer::Ok(m)) => cache.store.commit(cap, n, &m).map_err(|e| format!("cannot write the cache ({e})")),
+        _ => Err("the server did not confirm MDTM and SIZE".into()),
     }
 }
 
@@ -715,21 +722,12 @@ fn refetch(cache: Arc<CacheCtx>, key: Key, login: Login) {
             Err(e) => return log!("cache refetch {path}: failed ({e}); not kept"),
         };
         let took = t.elapsed().as_secs_f64();
-        let facts = cache.checker.check_once(&login, &path);
-        let not = |why: String| log!("cache refetch {path}: {n} bytes in {took:.3} s; not kept: {why}");
-        match (facts.size, facts.mdtm) {
-            (Answer::Ok(size), _) if size != n => not(format!("the server reports {size} bytes")),
-            (Answer::Ok(_), Answer::Ok(m)) if !settled(&m, started, cache.settle) => {
-                not(format!("modified within {} s of the fetch (MDTM {m})", cache.settle))
+        match confirm(&cache, &login, cap, n, started) {
+            Ok(_) => {
+                metrics::m().cache("refetched");
+                log!("cache refetch {path}: {n} bytes at the disk's pace in {took:.3} s; kept")
             }
-            (Answer::Ok(_), Answer::Ok(m)) => match cache.store.commit(cap, n, &m) {
-                Ok(_) => {
-                    metrics::m().cache("refetched");
-                    log!("cache refetch {path}: {n} bytes at the disk's pace in {took:.3} s; kept")
-                }
-                Err(e) => not(format!("cannot write the cache ({e})")),
-            },
-            _ => not("the server did not confirm MDTM and SIZE".into()),
+            Err(why) => log!("cache refetch {path}: {n} bytes in {took:.3} s; not kept: {why}"),
         }
     });
 }
