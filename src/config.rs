@@ -34,6 +34,7 @@ pub struct Options {
     pub check_connections: Option<usize>,
     pub queue_priority: Option<u8>,
     pub data_nice: Option<i8>,
+    pub data_priority: Option<u8>,
     pub no_cache: Option<bool>,
     pub no_refetch: Option<bool>,
     pub max_sessions: Option<usize>,
@@ -139,7 +140,7 @@ impl Options {
         }
         pick!(
             queue, fail_closed, mark, table, cache_dir, data_timeout, idle_timeout, cache_max_bytes, cache_settle, cache_write_buffer,
-            check_timeout, check_connections, queue_priority, data_nice, no_cache, no_refetch, max_sessions, max_data, listen, proxy_users, allow_from, allow_dest,
+            check_timeout, check_connections, queue_priority, data_nice, data_priority, no_cache, no_refetch, max_sessions, max_data, listen, proxy_users, allow_from, allow_dest,
             connect_timeout, metrics, xferlog, drain_timeout, log
         )
     }

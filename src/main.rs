@@ -159,8 +159,13 @@ struct RunArgs {
     /// behind the data path; 0 leaves it at normal priority (needs CAP_SYS_NICE) [default: 10]
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=99))]
     queue_priority: Option<u8>,
-    /// Nice value of the data relay's threads, which run in SCHED_BATCH (their wake-ups do not
-    /// preempt other work; they keep their fair share); below 0 needs CAP_SYS_NICE [default: 0]
+    /// Real-time (SCHED_FIFO) priority of the data relay's threads, below the queue thread's
+    /// (like the kernel's own forwarding, which runs above every task); 0 = normal priority
+    /// (SCHED_BATCH at --data-nice) [default: half of --queue-priority]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=98))]
+    data_priority: Option<u8>,
+    /// Nice value of the data relay's threads when they are not at real-time priority; below 0
+    /// needs CAP_SYS_NICE [default: 0]
     #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i8).range(-20..=19))]
     data_nice: Option<i8>,
     /// Data connections at once; more PASV/PORT get 425 [default: 512]
@@ -219,6 +224,7 @@ impl RunArgs {
             check_connections: self.check_connections,
             queue_priority: self.queue_priority,
             data_nice: self.data_nice,
+            data_priority: self.data_priority,
             no_cache: self.no_cache.then_some(true),
             no_refetch: self.no_refetch.then_some(true),
             max_sessions: self.max_sessions,
@@ -291,6 +297,10 @@ fn settings(o: Options) -> Result<Settings> {
     }
     if let Some(p) = o.queue_priority.filter(|&p| p > 99) {
         bail!("queue-priority {p} is out of range (0 to 99)");
+    }
+    let queue_prio = o.queue_priority.unwrap_or(10);
+    if let Some(d) = o.data_priority.filter(|&d| d > 0 && d >= queue_prio) {
+        bail!("data-priority {d} must be below queue-priority ({queue_prio}): the control path must not queue behind the data path");
     }
     let listen = o.listen.clone().unwrap_or_default();
     if listen.is_empty() && (o.proxy_users.is_some() || o.allow_from.is_some() || o.allow_dest.is_some()) {
@@ -392,6 +402,7 @@ fn run(a: RunArgs) -> Result<()> {
             accept_timeout: Duration::from_secs(o.data_timeout.unwrap_or(30)),
             idle_timeout: Duration::from_secs(o.idle_timeout.unwrap_or(300).max(1)),
             max_data: o.max_data.unwrap_or(512),
+            rt_priority: o.data_priority.unwrap_or(o.queue_priority.unwrap_or(10) / 2),
             nice: o.data_nice.unwrap_or(0),
         },
         ftpgate::conntrack::server_side_client_addr,

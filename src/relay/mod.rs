@@ -45,7 +45,10 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
     /// Data connections (waiting or transferring) at once; more are refused (425).
     pub max_data: usize,
-    /// Nice value of the relay's threads (threads they start inherit it).
+    /// Real-time (SCHED_FIFO) priority of the relay's threads, 0 = none (threads they start
+    /// inherit it).
+    pub rt_priority: u8,
+    /// Nice value of the relay's threads when not at real-time priority.
     pub nice: i8,
 }
 
@@ -384,9 +387,9 @@ impl DataPlane for Relay {
             notify: self.notify.clone(),
         };
         let (slots, ended) = (self.slots.clone(), self.ended.clone());
-        let nice = self.cfg.nice;
+        let (rt, nice) = (self.cfg.rt_priority, self.cfg.nice);
         let spawned = std::thread::Builder::new().name("ftpgate-data".into()).spawn(move || {
-            lower_priority(nice);
+            lower_priority(rt, nice);
             job.run();
             let s = slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             if let Some(s) = s {
@@ -709,6 +712,7 @@ fn confirm(cache: &CacheCtx, login: &Login, cap: Capture, n: u64, started: i64) 
 /// terms as a capture (the server confirms the size, the file settled before the fetch).
 fn refetch(cache: Arc<CacheCtx>, key: Key, login: Login) {
     let _ = std::thread::Builder::new().name("ftpgate-refetch".into()).spawn(move || {
+        lower_priority(0, 0); // background work: not the real-time priority of the relay it came from
         let path = key.path.clone();
         let mut cap = match cache.store.begin(&key) {
             Ok(Some(cap)) => cap,
@@ -732,12 +736,20 @@ fn refetch(cache: Arc<CacheCtx>, key: Key, login: Login) {
     });
 }
 
-/// Puts the calling thread in SCHED_BATCH (bulk work: its wake-ups do not preempt the
-/// machine's other tasks, yet it keeps its fair share of CPU) at the given nice value (Linux:
-/// per thread; threads it starts inherit both). Needs no privilege; failure leaves the thread
-/// as it was.
-fn lower_priority(nice: i8) {
+/// Sets the calling thread's scheduling for relay work (threads it starts inherit it): at
+/// real-time priority `rt` (SCHED_FIFO, below the queue thread's) when `rt` > 0 and allowed —
+/// like the kernel's own forwarding, which runs in softirq above every task — else SCHED_BATCH
+/// (its wake-ups do not preempt other tasks, it keeps its fair share) at `nice`. Failure leaves
+/// the thread as it was.
+fn lower_priority(rt: u8, nice: i8) {
     let p = libc::sched_param { sched_priority: 0 };
+    if rt > 0 {
+        let p = libc::sched_param { sched_priority: rt.into() };
+        // SAFETY: sets the calling thread's own policy with a live parameter.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) } == 0 {
+            return;
+        }
+    }
     // SAFETY: sets the calling thread's own policy with a live parameter.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &p) };
     if nice == 0 {
