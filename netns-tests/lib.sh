@@ -132,6 +132,24 @@ EOC
   busywait 5000 inS bash -c "exec 3<>/dev/tcp/$SRV_IP/21" 2>/dev/null
 }
 
+# slowdisk_up: the cache dir on a FUSE passthrough that writes ~40 MB/s (an SD card's pace), the
+# server's link shaped to 1 Gbit/s, and a settled 100 MB pub/slow.bin; slowdisk_down undoes it
+slowdisk_up() {
+  [[ -f $WORK/pub/slow.bin ]] || head -c 104857600 /dev/urandom >"$WORK/pub/slow.bin"
+  touch -d '1 hour ago' "$WORK/pub/slow.bin"
+  rm -rf "$WORK/cache" "$WORK/slowroot"; mkdir -p "$WORK/cache" "$WORK/slowroot"
+  $SYSPY "$HERE/slowfs.py" "$WORK/slowroot" "$WORK/cache" 40000000 >"$WORK/slowfs.log" 2>&1 &
+  SLOWFS_PID=$!
+  busywait 5000 mountpoint -q "$WORK/cache" || return 1
+  inS tc qdisc add dev ${P}s0 root tbf rate 1gbit burst 1mb latency 50ms
+}
+
+slowdisk_down() {
+  inS tc qdisc del dev ${P}s0 root 2>/dev/null
+  fusermount3 -u "$WORK/cache" 2>/dev/null; wait "${SLOWFS_PID:-}" 2>/dev/null
+  rm -rf "$WORK/slowroot" "$WORK/cache"
+}
+
 server_stop() {
   [[ -f $WORK/server.pid ]] && kill "$(cat "$WORK/server.pid")" 2>/dev/null
   inS pkill -f vsftpd 2>/dev/null; pkill -f "vsftpd $WORK" 2>/dev/null

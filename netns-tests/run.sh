@@ -640,12 +640,7 @@ slow_disk() { # topology label; vsftpd runs, ftpgate not. Issue 14: the cache di
   # relay's speed, its capture is abandoned (no partial entry), the file is fetched again at the
   # disk's pace, and the next download is a hit; every download byte for byte
   local t=$1 U=ftp://$SRV_IP tn tm
-  [[ -f $WORK/pub/slow.bin ]] || head -c 104857600 /dev/urandom >"$WORK/pub/slow.bin"
-  touch -d '1 hour ago' "$WORK/pub/slow.bin"
-  rm -rf "$WORK/cache" "$WORK/slowroot"; mkdir -p "$WORK/cache" "$WORK/slowroot"
-  $SYSPY "$HERE/slowfs.py" "$WORK/slowroot" "$WORK/cache" 40000000 >"$WORK/slowfs.log" 2>&1 & local fpid=$!
-  busywait 5000 mountpoint -q "$WORK/cache" || { fail "$t slow disk: FUSE mount failed ($(tail -c 200 "$WORK/slowfs.log"))"; return; }
-  inS tc qdisc add dev ${P}s0 root tbf rate 1gbit burst 1mb latency 50ms
+  slowdisk_up || { fail "$t slow disk: FUSE mount failed ($(tail -c 200 "$WORK/slowfs.log"))"; slowdisk_down; return; }
   gate_start --no-cache
   tn=$(inC curl -sS -o "$OUT" -w '%{time_total}' $U/slow.bin) && cmp -s "$OUT" "$WORK/pub/slow.bin" ||
     fail "$t slow disk: --no-cache download"
@@ -663,10 +658,7 @@ slow_disk() { # topology label; vsftpd runs, ftpgate not. Issue 14: the cache di
   busywait 60000 logsince "$mark" "cache refetch /slow.bin: .*; kept" && pass "$t slow disk: fetched again at the disk's pace and kept" ||
     fail "$t slow disk: refetch ($(tail -n +$((mark + 1)) "$WORK/ftpgate.log" | grep -Eo 'refetch.*' | head -1))"
   cdl "$t slow disk: the next download is a hit" hit "$WORK/pub/slow.bin" -- ip netns exec $C curl -sS -o "$OUT" $U/slow.bin
-  gate_stop
-  inS tc qdisc del dev ${P}s0 root
-  fusermount3 -u "$WORK/cache"; wait $fpid 2>/dev/null
-  rm -rf "$WORK/slowroot" "$WORK/cache"
+  gate_stop; slowdisk_down
 }
 
 burst_stock() { # topology label; vsftpd runs, ftpgate not. Issue 13: 100 separate client

@@ -220,25 +220,15 @@ impl Helper {
             (Dir::ToClient, (pkt.dst(), pkt.src()))
         };
         let flags = pkt.flags();
-        if dir == Dir::ToServer && flags.syn && !flags.ack {
-            // the client's ports may be reused at once: a SYN that is not a retransmission
-            // starts over, with nothing of the old connection's state
-            if self.sessions.get(&key).is_some_and(|s| s.is_new_connection(pkt.seq())) {
-                self.sessions.remove(&key);
-                if let Some(h) = self.held.get_mut(&key) {
-                    h.deadline = now; // the old connection's held segment is dropped
-                }
-                if let Some(h) = self.held_replies.remove(&key) {
-                    self.stale.push(h.msg);
-                }
-            }
-        }
         let seg = Segment { seq: pkt.seq(), ack: pkt.ack(), flags, sack: &pkt.sack, payload: pkt.payload };
         if self.sessions.get(&key).is_some_and(|s| s.is_later_connection(dir, &seg)) {
-            log!("session {} -> {}: a new connection on the same addresses (its SYN passed unseen); starting over", key.0, key.1);
+            // a reused port: start over, with nothing of the old connection's state
+            if !(dir == Dir::ToServer && flags.syn) {
+                log!("session {} -> {}: a new connection on the same addresses (its SYN passed unseen); starting over", key.0, key.1);
+            }
             self.sessions.remove(&key);
             if let Some(h) = self.held.get_mut(&key) {
-                h.deadline = now;
+                h.deadline = now; // the old connection's held segment is dropped
             }
             if let Some(h) = self.held_replies.remove(&key) {
                 self.stale.push(h.msg);

@@ -231,9 +231,6 @@ impl Checker {
         drop(pool);
         let facts = self.ask_now(login, path, &question, id);
         let mut pool = self.lock();
-        if pool.unsent.get(&question) == Some(&id) {
-            pool.unsent.remove(&question); // never sent (no connection)
-        }
         if let Some(j) = pool.answers.get_mut(&id) {
             if j.waiting == 0 {
                 pool.answers.remove(&id);
@@ -263,15 +260,17 @@ impl Checker {
         }
     }
 
-    /// Takes a connection and asks; the question stops taking joiners just before it is sent.
+    /// Takes a connection and asks; the question stops taking joiners once a connection is
+    /// had (just before it is sent) or none could be (it never will be).
     fn ask_now(&self, login: &Login, path: &str, question: &(Login, String), id: u64) -> Facts {
-        let Some((mut slot, pooled)) = self.slot(login) else { return Facts::unknown() };
+        let got = self.slot(login);
         {
             let mut pool = self.lock();
             if pool.unsent.get(question) == Some(&id) {
                 pool.unsent.remove(question);
             }
         }
+        let Some((mut slot, pooled)) = got else { return Facts::unknown() };
         let attempt = |c: Option<Conn>| -> io::Result<(Conn, Facts)> {
             let mut c = match c {
                 Some(c) => c,

@@ -469,26 +469,29 @@ impl Session {
         self.refuse_greeting = Some(format!("421 ftpgate: {why}.\r\n").into_bytes());
     }
 
-    /// Whether a client SYN with this sequence number opens a new connection on the same
-    /// addresses and ports (the old one closed, or was restored from saved state), rather
-    /// than retransmitting this one's SYN.
-    pub fn is_new_connection(&self, syn_seq: Seq) -> bool {
-        !self.c2s.synced || self.resumed_unseen || self.is_closed() || self.c2s.first != syn_seq.add(1)
-    }
-
     /// Whether a segment on this session's addresses belongs to a later connection that reused
-    /// them, one whose client SYN this session never saw (the queue let it pass unseen, as a
-    /// full queue does when failing open). Such a segment would otherwise be measured against
-    /// the old connection's stream: a greeting beyond its end waits as a "gap" for bytes that
-    /// never come, and the client hangs before the greeting. Two signs, both certain:
-    /// - a SYN-ACK that acknowledges a client SYN other than the one this session saw;
+    /// them (clients may reuse their ports at once), so the session must start over with
+    /// nothing of the old connection's state:
+    /// - a client SYN that is not a retransmission of this one's (the old connection closed, or
+    ///   was restored from saved state);
+    /// - a SYN-ACK that acknowledges a client SYN other than the one this session saw: that SYN
+    ///   passed the queue unseen, as a full queue does when failing open;
     /// - after this connection closed, a segment outside what its streams ever carried
-    ///   (retransmitted FINs and final ACKs stay inside).
+    ///   (retransmitted FINs and final ACKs stay inside): SYN and SYN-ACK both passed unseen.
+    ///
+    /// Measured against the old connection's stream instead, a greeting beyond its end would
+    /// wait as a "gap" for bytes that never come, and the client hang before the greeting.
     pub fn is_later_connection(&self, dir: Dir, seg: &Segment) -> bool {
-        if dir == Dir::ToClient && seg.flags.syn && seg.flags.ack {
-            return self.c2s.synced && !self.resumed_unseen && self.c2s.first != seg.ack;
+        if seg.flags.syn {
+            return match (dir, seg.flags.ack) {
+                (Dir::ToServer, false) => {
+                    !self.c2s.synced || self.resumed_unseen || self.is_closed() || self.c2s.first != seg.seq.add(1)
+                }
+                (Dir::ToClient, true) => self.c2s.synced && !self.resumed_unseen && self.c2s.first != seg.ack,
+                _ => false,
+            };
         }
-        if !self.is_closed() || seg.flags.syn {
+        if !self.is_closed() {
             return false;
         }
         let st = match dir {

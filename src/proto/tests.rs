@@ -873,6 +873,12 @@ fn a_later_connection_whose_syn_passed_unseen_is_recognised() {
     let mut p = active_session(&[]);
     let ack = Flags { ack: true, ..Default::default() };
     let synack = Flags { syn: true, ack: true, ..Default::default() };
+    // the client's SYN retransmitted: the same connection; another ISN: a new one
+    let syn = Flags { syn: true, ..Default::default() };
+    let resyn = Segment { seq: Seq(1000), ack: Seq(0), flags: syn, sack: &[], payload: &[] };
+    assert!(!p.s.is_later_connection(Dir::ToServer, &resyn));
+    let newsyn = Segment { seq: Seq(77_000), ack: Seq(0), flags: syn, sack: &[], payload: &[] };
+    assert!(p.s.is_later_connection(Dir::ToServer, &newsyn));
     // the same connection's SYN-ACK, retransmitted: not a new one
     let again = Segment { seq: Seq(5000), ack: Seq(1001), flags: synack, sack: &[], payload: &[] };
     assert!(!p.s.is_later_connection(Dir::ToClient, &again));

@@ -108,7 +108,8 @@ pub fn check_held(session: &Session, cache: Option<&Arc<CacheCtx>>, answer: impl
 
 /// What one data connection carries, once known.
 enum Plan {
-    Capture { cap: Capture, login: Login },
+    /// `buffer`: how far the copy may fall behind the client ([`CacheCtx::write_buffer`]).
+    Capture { cap: Capture, login: Login, buffer: usize },
     Serve { file: File, meta: Meta, offset: u64 },
 }
 
@@ -287,7 +288,7 @@ impl DataPlane for Relay {
         let (Some(cache), Some(slot)) = (self.cache.as_ref(), self.slot(id)) else { return false };
         let plan = match what {
             Transfer::Capture { key, login } => match cache.store.begin(&key) {
-                Ok(Some(cap)) => Plan::Capture { cap, login },
+                Ok(Some(cap)) => Plan::Capture { cap, login, buffer: cache.write_buffer },
                 Ok(None) => return false, // another download of this file is being captured
                 Err(e) => {
                     crate::warn!("cache: cannot capture {}: {e}; relaying uncached", key.path);
@@ -583,7 +584,7 @@ impl Job {
             return;
         }
         xferlog::write(&xferlog::Record {
-            at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+            at: unix_secs(),
             secs,
             host: *self.req.client.ip(),
             bytes: if incoming { to_server } else { to_client },
@@ -629,10 +630,10 @@ impl Job {
                 }
                 r
             }
-            Some(Plan::Capture { cap, login }) => {
-                let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+            Some(Plan::Capture { cap, login, buffer }) => {
+                let started = unix_secs();
                 let t = Instant::now();
-                let (n, copy) = match splice::pump_tee(srv, cli, &cap.file, &self.slot.to_client, self.cache.as_ref().map_or(16 << 20, |c| c.write_buffer)) {
+                let (n, copy) = match splice::pump_tee(srv, cli, &cap.file, &self.slot.to_client, buffer) {
                     Ok(r) => r,
                     Err(e) => {
                         log!("cache miss {}: transfer failed ({e}); not kept", cap.key.path);
@@ -719,7 +720,7 @@ fn refetch(cache: Arc<CacheCtx>, key: Key, login: Login) {
             Ok(None) => return, // another download of it is being captured
             Err(e) => return crate::warn!("cache refetch {path}: cannot capture ({e})"),
         };
-        let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let started = unix_secs();
         let t = Instant::now();
         let n = match cache.checker.fetch(&login, &path, &mut cap.file) {
             Ok(n) => n,
@@ -742,7 +743,6 @@ fn refetch(cache: Arc<CacheCtx>, key: Key, login: Login) {
 /// (its wake-ups do not preempt other tasks, it keeps its fair share) at `nice`. Failure leaves
 /// the thread as it was.
 fn lower_priority(rt: u8, nice: i8) {
-    let p = libc::sched_param { sched_priority: 0 };
     if rt > 0 {
         let p = libc::sched_param { sched_priority: rt.into() };
         // SAFETY: sets the calling thread's own policy with a live parameter.
@@ -750,6 +750,7 @@ fn lower_priority(rt: u8, nice: i8) {
             return;
         }
     }
+    let p = libc::sched_param { sched_priority: 0 };
     // SAFETY: sets the calling thread's own policy with a live parameter.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &p) };
     if nice == 0 {
@@ -758,6 +759,11 @@ fn lower_priority(rt: u8, nice: i8) {
     let tid = nix::unistd::gettid().as_raw() as libc::id_t;
     // SAFETY: setpriority on this thread's own id; no memory is passed.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, libc::c_int::from(nice)) };
+}
+
+/// Seconds since the Unix epoch, now (0 if the clock is before it).
+fn unix_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 fn show(r: &io::Result<u64>) -> String {
