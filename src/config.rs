@@ -37,6 +37,7 @@ pub struct Options {
     pub data_priority: Option<u8>,
     pub no_cache: Option<bool>,
     pub no_refetch: Option<bool>,
+    pub data_forwarding: Option<Forwarding>,
     pub max_sessions: Option<usize>,
     pub max_data: Option<usize>,
     pub listen: Option<Vec<SocketAddrV4>>,
@@ -51,6 +52,16 @@ pub struct Options {
     pub drain_timeout: Option<u64>,
     /// Log filter, as `RUST_LOG` takes it (`info`, `debug`, `ftpgate=debug`, …).
     pub log: Option<String>,
+}
+
+/// Who moves a data connection's bytes when it needs neither capture nor serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forwarding {
+    /// The kernel forwards it, under a single-use permission ftpgate gives (`crate::nft`).
+    Kernel,
+    /// ftpgate's relay splices it.
+    Relay,
 }
 
 /// Parses `1G`, `512M`, `64K`, `1T` or a plain number of bytes.
@@ -140,7 +151,7 @@ impl Options {
         }
         pick!(
             queue, fail_closed, mark, table, cache_dir, data_timeout, idle_timeout, cache_max_bytes, cache_settle, cache_write_buffer,
-            check_timeout, check_connections, queue_priority, data_nice, data_priority, no_cache, no_refetch, max_sessions, max_data, listen, proxy_users, allow_from, allow_dest,
+            check_timeout, check_connections, queue_priority, data_nice, data_priority, no_cache, no_refetch, data_forwarding, max_sessions, max_data, listen, proxy_users, allow_from, allow_dest,
             connect_timeout, metrics, xferlog, drain_timeout, log
         )
     }

@@ -5,12 +5,12 @@
 //! of the control connection says which (its reply tuple's destination).
 
 use core::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
 
-const NETLINK_NETFILTER: i32 = 12;
+use crate::netlink::{attr, find, nested, Socket};
+
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
-const NLA_F_NESTED: u16 = 0x8000;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_TUPLE_IP: u16 = 1;
@@ -20,20 +20,6 @@ const CTA_IP_V4_DST: u16 = 2;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
-
-fn attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
-    let len = 4 + data.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(data);
-    buf.resize(buf.len() + (4 - len % 4) % 4, 0);
-}
-
-fn nested(buf: &mut Vec<u8>, ty: u16, f: impl FnOnce(&mut Vec<u8>)) {
-    let mut inner = Vec::new();
-    f(&mut inner);
-    attr(buf, ty | NLA_F_NESTED, &inner);
-}
 
 /// Builds the CT_GET request for the original-direction tuple `src → dst` (TCP).
 pub fn request(src: SocketAddrV4, dst: SocketAddrV4, seq: u32) -> Vec<u8> {
@@ -59,27 +45,6 @@ pub fn request(src: SocketAddrV4, dst: SocketAddrV4, seq: u32) -> Vec<u8> {
     msg
 }
 
-/// Iterates netlink attributes: (type without flags, payload).
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    core::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let data = &b[4..len];
-        b = &b[((len + 3) & !3).min(b.len())..];
-        Some((ty, data))
-    })
-}
-
-fn find(b: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(b).find(|(t, _)| *t == ty).map(|(_, d)| d)
-}
-
 /// From a CT_NEW answer: the reply tuple's destination address.
 pub fn parse_reply_dst(msg: &[u8]) -> Option<Ipv4Addr> {
     let len = u32::from_ne_bytes(msg.get(..4)?.try_into().ok()?) as usize;
@@ -95,45 +60,9 @@ pub fn parse_reply_dst(msg: &[u8]) -> Option<Ipv4Addr> {
 
 /// The address the server sees for connection `client → server`, if conntrack knows it.
 pub fn server_side_client_addr(client: SocketAddrV4, server: SocketAddrV4) -> Option<Ipv4Addr> {
-    // SAFETY: plain socket(2); the fd is owned from here on.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_NETFILTER) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: fd is a fresh, valid descriptor.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
-    let req = request(client, server, 1);
-    let mut buf = vec![0u8; 8192];
-    // SAFETY: valid fd and buffers of the given lengths.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            core::mem::size_of::<libc::timeval>() as u32,
-        );
-        let mut sa: libc::sockaddr_nl = core::mem::zeroed();
-        sa.nl_family = libc::AF_NETLINK as u16;
-        let sent = libc::sendto(
-            fd.as_raw_fd(),
-            req.as_ptr() as *const libc::c_void,
-            req.len(),
-            0,
-            &sa as *const _ as *const libc::sockaddr,
-            core::mem::size_of::<libc::sockaddr_nl>() as u32,
-        );
-        if sent < 0 {
-            return None;
-        }
-        let n = libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
-        if n <= 0 {
-            return None;
-        }
-        buf.truncate(n as usize);
-    }
-    parse_reply_dst(&buf)
+    let mut sock = Socket::open(Duration::from_millis(200)).ok()?;
+    sock.send(&request(client, server, 1)).ok()?;
+    parse_reply_dst(sock.recv().ok()?)
 }
 
 #[cfg(test)]

@@ -10,6 +10,12 @@
 //!   connections aimed at the server (passive) or at the client (active) reach the relay. Only
 //!   sockets ftpgate opened carry IP_TRANSPARENT, so no other traffic is diverted.
 //! - `filter INPUT`: accepts those marked packets, for routers whose INPUT policy is DROP.
+//! - kernel forwarding of data connections (`crate::nft`): the nftables table `ip ftpgate`
+//!   (loaded with `nft -f`; without `nft` data connections are relayed), plus three rules on
+//!   its conntrack marks: `mangle FORWARD` queues a forwarded connection's SYN/FIN/RST segments
+//!   (for its byte count), `mangle PREROUTING` queues a thief's SYN (logged and dropped, and
+//!   dropped while no ftpgate is bound), `filter FORWARD` accepts a forwarded connection's
+//!   first packet (for firewalls whose FORWARD policy is DROP).
 //!
 //! Every iptables rule carries the comment `ftpgate` and is checked with `-C` before it is added,
 //! so apply twice adds nothing and remove deletes exactly what apply added.
@@ -51,6 +57,7 @@ impl RuleSet {
         let q = self.queue;
         let m = format!("{:#x}/{:#x}", self.mark, self.mark);
         let c = format!("-m comment --comment {COMMENT}");
+        let (pass, thief) = (crate::nft::CT_PASS, crate::nft::CT_THIEF);
         vec![
             Rule {
                 table: "raw",
@@ -78,6 +85,26 @@ impl RuleSet {
                 first: true,
                 spec: words(&format!("-p tcp -m mark --mark {m} {c} -j ACCEPT")),
             },
+            Rule {
+                table: "mangle",
+                chain: "FORWARD",
+                first: false,
+                spec: words(&format!(
+                    "-p tcp -m connmark --mark {pass:#x} -m tcp ! --tcp-flags SYN,FIN,RST NONE {c} -j NFQUEUE --queue-num {q} --queue-bypass"
+                )),
+            },
+            Rule {
+                table: "mangle",
+                chain: "PREROUTING",
+                first: false,
+                spec: words(&format!("-p tcp -m connmark --mark {thief:#x} {c} -j NFQUEUE --queue-num {q}")),
+            },
+            Rule {
+                table: "filter",
+                chain: "FORWARD",
+                first: true,
+                spec: words(&format!("-m connmark --mark {pass:#x} -m conntrack --ctstate NEW {c} -j ACCEPT")),
+            },
         ]
     }
 
@@ -100,6 +127,10 @@ impl RuleSet {
         }
         out += &format!("# and, outside iptables:\n#   ip rule add fwmark {m} lookup {}\n", self.table);
         out += &format!("#   ip route replace local 0.0.0.0/0 dev lo table {}\n", self.table);
+        out += "# and the nftables table for kernel-forwarded data connections (load with `nft -f FILE`):\n";
+        for l in crate::nft::ruleset().lines() {
+            out += &format!("#   {l}\n");
+        }
         out += "# nftables: `iptables-restore-translate -f FILE` prints these as nft rules. A native nft\n\
                 # ruleset needs a kernel with nft_queue (CONFIG_NFT_QUEUE) for `queue num N bypass`, a raw-priority\n\
                 # (-300) prerouting chain for the client->server rule, a mangle-priority (-150) forward chain\n\
@@ -128,6 +159,7 @@ impl RuleSet {
             run("ip", &["rule", "add", "fwmark", &m, "lookup", &t])?;
         }
         run("ip", &["route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", &t])?;
+        self.apply_nft();
         if let Ok(raw) = output(IPTABLES, &["-w", "-t", "raw", "-S"]) {
             if raw.contains("--helper ftp") {
                 crate::log!("warning: the kernel FTP helper is assigned in the raw table; it must not act on traffic ftpgate handles");
@@ -150,7 +182,25 @@ impl RuleSet {
             run("ip", &["rule", "del", "fwmark", &m, "lookup", &t])?;
         }
         let _ = output("ip", &["route", "flush", "table", &t]);
+        if nft_present() && output(NFT, &["list", "table", "ip", crate::nft::TABLE]).is_ok() {
+            run(NFT, &["delete", "table", "ip", crate::nft::TABLE])?;
+        }
         Ok(())
+    }
+
+    /// Loads the table for kernel-forwarded data connections if `nft` is there and the table
+    /// is not; without it ftpgate relays every data connection.
+    fn apply_nft(&self) {
+        if !nft_present() {
+            crate::log!("note: nft (package nftables) not found: data connections will all be relayed, none forwarded by the kernel");
+            return;
+        }
+        if output(NFT, &["list", "table", "ip", crate::nft::TABLE]).is_ok() {
+            return;
+        }
+        if let Err(e) = run_with_input(NFT, &["-f", "-"], crate::nft::ruleset().as_bytes()) {
+            crate::warn!("cannot load the nftables table for kernel forwarding ({e:#}); data connections will be relayed");
+        }
     }
 
     fn ip_rule_present(&self) -> Result<bool> {
@@ -180,6 +230,29 @@ fn iptables(table: &str, op: &str, chain: &str, spec: &[String], pos: Option<&st
 
 fn run(prog: &str, args: &[&str]) -> Result<()> {
     let out = Command::new(prog).args(args).output().with_context(|| format!("cannot run {prog}"))?;
+    if !out.status.success() {
+        bail!("{prog} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+const NFT: &str = "nft";
+
+fn nft_present() -> bool {
+    Command::new(NFT).arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+fn run_with_input(prog: &str, args: &[&str], input: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {prog}"))?;
+    child.stdin.take().expect("piped").write_all(input)?;
+    let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!("{prog} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }

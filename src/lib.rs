@@ -12,6 +12,8 @@ pub mod config;
 pub mod conntrack;
 pub mod filter;
 pub mod metrics;
+pub mod netlink;
+pub mod nft;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod nfq_loop;

@@ -12,7 +12,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use ftpgate::cache::fresh::{Checker, Limits};
 use ftpgate::cache::store::{self, Store};
-use ftpgate::config::{self, parse_hex, parse_size, Options};
+use ftpgate::config::{self, parse_hex, parse_size, Forwarding, Options};
 use ftpgate::filter::RuleSet;
 use ftpgate::log;
 use ftpgate::nfq_loop::{self, Helper, LoopConfig};
@@ -152,6 +152,12 @@ struct RunArgs {
     /// after its capture was abandoned because the disk could not keep up with the client
     #[arg(long)]
     no_refetch: bool,
+    /// Who moves the bytes of data connections that need neither capture nor serving (with
+    /// --no-cache: all of them): `kernel` forwards them under a single-use permission ftpgate
+    /// gives for exactly the expected peer and endpoint (needs the nftables table `rules apply`
+    /// loads; otherwise they are relayed), `relay` splices them through ftpgate [default: kernel]
+    #[arg(long, value_enum)]
+    data_forwarding: Option<Forwarding>,
     /// Control sessions at once; more get 421 [default: 1024]
     #[arg(long)]
     max_sessions: Option<usize>,
@@ -227,6 +233,7 @@ impl RunArgs {
             data_priority: self.data_priority,
             no_cache: self.no_cache.then_some(true),
             no_refetch: self.no_refetch.then_some(true),
+            data_forwarding: self.data_forwarding,
             max_sessions: self.max_sessions,
             max_data: self.max_data,
             listen: vec_opt(&self.listen),
@@ -397,7 +404,7 @@ fn run(a: RunArgs) -> Result<()> {
         }))
     };
     let queue = o.queue.unwrap_or(2121);
-    let relay = Relay::new(
+    let mut relay = Relay::new(
         RelayConfig {
             accept_timeout: Duration::from_secs(o.data_timeout.unwrap_or(30)),
             idle_timeout: Duration::from_secs(o.idle_timeout.unwrap_or(300).max(1)),
@@ -408,6 +415,13 @@ fn run(a: RunArgs) -> Result<()> {
         ftpgate::conntrack::server_side_client_addr,
         cache.clone(),
     );
+    if o.data_forwarding.unwrap_or(Forwarding::Kernel) == Forwarding::Kernel {
+        match relay.enable_forwarding() {
+            Ok(()) if cache.is_none() => log!("data connections are forwarded by the kernel (single-use permissions in nftables table ip {})", ftpgate::nft::TABLE),
+            Ok(()) => {}
+            Err(e) => log!("kernel forwarding of data connections unavailable (nftables table ip {}: {e}); the relay moves them", ftpgate::nft::TABLE),
+        }
+    }
     let board = Arc::new(Board::default());
     status::serve(&s.cache_dir, board.clone(), relay.handle())?;
     if let Some(addr) = o.metrics {

@@ -17,6 +17,7 @@ use nfq::{Message, Queue, Verdict as NfVerdict};
 use crate::cache::Decision;
 use crate::log;
 use crate::proto::{DataId, Dir, Event, Segment, Seq, SeqState, Session, Verdict};
+use crate::relay::forward::Flagged;
 use crate::relay::{CacheCtx, Relay};
 use crate::wire::Packet;
 
@@ -214,6 +215,22 @@ impl Helper {
                 return Some(msg);
             }
         };
+        if pkt.src().port() != FTP_PORT && pkt.dst().port() != FTP_PORT {
+            // a data connection's segment: a kernel-forwarded one's SYN/FIN/RST, or a thief's SYN
+            let f = pkt.flags();
+            let seg = Flagged {
+                src: pkt.src(),
+                dst: pkt.dst(),
+                seq: pkt.seq().0,
+                len: pkt.payload.len() as u32,
+                syn: f.syn,
+                ack: f.ack,
+                fin: f.fin,
+                rst: f.rst,
+            };
+            msg.set_verdict(if self.relay.observe(&seg) { NfVerdict::Accept } else { NfVerdict::Drop });
+            return Some(msg);
+        }
         let (dir, key) = if pkt.dst().port() == FTP_PORT {
             (Dir::ToServer, (pkt.src(), pkt.dst()))
         } else {

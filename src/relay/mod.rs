@@ -17,6 +17,7 @@
 //! cache as it passes (`tee`), or a cache hit to serve (`sendfile`) while the server, told
 //! `REST <size>`, sends nothing. Without one, bytes are relayed as they are.
 
+pub mod forward;
 pub mod splice;
 
 use core::net::{Ipv4Addr, SocketAddrV4};
@@ -34,6 +35,7 @@ use crate::cache::store::{Capture, Store};
 use crate::cache::{decide, settled, Answer, Decision, Key, Login, Meta};
 use crate::log;
 use crate::metrics;
+use crate::nft;
 use crate::proto::{DataId, DataOutcome, DataPlane, DataRequest, DataState, Described, Mode, Opened, Session, Transfer};
 use crate::xferlog;
 
@@ -125,6 +127,9 @@ struct SlotState {
     /// A second handle on the listener while the peer has not been accepted, so the control
     /// path can tell a connection waiting in its backlog.
     listener: Option<OwnedFd>,
+    /// A forwarded connection's end as its FIN/RST segments told: (bytes from the peer, bytes
+    /// to the peer, reset).
+    forwarded_end: Option<(u64, u64, bool)>,
 }
 
 /// Shared between the control path and one data connection's thread.
@@ -139,6 +144,8 @@ struct Slot {
     name: String,
     /// The peer connected: bytes are (or were) moving.
     connected: std::sync::atomic::AtomicBool,
+    /// The kernel forwards this one ([`crate::nft`]); the relay only watches.
+    forwarded: bool,
 }
 
 impl Slot {
@@ -151,6 +158,7 @@ impl Slot {
             started: Instant::now(),
             name,
             connected: std::sync::atomic::AtomicBool::new(false),
+            forwarded: false,
         }
     }
 }
@@ -212,11 +220,66 @@ pub struct Relay {
     ended: Ended,
     next_id: Arc<AtomicU64>,
     notify: Option<Notify>,
+    forward: Option<Arc<Forwarder>>,
+}
+
+/// Kernel forwarding of data connections: the netlink handle on the table's elements and the
+/// connections being watched.
+pub struct Forwarder {
+    nft: Mutex<nft::Elements>,
+    tracker: Mutex<forward::Tracker>,
 }
 
 impl Relay {
     pub fn new(cfg: RelayConfig, nat: NatLookup, cache: Option<Arc<CacheCtx>>) -> Relay {
-        Relay { cfg, nat, cache, slots: Arc::default(), ended: Arc::default(), next_id: Arc::new(AtomicU64::new(1)), notify: None }
+        Relay {
+            cfg,
+            nat,
+            cache,
+            slots: Arc::default(),
+            ended: Arc::default(),
+            next_id: Arc::new(AtomicU64::new(1)),
+            notify: None,
+            forward: None,
+        }
+    }
+
+    /// Lets the kernel forward the data connections that need neither capture nor serving
+    /// (with the cache off: all of them), if `rules apply` loaded the nftables table. Says
+    /// whether it did.
+    pub fn enable_forwarding(&mut self) -> Result<(), io::Error> {
+        let nft = nft::Elements::open()?;
+        self.forward = Some(Arc::new(Forwarder { nft: Mutex::new(nft), tracker: Mutex::default() }));
+        Ok(())
+    }
+
+    /// One queued segment of a data connection (a forwarded one's SYN, FIN or RST, or a
+    /// thief's SYN): whether it goes on.
+    pub fn observe(&self, seg: &forward::Flagged) -> bool {
+        let Some(fwd) = &self.forward else { return true };
+        let seen = fwd.tracker.lock().unwrap_or_else(|e| e.into_inner()).observe(seg);
+        match &seen {
+            forward::Seen::Unknown | forward::Seen::Progress(_) => {}
+            forward::Seen::Opened(id) => {
+                if let Some(slot) = self.slot(*id) {
+                    let _st = slot.lock();
+                    slot.connected.store(true, Ordering::Relaxed);
+                    slot.cv.notify_all();
+                }
+            }
+            forward::Seen::Theft { id, from, expected } => {
+                metrics::m().refusal("data_port_theft");
+                let name = self.slot(*id).map(|s| s.name.clone()).unwrap_or_default();
+                crate::warn!("data {name}: refused connection from {from} (expected {expected})");
+            }
+            forward::Seen::Closed { id, from_peer, to_peer, reset } => {
+                if let Some(slot) = self.slot(*id) {
+                    slot.lock().forwarded_end = Some((*from_peer, *to_peer, *reset));
+                    slot.cv.notify_all();
+                }
+            }
+        }
+        seen.accept()
     }
 
     /// A second handle on the same relay (for another control loop): data connection ids and
@@ -230,6 +293,7 @@ impl Relay {
             ended: self.ended.clone(),
             next_id: self.next_id.clone(),
             notify: None,
+            forward: self.forward.clone(),
         }
     }
 
@@ -275,6 +339,159 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// Prepares a data connection for the kernel to forward: the endpoint as announced (behind
+    /// NAT in active mode, a port of the router's own, kept bound so nothing else takes it),
+    /// the single-use permission, and a thread that waits for its end. `None`: this one cannot
+    /// be forwarded (a passive endpoint that is not the server's), or the permission could not
+    /// be given; it is relayed instead.
+    fn open_forwarded(&mut self, req: &DataRequest, fwd: Arc<Forwarder>) -> Result<Option<Opened>, String> {
+        let (peer, announce, dnat, reserved) = match req.mode {
+            Mode::Passive if req.target.ip() == req.server.ip() => (*req.client.ip(), req.target, None, None),
+            Mode::Passive => return Ok(None),
+            Mode::Active => {
+                let seen = (self.nat)(req.client, req.server).unwrap_or(*req.client.ip());
+                if seen == *req.client.ip() {
+                    (*req.server.ip(), req.target, None, None)
+                } else {
+                    let sock = reserve_port(seen, req.target.port()).map_err(|e| format!("cannot take a port on {seen}: {e}"))?;
+                    let port = local_port(&sock).map_err(|e| format!("cannot take a port on {seen}: {e}"))?;
+                    (*req.server.ip(), SocketAddrV4::new(seen, port), Some(req.target), Some(sock))
+                }
+            }
+        };
+        let grant = nft::Grant { peer, at: announce, dnat };
+        if let Err(e) = fwd.nft.lock().unwrap_or_else(|e| e.into_inner()).grant(&grant, self.cfg.accept_timeout) {
+            crate::warn!("kernel forwarding of {} <-> {announce}: {e}; relaying it", req.client.ip());
+            return Ok(None);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let target = dnat.unwrap_or(announce);
+        fwd.tracker.lock().unwrap_or_else(|e| e.into_inner()).expect(forward::Expected { id, peer, announce, target });
+        let mut slot = Slot::new(format!("{} {} <-> {} (kernel)", req.mode.as_str(), req.client.ip(), req.target));
+        slot.forwarded = true;
+        let slot = Arc::new(slot);
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).insert(id, slot.clone());
+        let job = ForwardJob {
+            id,
+            req: req.clone(),
+            peer,
+            grant,
+            cfg: self.cfg.clone(),
+            slot,
+            fwd: fwd.clone(),
+            notify: self.notify.clone(),
+            _reserved: reserved,
+        };
+        let (slots, ended) = (self.slots.clone(), self.ended.clone());
+        let spawned = std::thread::Builder::new().name("ftpgate-fwd".into()).spawn(move || {
+            job.run();
+            let s = slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            if let Some(s) = s {
+                ended.lock().unwrap_or_else(|e| e.into_inner()).insert(id, s);
+            }
+        });
+        if let Err(e) = spawned {
+            self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            let mut f = fwd.tracker.lock().unwrap_or_else(|e| e.into_inner());
+            f.forget(id);
+            fwd.nft.lock().unwrap_or_else(|e| e.into_inner()).revoke(&grant);
+            return Err(format!("cannot start watching a forwarded connection: {e}"));
+        }
+        Ok(Some(Opened { announce, id }))
+    }
+}
+
+/// A forwarded data connection's watcher: waits for its SYN within the data-port timeout, then
+/// for its end (its FINs or a reset; or the transfer's final reply and a grace period), and
+/// accounts for it as the relay would.
+struct ForwardJob {
+    id: DataId,
+    req: DataRequest,
+    peer: Ipv4Addr,
+    grant: nft::Grant,
+    cfg: RelayConfig,
+    slot: Arc<Slot>,
+    fwd: Arc<Forwarder>,
+    notify: Option<Notify>,
+    /// The router's port announced in active mode behind NAT, held while the transfer lasts.
+    _reserved: Option<OwnedFd>,
+}
+
+/// How long after its final reply a forwarded connection may take to show its FINs.
+const FORWARD_GRACE: Duration = Duration::from_secs(10);
+
+impl ForwardJob {
+    fn run(self) {
+        let name = format!("data {}", self.slot.name);
+        let started = Instant::now();
+        let st = self.slot.lock();
+        let (st, _) = self
+            .slot
+            .cv
+            .wait_timeout_while(st, self.cfg.accept_timeout, |_| !self.slot.connected.load(Ordering::Relaxed))
+            .unwrap_or_else(|e| e.into_inner());
+        drop(st);
+        if !self.slot.connected.load(Ordering::Relaxed) {
+            count(&self.req, "timeout", 0, 0);
+            log!("{name}: no connection from {} within {:?}", self.peer, self.cfg.accept_timeout);
+            self.fwd.nft.lock().unwrap_or_else(|e| e.into_inner()).revoke(&self.grant);
+            self.end(DataOutcome::NoPeer);
+            return;
+        }
+        let mut finished_at = None;
+        let end = loop {
+            let st = self.slot.lock();
+            let (st, _) = self.slot.cv.wait_timeout(st, Duration::from_secs(1)).unwrap_or_else(|e| e.into_inner());
+            if let Some(end) = st.forwarded_end {
+                break Some(end);
+            }
+            if st.finished.is_some() {
+                let at = *finished_at.get_or_insert_with(Instant::now);
+                if at.elapsed() >= FORWARD_GRACE {
+                    break None;
+                }
+            }
+        };
+        let secs = started.elapsed().as_secs_f64();
+        let (from_peer, to_peer, reset) = end.unwrap_or((0, 0, true));
+        let (d, u) = match self.req.mode {
+            Mode::Passive => (to_peer, from_peer),
+            Mode::Active => (from_peer, to_peer),
+        };
+        self.slot.to_client.store(d, Ordering::Relaxed);
+        self.slot.to_server.store(u, Ordering::Relaxed);
+        let ok = !reset;
+        match end {
+            Some(_) if ok => log!("{name}: {d} bytes to client, {u} bytes to server, {secs:.3} s, ok"),
+            Some(_) => log!("{name}: reset after {secs:.3} s: {d} bytes to client, {u} bytes to server"),
+            None => log!("{name}: no end seen within {FORWARD_GRACE:?} of the final reply; not counted"),
+        }
+        count(&self.req, if ok { "ok" } else { "failed" }, d, u);
+        xferlog(&self.req, &self.slot, secs, d, u, ok);
+        self.end(if ok { DataOutcome::Ok } else { DataOutcome::Failed("reset".into()) });
+    }
+
+    fn end(&self, outcome: DataOutcome) {
+        self.fwd.tracker.lock().unwrap_or_else(|e| e.into_inner()).forget(self.id);
+        self.slot.lock().outcome = Some(outcome);
+        if let Some(n) = &self.notify {
+            n(self.id);
+        }
+    }
+}
+
+/// A socket bound to `ip` (on `port` if free, else any): reserves the port for an announcement.
+fn reserve_port(ip: Ipv4Addr, port: u16) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let try_bind = |port: u16| -> io::Result<OwnedFd> {
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(ip, port)))?;
+        Ok(fd)
+    };
+    try_bind(port).or_else(|_| try_bind(0))
+}
+
 impl DataPlane for Relay {
     fn cache_enabled(&self) -> bool {
         self.cache.is_some()
@@ -318,6 +535,10 @@ impl DataPlane for Relay {
                 None => return DataState::Unknown,
             },
         };
+        if slot.forwarded {
+            // its bytes go their own way through the kernel: nothing to wait for
+            return DataState::Unknown;
+        }
         let st = slot.lock();
         if let Some(o) = &st.outcome {
             return DataState::Done(o.clone());
@@ -352,6 +573,11 @@ impl DataPlane for Relay {
     fn open(&mut self, req: &DataRequest) -> Result<Opened, String> {
         if self.data_connections() >= self.cfg.max_data {
             return Err(format!("too many data connections in progress (limit {})", self.cfg.max_data));
+        }
+        if let Some(fwd) = self.forward.clone().filter(|_| self.cache.is_none() && req.via.is_none()) {
+            if let Some(opened) = self.open_forwarded(req, fwd)? {
+                return Ok(opened);
+            }
         }
         let (listen_ip, port, peer, src) = match (req.mode, req.via) {
             // explicit proxy: announced on the gateway's own address on each side
@@ -569,32 +795,40 @@ impl Job {
     }
 
     fn count(&self, result: &str, to_client: u64, to_server: u64) {
-        metrics::m().transfer(self.req.mode.as_str(), result, to_client, to_server);
+        count(&self.req, result, to_client, to_server);
     }
 
-    /// A file transfer's line in the transfer log (listings have none).
     fn xferlog(&self, secs: f64, to_client: u64, to_server: u64, ok: bool) {
-        let (desc, finished) = {
-            let st = self.slot.lock();
-            (st.desc.clone(), st.finished)
-        };
-        let Some(d) = desc else { return };
-        let incoming = matches!(d.verb.as_str(), "STOR" | "APPE" | "STOU");
-        if !incoming && d.verb != "RETR" {
-            return;
-        }
-        xferlog::write(&xferlog::Record {
-            at: unix_secs(),
-            secs,
-            host: *self.req.client.ip(),
-            bytes: if incoming { to_server } else { to_client },
-            path: d.path,
-            binary: d.binary,
-            incoming,
-            user: d.user,
-            complete: ok && finished != Some(false),
-        });
+        xferlog(&self.req, &self.slot, secs, to_client, to_server, ok);
     }
+}
+
+fn count(req: &DataRequest, result: &str, to_client: u64, to_server: u64) {
+    metrics::m().transfer(req.mode.as_str(), result, to_client, to_server);
+}
+
+/// A file transfer's line in the transfer log (listings have none).
+fn xferlog(req: &DataRequest, slot: &Slot, secs: f64, to_client: u64, to_server: u64, ok: bool) {
+    let (desc, finished) = {
+        let st = slot.lock();
+        (st.desc.clone(), st.finished)
+    };
+    let Some(d) = desc else { return };
+    let incoming = matches!(d.verb.as_str(), "STOR" | "APPE" | "STOU");
+    if !incoming && d.verb != "RETR" {
+        return;
+    }
+    xferlog::write(&xferlog::Record {
+        at: unix_secs(),
+        secs,
+        host: *req.client.ip(),
+        bytes: if incoming { to_server } else { to_client },
+        path: d.path,
+        binary: d.binary,
+        incoming,
+        user: d.user,
+        complete: ok && finished != Some(false),
+    });
 }
 
 impl Job {
