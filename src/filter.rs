@@ -90,7 +90,7 @@ impl RuleSet {
                 chain: "FORWARD",
                 first: false,
                 spec: words(&format!(
-                    "-p tcp -m connmark --mark {pass:#x} -m tcp ! --tcp-flags SYN,FIN,RST NONE {c} -j NFQUEUE --queue-num {q} --queue-bypass"
+                    "-p tcp -m connmark --mark {pass:#x} -m tcp ! --tcp-flags SYN,FIN,RST NONE {c} -j NFQUEUE --queue-num {q}{bypass}"
                 )),
             },
             Rule {
@@ -284,6 +284,11 @@ mod tests {
         assert!(r.contains("-m socket --transparent"));
         // no CT target at all: the control connection stays tracked and no helper is assigned
         assert!(!r.contains("-j CT"));
+        // kernel-forwarded data connections: counted, thieves queued, the first packet let in
+        assert!(mangle.contains("-A FORWARD -p tcp -m connmark --mark 0xf7000000 -m tcp ! --tcp-flags SYN,FIN,RST NONE"), "{r}");
+        assert!(mangle.contains("-A PREROUTING -p tcp -m connmark --mark 0xf6000000"), "{r}");
+        assert!(r.contains("-I FORWARD 1 -m connmark --mark 0xf7000000 -m conntrack --ctstate NEW"), "{r}");
+        assert!(r.contains("#   table ip ftpgate {"), "{r}");
         let closed = RuleSet { queue: 7, fail_open: false, mark: 0x10000, table: 2121 }.show();
         assert!(!closed.contains("--queue-bypass"));
     }
