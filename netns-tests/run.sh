@@ -177,8 +177,8 @@ third_party_start() {
 }
 third_party_stop() { kill "$(cat "$WORK/third.pid")" 2>/dev/null; }
 
-security() { # topology label; ftpgate runs
-  local t=$1 mark
+security() { # topology label [ftpgate args: --no-cache = data connections forwarded by the kernel]; ftpgate runs
+  local t=$1 mark; shift; local args=("$@")
   # 1. bounce: pyftpdlib would obey (permit_foreign_addresses); the third party sees nothing
   server_stop; pyftpd_start foreign; third_party_start
   inC $PY bounceattack $SRV_IP 10.0.4.2 >"$WORK/case.log" 2>&1
@@ -191,7 +191,7 @@ security() { # topology label; ftpgate runs
   inC $PY bounceattack $SRV_IP 10.0.4.2 >"$WORK/case.log" 2>&1
   [[ -s $WORK/third.log ]] && pass "$t bounce reference: without ftpgate pyftpdlib does connect to the third party" ||
     echo "INFO: $t bounce reference: the attack did not reach the third party without ftpgate either ($(tr '\n' ' ' <"$WORK/case.log"))"
-  gate_start
+  gate_start "${args[@]}"
   # 2. hostile server: its 227/229 name the third party; the relay goes to the control server
   server_stop; : >"$WORK/third.log"
   ip netns exec $S "$SYSPY" "$HERE/hostile.py" $SRV_IP 10.0.4.2 7000 "$WORK/pub/small.txt" >/dev/null 2>&1 &
@@ -243,7 +243,7 @@ security() { # topology label; ftpgate runs
     kill $cpid; fail "$t port theft (active): client not ready"
   fi
   # an announced port nobody connects to closes after --data-timeout
-  gate_stop; gate_start --data-timeout 2
+  gate_stop; gate_start "${args[@]}" --data-timeout 2
   rm -f "$WORK"/sig.*; mark=$(logmark)
   inC $PY pasvwait $SRV_IP small.txt "$OUT" "$WORK/sig" >"$WORK/case.log" 2>&1 & cpid=$!
   if busywait 5000 logsince "$mark" "no connection from 10.0.1.2 within 2s"; then
@@ -300,6 +300,10 @@ teardown() { # topology label: control connections end without FIN retransmissio
 
 # ncftp TYPE NAME: ncftpget through the explicit proxy with ~/.ncftp/firewall type TYPE (ncftp
 # reads the passwd entry's home, so it runs as a test user whose home is a scratch directory)
+security_forwarded() { # topology label: the same attacks on data connections the kernel forwards
+  gate_stop; gate_start --no-cache; security "$1 kernel-forwarded" --no-cache
+}
+
 ncftp_via_proxy() {
   local type=$1 name=$2 H=$WORK/nchome
   rm -rf "$H" "$WORK/ncout"; mkdir -p "$H/.ncftp" "$WORK/ncout"
@@ -715,6 +719,7 @@ for topo in nat routed; do
   clients "$topo vsftpd"
   teardown "$topo vsftpd"
   security "$topo"
+  security_forwarded "$topo"
   ops "$topo vsftpd"
   compare_alg "$topo"
   if [[ $topo == nat ]]; then

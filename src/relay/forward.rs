@@ -41,8 +41,9 @@ pub enum Seen {
     Progress(DataId),
     /// The expected peer's connection opened (its SYN, seen once).
     Opened(DataId),
-    /// Someone else's connection attempt at a waiting endpoint: dropped.
-    Theft { id: DataId, from: SocketAddrV4, expected: Ipv4Addr },
+    /// Someone else's connection attempt at a waiting endpoint: dropped. `again`: a
+    /// retransmission of an attempt already seen.
+    Theft { id: DataId, from: SocketAddrV4, expected: Ipv4Addr, again: bool },
     /// Both directions finished, or the connection was reset. `from_peer` / `to_peer`: bytes.
     Closed { id: DataId, from_peer: u64, to_peer: u64, reset: bool },
 }
@@ -64,6 +65,8 @@ struct Conn {
     end: [Option<u32>; 2],
     reset: bool,
     closed: bool,
+    /// Thieves' source endpoints seen (their retransmissions are not news).
+    thieves: Vec<SocketAddrV4>,
 }
 
 impl Conn {
@@ -87,7 +90,7 @@ impl Tracker {
     pub fn expect(&mut self, exp: Expected) {
         self.by_target.insert((exp.peer, exp.target), exp.id);
         self.by_announce.insert(exp.announce, exp.id);
-        self.conns.insert(exp.id, Conn { exp, peer_port: None, isn: [None; 2], end: [None; 2], reset: false, closed: false });
+        self.conns.insert(exp.id, Conn { exp, peer_port: None, isn: [None; 2], end: [None; 2], reset: false, closed: false, thieves: Vec::new() });
     }
 
     pub fn forget(&mut self, id: DataId) {
@@ -116,8 +119,12 @@ impl Tracker {
         } else if let Some(&id) = self.by_target.get(&(*s.dst.ip(), s.src)) {
             (id, 1)
         } else if let Some(&id) = self.by_announce.get(&s.dst).filter(|_| s.syn && !s.ack) {
-            let expected = self.conns[&id].exp.peer;
-            return Seen::Theft { id, from: s.src, expected };
+            let c = self.conns.get_mut(&id).expect("indexed connections exist");
+            let again = c.thieves.contains(&s.src);
+            if !again && c.thieves.len() < 16 {
+                c.thieves.push(s.src);
+            }
+            return Seen::Theft { id, from: s.src, expected: c.exp.peer, again };
         } else {
             return Seen::Unknown;
         };
@@ -193,8 +200,10 @@ mod tests {
     fn a_thief_is_named_and_a_stranger_unknown() {
         let mut t = passive();
         let s = t.observe(&seg("10.0.5.2:40000", "10.0.2.2:50000", 1, 0, "S"));
-        assert_eq!(s, Seen::Theft { id: 7, from: "10.0.5.2:40000".parse().unwrap(), expected: Ipv4Addr::new(10, 0, 1, 2) });
+        assert_eq!(s, Seen::Theft { id: 7, from: "10.0.5.2:40000".parse().unwrap(), expected: Ipv4Addr::new(10, 0, 1, 2), again: false });
         assert!(!s.accept());
+        let s = t.observe(&seg("10.0.5.2:40000", "10.0.2.2:50000", 1, 0, "S"));
+        assert!(matches!(s, Seen::Theft { again: true, .. }) && !s.accept());
         assert_eq!(t.observe(&seg("10.0.5.2:40000", "10.0.9.9:50000", 1, 0, "S")), Seen::Unknown);
         t.forget(7);
         assert!(t.is_empty());

@@ -267,7 +267,8 @@ impl Relay {
                     slot.cv.notify_all();
                 }
             }
-            forward::Seen::Theft { id, from, expected } => {
+            forward::Seen::Theft { again: true, .. } => {}
+            forward::Seen::Theft { id, from, expected, again: false } => {
                 metrics::m().refusal("data_port_theft");
                 let name = self.slot(*id).map(|s| s.name.clone()).unwrap_or_default();
                 crate::warn!("data {name}: refused connection from {from} (expected {expected})");
