@@ -493,7 +493,7 @@ EOC
   # the command line overrides the file
   printf 'cache-dir = "%s"\nqueue = 7\n' "$WORK/cache" >"$WORK/q.toml"
   r=$(inR "$BIN" rules show --config "$WORK/q.toml" --queue 9 | grep -c 'queue-num 9'); n=$(inR "$BIN" rules show --config "$WORK/q.toml" | grep -c 'queue-num 7')
-  [[ $r == 2 && $n == 2 ]] && pass "$t: rules read the queue from the config; the command line overrides it" || fail "$t: config/CLI precedence ($r, $n)"
+  [[ $r == 4 && $n == 4 ]] && pass "$t: rules read the queue from the config; the command line overrides it" || fail "$t: config/CLI precedence ($r, $n)"
   # the systemd unit
   if command -v systemd-analyze >/dev/null; then
     mkdir -p "$WORK/unit"; sed "s#/usr/bin/ftpgate#$BIN#g" "$ROOT/dist/ftpgate.service" >"$WORK/unit/ftpgate.service"
@@ -516,8 +516,8 @@ rules_legacy() { # iptables-legacy as the system's iptables: same idempotent app
   c=$(ip netns exec $ns iptables-nft-save 2>/dev/null | grep -c ftpgate)
   ip netns exec $ns env PATH="$bin:$PATH" "$BIN" rules remove
   local after; after=$(ip netns exec $ns iptables-legacy-save | grep '^-')
-  [[ $a == 4 && $b == 4 && $c == 0 && "$before" == "$after" ]] &&
-    pass "rules with iptables-legacy: apply twice = 4 rules, remove restores the rule set exactly" ||
+  [[ $a == 7 && $b == 7 && $c == 0 && "$before" == "$after" ]] &&
+    pass "rules with iptables-legacy: apply twice = 7 rules, remove restores the rule set exactly" ||
     fail "rules with iptables-legacy: $a then $b rules (nft: $c); remove changed: $(diff <(echo "$before") <(echo "$after") | tr '\n' ' ')"
   ip netns del $ns
 }
@@ -528,11 +528,12 @@ rules_idempotent() {
   before=$(save; inR ip rule)
   inR "$BIN" rules apply && a=$(inR iptables-save | grep -c ftpgate) && s1=$(save; inR ip rule)
   inR "$BIN" rules apply && b=$(inR iptables-save | grep -c ftpgate) && s2=$(save; inR ip rule)
-  [[ $a == 4 && $b == 4 && "$s1" == "$s2" ]] && pass "rules apply is idempotent ($a rules, the same rule set twice)" ||
-    fail "rules apply twice: $a then $b rules"
+  local t1; t1=$(inR nft list table ip ftpgate 2>/dev/null | grep -c 'data_pass')
+  [[ $a == 7 && $b == 7 && "$s1" == "$s2" && $t1 -ge 2 ]] && pass "rules apply is idempotent ($a rules and the nftables table, the same set twice)" ||
+    fail "rules apply twice: $a then $b rules (nft table: $t1 data_pass lines)"
   inR "$BIN" rules remove; inR "$BIN" rules remove
   a=$(inR iptables-save | grep -c ftpgate); after=$(save; inR ip rule)
-  [[ $a == 0 && "$before" == "$after" ]] && ! inR ip rule | grep -q 'lookup 2121' &&
+  [[ $a == 0 && "$before" == "$after" ]] && ! inR ip rule | grep -q 'lookup 2121' && ! inR nft list table ip ftpgate >/dev/null 2>&1 &&
     pass "rules remove leaves none of ftpgate's rules and the router's own rules exactly as they were" ||
     fail "rules remove left $a ftpgate rules; changed: $(diff <(echo "$before") <(echo "$after") | tr '\n' ' ')"
 }

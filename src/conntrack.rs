@@ -20,6 +20,9 @@ const CTA_IP_V4_DST: u16 = 2;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
+const CTA_COUNTERS_ORIG: u16 = 9;
+const CTA_COUNTERS_REPLY: u16 = 10;
+const CTA_COUNTERS_BYTES: u16 = 2;
 
 /// Builds the CT_GET request for the original-direction tuple `src → dst` (TCP).
 pub fn request(src: SocketAddrV4, dst: SocketAddrV4, seq: u32) -> Vec<u8> {
@@ -65,6 +68,28 @@ pub fn server_side_client_addr(client: SocketAddrV4, server: SocketAddrV4) -> Op
     parse_reply_dst(sock.recv().ok()?)
 }
 
+/// From a CT_NEW answer: the bytes (IP lengths) conntrack counted each way, when accounting
+/// (`net.netfilter.nf_conntrack_acct`) is on.
+pub fn parse_counters(msg: &[u8]) -> Option<(u64, u64)> {
+    let len = u32::from_ne_bytes(msg.get(..4)?.try_into().ok()?) as usize;
+    let ty = u16::from_ne_bytes(msg.get(4..6)?.try_into().ok()?);
+    if ty == libc::NLMSG_ERROR as u16 || len > msg.len() || len < 20 {
+        return None;
+    }
+    let bytes = |dir| -> Option<u64> {
+        let c = find(&msg[20..len], dir)?;
+        Some(u64::from_be_bytes(find(c, CTA_COUNTERS_BYTES)?.try_into().ok()?))
+    };
+    Some((bytes(CTA_COUNTERS_ORIG)?, bytes(CTA_COUNTERS_REPLY)?))
+}
+
+/// Conntrack's byte counters of connection `src → dst` (original direction), if it counts them.
+pub fn counters(src: SocketAddrV4, dst: SocketAddrV4) -> Option<(u64, u64)> {
+    let mut sock = Socket::open(Duration::from_millis(200)).ok()?;
+    sock.send(&request(src, dst, 1)).ok()?;
+    parse_counters(sock.recv().ok()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +122,13 @@ mod tests {
         msg.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         msg.extend_from_slice(&body);
         assert_eq!(parse_reply_dst(&msg), Some(Ipv4Addr::new(10, 0, 2, 1)));
+        assert_eq!(parse_counters(&msg), None);
+        let mut body = vec![2, 0, 0, 0];
+        nested(&mut body, CTA_COUNTERS_ORIG, |c| attr(c, CTA_COUNTERS_BYTES, &500u64.to_be_bytes()));
+        nested(&mut body, CTA_COUNTERS_REPLY, |c| attr(c, CTA_COUNTERS_BYTES, &(5u64 << 32).to_be_bytes()));
+        let mut msg = ((16 + body.len()) as u32).to_ne_bytes().to_vec();
+        msg.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        msg.extend_from_slice(&body);
+        assert_eq!(parse_counters(&msg), Some((500, 5 << 32)));
     }
 }

@@ -15,7 +15,8 @@
 //!   its conntrack marks: `mangle FORWARD` queues a forwarded connection's SYN/FIN/RST segments
 //!   (for its byte count), `mangle PREROUTING` queues a thief's SYN (logged and dropped, and
 //!   dropped while no ftpgate is bound), `filter FORWARD` accepts a forwarded connection's
-//!   first packet (for firewalls whose FORWARD policy is DROP).
+//!   first packet (for firewalls whose FORWARD policy is DROP). `net.netfilter.nf_conntrack_acct`
+//!   is turned on (byte counts past 4 GiB) and left on by `remove`.
 //!
 //! Every iptables rule carries the comment `ftpgate` and is checked with `-C` before it is added,
 //! so apply twice adds nothing and remove deletes exactly what apply added.
@@ -194,6 +195,12 @@ impl RuleSet {
         if !nft_present() {
             crate::log!("note: nft (package nftables) not found: data connections will all be relayed, none forwarded by the kernel");
             return;
+        }
+        // conntrack's byte counters resolve a forwarded transfer's count past 4 GiB
+        // (sequence numbers wrap); they count only connections created after this
+        let acct = "/proc/sys/net/netfilter/nf_conntrack_acct";
+        if std::fs::read_to_string(acct).is_ok_and(|v| v.trim() == "0") && std::fs::write(acct, "1").is_err() {
+            crate::log!("note: cannot turn on {acct}: forwarded transfers over 4 GiB a direction are counted modulo 4 GiB");
         }
         if output(NFT, &["list", "table", "ip", crate::nft::TABLE]).is_ok() {
             return;

@@ -45,7 +45,9 @@ pub enum Seen {
     /// retransmission of an attempt already seen.
     Theft { id: DataId, from: SocketAddrV4, expected: Ipv4Addr, again: bool },
     /// Both directions finished, or the connection was reset. `from_peer` / `to_peer`: bytes.
-    Closed { id: DataId, from_peer: u64, to_peer: u64, reset: bool },
+    /// `peer_port`: the peer's source port (with the announced endpoint, the connection's
+    /// original tuple in conntrack).
+    Closed { id: DataId, peer_port: u16, from_peer: u64, to_peer: u64, reset: bool },
 }
 
 impl Seen {
@@ -151,9 +153,20 @@ impl Tracker {
         }
         if c.reset || (c.end[0].is_some() && c.end[1].is_some()) {
             c.closed = true;
-            return Seen::Closed { id, from_peer: c.bytes(0), to_peer: c.bytes(1), reset: c.reset };
+            return Seen::Closed { id, peer_port, from_peer: c.bytes(0), to_peer: c.bytes(1), reset: c.reset };
         }
         Seen::Progress(id)
+    }
+}
+
+/// A direction's payload bytes from its sequence-number difference `seq_bytes` (modulo 2³²)
+/// and conntrack's count of the IP bytes it carried (headers included, so never less): the
+/// largest `seq_bytes + k·2³²` that fits. Exact while the headers come to less than 4 GiB (a
+/// direction of ~100 GiB at the usual MSS).
+pub fn unwrap_bytes(seq_bytes: u64, ip_bytes: Option<u64>) -> u64 {
+    match ip_bytes {
+        Some(b) if b > seq_bytes => seq_bytes + ((b - seq_bytes) >> 32 << 32),
+        _ => seq_bytes,
     }
 }
 
@@ -174,6 +187,15 @@ mod tests {
         }
     }
 
+    #[test]
+    fn wrapped_counts_are_resolved_by_conntracks_bytes() {
+        let six_gib = 6u64 << 30;
+        let seq = six_gib % (1 << 32);
+        assert_eq!(unwrap_bytes(seq, Some(six_gib + six_gib / 30)), six_gib);
+        assert_eq!(unwrap_bytes(seq, None), seq);
+        assert_eq!(unwrap_bytes(35, Some(35 + 60 * 3)), 35);
+    }
+
     fn passive() -> Tracker {
         let mut t = Tracker::default();
         let at = "10.0.2.2:50000".parse().unwrap();
@@ -191,7 +213,7 @@ mod tests {
         // the server's FIN rides on its last 100 bytes; the sequence space wrapped
         assert_eq!(t.observe(&seg("10.0.2.2:50000", "10.0.1.2:40000", 5000, 100, "FA")), Seen::Progress(7));
         let closed = t.observe(&seg("10.0.1.2:40000", "10.0.2.2:50000", 1001, 0, "FA"));
-        assert_eq!(closed, Seen::Closed { id: 7, from_peer: 0, to_peer: 5100 + 10, reset: false });
+        assert_eq!(closed, Seen::Closed { id: 7, peer_port: 40000, from_peer: 0, to_peer: 5100 + 10, reset: false });
         // after the end: nothing counted twice
         assert_eq!(t.observe(&seg("10.0.1.2:40000", "10.0.2.2:50000", 1001, 0, "FA")), Seen::Progress(7));
     }
@@ -223,6 +245,6 @@ mod tests {
         assert!(matches!(t.observe(&seg("10.0.4.2:999", "10.0.2.1:41000", 1, 0, "S")), Seen::Theft { id: 3, .. }));
         assert_eq!(t.observe(&seg("10.0.2.2:20", "10.0.1.2:40001", 100, 0, "S")), Seen::Opened(3));
         assert_eq!(t.observe(&seg("10.0.1.2:40001", "10.0.2.2:20", 500, 0, "SA")), Seen::Progress(3));
-        assert_eq!(t.observe(&seg("10.0.2.2:20", "10.0.1.2:40001", 100 + 1 + 4096, 0, "RA")), Seen::Closed { id: 3, from_peer: 4096, to_peer: 0, reset: true });
+        assert_eq!(t.observe(&seg("10.0.2.2:20", "10.0.1.2:40001", 100 + 1 + 4096, 0, "RA")), Seen::Closed { id: 3, peer_port: 20, from_peer: 4096, to_peer: 0, reset: true });
     }
 }

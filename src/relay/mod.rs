@@ -129,7 +129,17 @@ struct SlotState {
     listener: Option<OwnedFd>,
     /// A forwarded connection's end as its FIN/RST segments told: (bytes from the peer, bytes
     /// to the peer, reset).
-    forwarded_end: Option<(u64, u64, bool)>,
+    forwarded_end: Option<ForwardedEnd>,
+}
+
+/// How a forwarded connection ended, as its FIN/RST segments told.
+#[derive(Clone, Copy, Debug)]
+struct ForwardedEnd {
+    peer_port: u16,
+    /// Bytes from and to the peer, modulo 2³² (sequence numbers).
+    from_peer: u64,
+    to_peer: u64,
+    reset: bool,
 }
 
 /// Shared between the control path and one data connection's thread.
@@ -273,9 +283,9 @@ impl Relay {
                 let name = self.slot(*id).map(|s| s.name.clone()).unwrap_or_default();
                 crate::warn!("data {name}: refused connection from {from} (expected {expected})");
             }
-            forward::Seen::Closed { id, from_peer, to_peer, reset } => {
-                if let Some(slot) = self.slot(*id) {
-                    slot.lock().forwarded_end = Some((*from_peer, *to_peer, *reset));
+            &forward::Seen::Closed { id, peer_port, from_peer, to_peer, reset } => {
+                if let Some(slot) = self.slot(id) {
+                    slot.lock().forwarded_end = Some(ForwardedEnd { peer_port, from_peer, to_peer, reset });
                     slot.cv.notify_all();
                 }
             }
@@ -455,7 +465,18 @@ impl ForwardJob {
             }
         };
         let secs = started.elapsed().as_secs_f64();
-        let (from_peer, to_peer, reset) = end.unwrap_or((0, 0, true));
+        let (from_peer, to_peer, reset) = match end {
+            Some(e) => {
+                // beyond 4 GiB a direction, conntrack's byte counters tell how often it wrapped
+                let counted = crate::conntrack::counters(SocketAddrV4::new(self.peer, e.peer_port), self.grant.at);
+                (
+                    forward::unwrap_bytes(e.from_peer, counted.map(|c| c.0)),
+                    forward::unwrap_bytes(e.to_peer, counted.map(|c| c.1)),
+                    e.reset,
+                )
+            }
+            None => (0, 0, true),
+        };
         let (d, u) = match self.req.mode {
             Mode::Passive => (to_peer, from_peer),
             Mode::Active => (from_peer, to_peer),
