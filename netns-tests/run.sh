@@ -436,11 +436,18 @@ EOC
   fi
   # an upload, then the transfer log: one classic line per file transfer
   inC curl -sS -T "$WORK/pub/small.txt" ftp://ftpuser:ftppass@$SRV_IP/up-x.txt || fail "$t: upload"
-  busywait 3000 bash -c "(( \$(wc -l <'$WORK/xferlog') >= 3 ))"
+  # active mode with the cache on: an upload is not cacheable, so the kernel forwards it
+  local mk big; mk=$(logmark); big=$(stat -c %s "$WORK/pub/big.bin")
+  inC curl -sS -P - --disable-eprt -T "$WORK/pub/big.bin" ftp://ftpuser:ftppass@$SRV_IP/up-k.bin || fail "$t: active upload"
+  busywait 3000 logsince "$mk" "data active .*\(kernel\): 0 bytes to client, $big bytes to server" && cmp -s "$WORK/home/up-k.bin" "$WORK/pub/big.bin" &&
+    pass "$t: an active-mode upload with the cache on is forwarded by the kernel, its $big bytes counted exactly" ||
+    fail "$t: active upload with the cache on: $(tail -n +$((mk + 1)) "$WORK/ftpgate.log" | grep 'data active' | tail -1)"
+  busywait 3000 bash -c "(( \$(wc -l <'$WORK/xferlog') >= 4 ))"
+  local k; k=$(awk -v s="$big" 'NF == 18 && $8 == s && $9 ~ /up-k.bin$/ && $12 == "i" && $18 == "c"' "$WORK/xferlog" | wc -l)
   n=$(awk -v s="$size" 'NF == 18 && $8 == s && $9 == "/px3.bin" && $10 == "b" && $12 == "o" && $13 == "a" && $15 == "ftp" && $18 == "c"' "$WORK/xferlog" | wc -l)
   r=$(awk 'NF == 18 && $9 ~ /up-x.txt$/ && $12 == "i" && $13 == "r" && $14 == "ftpuser" && $18 == "c"' "$WORK/xferlog" | wc -l)
-  [[ $n == 2 && $r == 1 && $(wc -l <"$WORK/xferlog") == 3 ]] && pass "$t: xferlog: one line per transfer ($(head -1 "$WORK/xferlog"))" ||
-    fail "$t: xferlog ($n downloads, $r uploads): $(cat "$WORK/xferlog")"
+  [[ $n == 2 && $r == 1 && $k == 1 && $(wc -l <"$WORK/xferlog") == 4 ]] && pass "$t: xferlog: one line per transfer ($(head -1 "$WORK/xferlog"))" ||
+    fail "$t: xferlog ($n downloads, $r + $k uploads): $(cat "$WORK/xferlog")"
   # status: a logged-in session and a download in flight (server egress slowed down)
   inS tc qdisc add dev ${P}s0 root tbf rate 20mbit burst 32kb latency 400ms
   inC $SYSPY "$HERE/bench.py" idle $SRV_IP 1 6 >/dev/null 2>&1 &

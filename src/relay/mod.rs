@@ -130,6 +130,22 @@ struct SlotState {
     /// A forwarded connection's end as its FIN/RST segments told: (bytes from the peer, bytes
     /// to the peer, reset).
     forwarded_end: Option<ForwardedEnd>,
+    /// Active mode with the cache on: the command may still hand this connection to the kernel
+    /// ([`Relay::hand_over`]).
+    deferred: Option<Deferred>,
+    /// Handed to the kernel under this grant (with the router's port, held): the connection's
+    /// thread watches it as a forwarded one.
+    handed_over: Option<(nft::Grant, Option<OwnedFd>)>,
+}
+
+/// A relayed active-mode endpoint that the kernel may take over.
+struct Deferred {
+    id: DataId,
+    /// The server: the only address allowed to connect.
+    peer: Ipv4Addr,
+    announce: SocketAddrV4,
+    /// Behind NAT: where the kernel then sends the server's connection.
+    dnat: Option<SocketAddrV4>,
 }
 
 /// How a forwarded connection ended, as its FIN/RST segments told.
@@ -155,7 +171,7 @@ struct Slot {
     /// The peer connected: bytes are (or were) moving.
     connected: std::sync::atomic::AtomicBool,
     /// The kernel forwards this one ([`crate::nft`]); the relay only watches.
-    forwarded: bool,
+    forwarded: std::sync::atomic::AtomicBool,
 }
 
 impl Slot {
@@ -168,7 +184,7 @@ impl Slot {
             started: Instant::now(),
             name,
             connected: std::sync::atomic::AtomicBool::new(false),
-            forwarded: false,
+            forwarded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -379,8 +395,8 @@ impl Relay {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let target = dnat.unwrap_or(announce);
         fwd.tracker.lock().unwrap_or_else(|e| e.into_inner()).expect(forward::Expected { id, peer, announce, target });
-        let mut slot = Slot::new(format!("{} {} <-> {} (kernel)", req.mode.as_str(), req.client.ip(), req.target));
-        slot.forwarded = true;
+        let slot = Slot::new(format!("{} {} <-> {}", req.mode.as_str(), req.client.ip(), req.target));
+        slot.forwarded.store(true, Ordering::Relaxed);
         let slot = Arc::new(slot);
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).insert(id, slot.clone());
         let job = ForwardJob {
@@ -413,6 +429,37 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// An active-mode command that needs neither capture nor serving (STOR, LIST, …): if the
+    /// server has not connected yet — it connects once it has the command, which is in
+    /// ftpgate's hands now — the kernel forwards the connection instead of the relay. The grant
+    /// is in place before the relay's listener closes (under the slot's lock, which the relay
+    /// accepts under), so the server's SYN finds one or the other.
+    fn hand_over(&self, slot: &Slot, st: &mut SlotState, d: Deferred) {
+        let Some(fwd) = &self.forward else { return };
+        let waiting = st.listener.as_ref().is_some_and(|l| !splice::readable_now(l));
+        if slot.connected.load(Ordering::Relaxed) || !waiting {
+            return; // a server that connects at PORT (pyftpdlib): the relay has it
+        }
+        let Deferred { id, peer, announce, dnat } = d;
+        let grant = nft::Grant { peer, at: announce, dnat };
+        if let Err(e) = fwd.nft.lock().unwrap_or_else(|e| e.into_inner()).grant(&grant, self.cfg.accept_timeout) {
+            crate::warn!("kernel forwarding to {announce}: {e}; relaying it");
+            return;
+        }
+        let target = dnat.unwrap_or(announce);
+        fwd.tracker.lock().unwrap_or_else(|e| e.into_inner()).expect(forward::Expected { id, peer, announce, target });
+        slot.forwarded.store(true, Ordering::Relaxed);
+        if let Some(l) = st.listener.take() {
+            // wakes the relay's thread, which then watches the forwarded connection
+            let _ = nix::sys::socket::shutdown(l.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        }
+        // behind NAT the router's port stays taken while the transfer lasts
+        let reserved = dnat.and_then(|_| reserve_port(*announce.ip(), announce.port()).ok());
+        st.handed_over = Some((grant, reserved));
+    }
+}
+
 /// A forwarded data connection's watcher: waits for its SYN within the data-port timeout, then
 /// for its end (its FINs or a reset; or the transfer's final reply and a grace period), and
 /// accounts for it as the relay would.
@@ -434,7 +481,7 @@ const FORWARD_GRACE: Duration = Duration::from_secs(10);
 
 impl ForwardJob {
     fn run(self) {
-        let name = format!("data {}", self.slot.name);
+        let name = format!("data {} (kernel)", self.slot.name);
         let started = Instant::now();
         let st = self.slot.lock();
         let (st, _) = self
@@ -504,10 +551,14 @@ impl ForwardJob {
 }
 
 /// A socket bound to `ip` (on `port` if free, else any): reserves the port for an announcement.
+/// Transparent, as the relay's listeners are, so that if it listens later (a deferred endpoint
+/// the relay takes) the rules deliver to it; without SO_REUSEADDR, so no second reservation
+/// can share the port.
 fn reserve_port(ip: Ipv4Addr, port: u16) -> io::Result<OwnedFd> {
-    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use nix::sys::socket::{bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
     let try_bind = |port: u16| -> io::Result<OwnedFd> {
         let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        setsockopt(&fd, sockopt::IpTransparent, &true)?;
         bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(ip, port)))?;
         Ok(fd)
     };
@@ -545,7 +596,12 @@ impl DataPlane for Relay {
 
     fn describe(&mut self, id: DataId, what: Described) {
         if let Some(slot) = self.slot(id) {
-            slot.lock().desc = Some(what);
+            let retr = what.verb == "RETR";
+            let mut st = slot.lock();
+            st.desc = Some(what);
+            if let Some(d) = st.deferred.take().filter(|_| !retr) {
+                self.hand_over(&slot, &mut st, d);
+            }
         }
     }
 
@@ -557,7 +613,7 @@ impl DataPlane for Relay {
                 None => return DataState::Unknown,
             },
         };
-        if slot.forwarded {
+        if slot.forwarded.load(Ordering::Relaxed) {
             // its bytes go their own way through the kernel: nothing to wait for
             return DataState::Unknown;
         }
@@ -622,7 +678,16 @@ impl DataPlane for Relay {
         listener.set_nonblocking(true).map_err(|e| format!("cannot set up the listener: {e}"))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot::new(format!("{} {} <-> {}", req.mode.as_str(), req.client.ip(), req.target)));
-        slot.lock().listener = listener.as_fd().try_clone_to_owned().ok();
+        {
+            let mut st = slot.lock();
+            st.listener = listener.as_fd().try_clone_to_owned().ok();
+            if self.forward.is_some() && req.mode == Mode::Active && req.via.is_none() {
+                // the server connects once it has the command: a command that needs neither
+                // capture nor serving can still hand this one to the kernel
+                let dnat = (announce.ip() != req.target.ip()).then_some(req.target);
+                st.deferred = Some(Deferred { id, peer, announce, dnat });
+            }
+        }
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).insert(id, slot.clone());
         let job = Job {
             id,
@@ -634,6 +699,7 @@ impl DataPlane for Relay {
             slot: slot.clone(),
             cache: self.cache.clone(),
             notify: self.notify.clone(),
+            fwd: self.forward.clone(),
         };
         let (slots, ended) = (self.slots.clone(), self.ended.clone());
         let (rt, nice) = (self.cfg.rt_priority, self.cfg.nice);
@@ -665,6 +731,8 @@ struct Job {
     slot: Arc<Slot>,
     cache: Option<Arc<CacheCtx>>,
     notify: Option<Notify>,
+    /// Kernel forwarding, for a connection the command hands over ([`Relay::hand_over`]).
+    fwd: Option<Arc<Forwarder>>,
 }
 
 /// A capture to confirm with the server once the client has its bytes.
@@ -684,6 +752,11 @@ impl Job {
 
     fn run(mut self) {
         let keep = self.relay_bytes();
+        let handed = self.slot.lock().handed_over.take();
+        if let (Some((grant, reserved)), Some(fwd)) = (handed, self.fwd.clone()) {
+            let Job { id, req, peer, cfg, slot, notify, .. } = self;
+            return ForwardJob { id, req, peer, grant, cfg, slot, fwd, notify, _reserved: reserved }.run();
+        }
         self.done(DataOutcome::Failed("relay ended".into())); // no-op when already told
         if let Some(k) = keep {
             self.keep(k);
@@ -730,6 +803,9 @@ impl Job {
             // under the slot's lock: the control path sees the connection either waiting in
             // the backlog or accepted, never neither
             let mut st = self.slot.lock();
+            if st.handed_over.is_some() {
+                return None; // the kernel forwards it
+            }
             match listener.accept() {
                 Ok((s, std::net::SocketAddr::V4(a))) if *a.ip() == self.peer => {
                     self.slot.connected.store(true, Ordering::Relaxed);
