@@ -512,6 +512,19 @@ EOC
   inR "$BIN" check-config --config "$ROOT/dist/ftpgate.toml" >/dev/null && pass "$t: the packaged default config is valid" || fail "$t: dist/ftpgate.toml invalid"
 }
 
+status_fallback() { # a cache directory that cannot hold the status socket (its path too long
+  # for a Unix socket) does not stop run: the socket goes under /run/ftpgate, status finds it
+  local long=$WORK/cache-$(printf 'x%.0s' {1..110}) r
+  mkdir -p "$long"
+  ip netns exec "$R" "$BIN" run --queue 78 --cache-dir "$long" >"$WORK/fallback.log" 2>&1 & local pid=$!
+  busywait 3000 grep -q "bound NFQUEUE" "$WORK/fallback.log"
+  r=$(inR "$BIN" status --cache-dir "$long" 2>&1)
+  grep -q "status socket: .* listening on /run/ftpgate/" "$WORK/fallback.log" && [[ $r == *session* || $r == *ftpgate* ]] &&
+    pass "status socket falls back to /run/ftpgate when the cache dir cannot hold it; status answers" ||
+    fail "status fallback: $(tail -c 300 "$WORK/fallback.log" | tr '\n' ' ') / status: $r"
+  kill -TERM $pid; wait $pid 2>/dev/null; rm -rf "$long"
+}
+
 rules_legacy() { # iptables-legacy as the system's iptables: same idempotent apply/remove
   local ns=$P-lgy bin=$WORK/legacy-bin a b c
   mkdir -p "$bin"; ln -sf "$(command -v iptables-legacy)" "$bin/iptables"
@@ -531,7 +544,7 @@ rules_legacy() { # iptables-legacy as the system's iptables: same idempotent app
 
 rules_idempotent() {
   local a b s1 s2 before after
-  save() { inR iptables-save | grep '^-'; inR iptables -S | grep '^-P'; }
+  save() { inR iptables-save | grep '^-'; inR iptables -S | grep '^-P'; inR nft list tables; }
   before=$(save; inR ip rule)
   inR "$BIN" rules apply && a=$(inR iptables-save | grep -c ftpgate) && s1=$(save; inR ip rule)
   inR "$BIN" rules apply && b=$(inR iptables-save | grep -c ftpgate) && s2=$(save; inR ip rule)
@@ -731,7 +744,7 @@ for topo in nat routed; do
   ops "$topo vsftpd"
   compare_alg "$topo"
   if [[ $topo == nat ]]; then
-    gate_stop; transfer_end "$topo vsftpd"; server_slots "$topo vsftpd"; burst_stock "$topo vsftpd"; slow_disk "$topo vsftpd"; cache_tests vsftpd; limits_and_load "$topo vsftpd"; explicit_proxy "$topo"; appliance "$topo"; rules_legacy; gate_start
+    gate_stop; transfer_end "$topo vsftpd"; server_slots "$topo vsftpd"; burst_stock "$topo vsftpd"; slow_disk "$topo vsftpd"; cache_tests vsftpd; limits_and_load "$topo vsftpd"; explicit_proxy "$topo"; appliance "$topo"; status_fallback; rules_legacy; gate_start
   fi
   server_stop
   vsftpd_start ssl

@@ -186,6 +186,7 @@ impl RuleSet {
         if nft_present() && output(NFT, &["list", "table", "ip", crate::nft::TABLE]).is_ok() {
             run(NFT, &["delete", "table", "ip", crate::nft::TABLE])?;
         }
+        remove_empty_tables();
         Ok(())
     }
 
@@ -245,6 +246,28 @@ fn run(prog: &str, args: &[&str]) -> Result<()> {
 
 const NFT: &str = "nft";
 
+/// With iptables-nft, `apply` creates the `raw` and `mangle` tables (and their base chains) where
+/// the router had none: once ftpgate's rules are gone, a table with no rule left and every
+/// policy ACCEPT — which is what no table at all does — is deleted, so the ruleset is as before.
+fn remove_empty_tables() {
+    let nft_variant = output(IPTABLES, &["-V"]).is_ok_and(|v| v.contains("nf_tables"));
+    if !nft_variant || !nft_present() {
+        return;
+    }
+    for table in ["raw", "mangle"] {
+        if output(NFT, &["list", "table", "ip", table]).is_ok_and(|t| holds_nothing(&t)) {
+            let _ = run(NFT, &["delete", "table", "ip", table]);
+        }
+    }
+}
+
+/// Whether an `nft list table` text has base chains with policy accept and not a single rule.
+fn holds_nothing(listing: &str) -> bool {
+    listing.lines().map(str::trim).all(|l| {
+        l.is_empty() || l == "}" || l.starts_with("table ") || l.starts_with("chain ") || (l.starts_with("type ") && l.ends_with("policy accept;"))
+    })
+}
+
 fn nft_present() -> bool {
     Command::new(NFT).arg("--version").output().is_ok_and(|o| o.status.success())
 }
@@ -277,6 +300,15 @@ fn output(prog: &str, args: &[&str]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_empty_accepting_table_is_nothing() {
+        let empty = "table ip raw {\n\tchain PREROUTING {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t}\n}\n";
+        assert!(holds_nothing(empty));
+        assert!(!holds_nothing(&empty.replace("policy accept", "policy drop")));
+        let ruled = "table ip raw {\n\tchain PREROUTING {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\ttcp dport 21 counter\n\t}\n}\n";
+        assert!(!holds_nothing(ruled));
+    }
 
     #[test]
     fn rule_text_has_the_measured_hooks() {

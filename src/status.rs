@@ -85,25 +85,52 @@ pub fn render(board: &Board, relay: &Relay, started: Instant) -> String {
     out
 }
 
-/// Answers status requests on `<dir>/ftpgate.sock` from a thread of its own.
-pub fn serve(dir: &Path, board: Arc<Board>, relay: Relay) -> Result<()> {
+/// Where a socket goes when the cache directory cannot hold one (a FUSE or network mount).
+pub const RUN_DIR: &str = "/run/ftpgate";
+
+/// The fallback socket for cache directory `dir`, one per directory.
+fn run_socket(dir: &Path) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()).hash(&mut h);
+    Path::new(RUN_DIR).join(format!("ftpgate-{:016x}.sock", h.finish()))
+}
+
+fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path)?;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    Ok(l)
+}
+
+/// Answers status requests on `<dir>/ftpgate.sock` (or, where the cache directory cannot hold
+/// a socket, under [`RUN_DIR`]) from a thread of its own. Returns where.
+pub fn serve(dir: &Path, board: Arc<Board>, relay: Relay) -> Result<PathBuf> {
     let path = dir.join(SOCKET);
-    let _ = std::fs::remove_file(&path);
-    let l = UnixListener::bind(&path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    let (l, path) = match bind(&path) {
+        Ok(l) => (l, path),
+        Err(first) => {
+            let alt = run_socket(dir);
+            let _ = std::fs::create_dir_all(RUN_DIR);
+            let l = bind(&alt).with_context(|| format!("cannot listen on {} ({first}) nor on {}", path.display(), alt.display()))?;
+            crate::log!("status socket: {} cannot hold one ({first}); listening on {}", dir.display(), alt.display());
+            (l, alt)
+        }
+    };
     let started = Instant::now();
     std::thread::Builder::new().name("ftpgate-status".into()).spawn(move || {
         for mut s in l.incoming().flatten() {
             let _ = s.write_all(render(&board, &relay, started).as_bytes());
         }
     })?;
-    Ok(())
+    Ok(path)
 }
 
 /// `ftpgate status`: asks the gateway running with this cache dir.
 pub fn query(dir: &Path) -> Result<String> {
     let path: PathBuf = dir.join(SOCKET);
     let mut s = UnixStream::connect(&path)
+        .or_else(|e| UnixStream::connect(run_socket(dir)).map_err(|_| e))
         .with_context(|| format!("no ftpgate running with --cache-dir {} ({} not answering)", dir.display(), path.display()))?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
