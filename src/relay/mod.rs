@@ -25,10 +25,14 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
 
 use crate::cache::fresh::Checker;
 use crate::cache::store::{Capture, Store};
@@ -452,7 +456,7 @@ impl Relay {
         slot.forwarded.store(true, Ordering::Relaxed);
         if let Some(l) = st.listener.take() {
             // wakes the relay's thread, which then watches the forwarded connection
-            let _ = nix::sys::socket::shutdown(l.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+            let _ = socket::shutdown(l.as_raw_fd(), socket::Shutdown::Both);
         }
         // behind NAT the router's port stays taken while the transfer lasts
         let reserved = dnat.and_then(|_| reserve_port(*announce.ip(), announce.port()).ok());
@@ -555,11 +559,10 @@ impl ForwardJob {
 /// the relay takes) the rules deliver to it; without SO_REUSEADDR, so no second reservation
 /// can share the port.
 fn reserve_port(ip: Ipv4Addr, port: u16) -> io::Result<OwnedFd> {
-    use nix::sys::socket::{bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
     let try_bind = |port: u16| -> io::Result<OwnedFd> {
-        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-        setsockopt(&fd, sockopt::IpTransparent, &true)?;
-        bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(ip, port)))?;
+        let fd = socket::socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        socket::setsockopt(&fd, sockopt::IpTransparent, &true)?;
+        socket::bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(ip, port)))?;
         Ok(fd)
     };
     try_bind(port).or_else(|_| try_bind(0))
@@ -1105,42 +1108,13 @@ fn show(r: &io::Result<u64>) -> String {
     }
 }
 
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
-        sin_zero: [0; 8],
-    }
-}
-
-fn check(r: i32) -> io::Result<i32> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
 /// A TCP socket with IP_TRANSPARENT and SO_REUSEADDR, bound to `at` (which need not be local).
 fn transparent_socket(at: SocketAddrV4) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket calls on a fd we own; pointers refer to live locals.
-    unsafe {
-        let fd = check(libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0))?;
-        let fd = OwnedFd::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        let sz = core::mem::size_of::<libc::c_int>() as u32;
-        let p = &one as *const _ as *const libc::c_void;
-        check(libc::setsockopt(fd.as_raw_fd(), libc::SOL_IP, libc::IP_TRANSPARENT, p, sz))?;
-        check(libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, p, sz))?;
-        let sa = sockaddr(at);
-        check(libc::bind(
-            fd.as_raw_fd(),
-            &sa as *const _ as *const libc::sockaddr,
-            core::mem::size_of::<libc::sockaddr_in>() as u32,
-        ))?;
-        Ok(fd)
-    }
+    let fd = socket::socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::setsockopt(&fd, sockopt::IpTransparent, &true)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(at))?;
+    Ok(fd)
 }
 
 /// A data port takes one connection (the backlog only has to hold a racing thief's too); an
@@ -1148,8 +1122,7 @@ fn transparent_socket(at: SocketAddrV4) -> io::Result<OwnedFd> {
 /// retransmissions.
 pub fn transparent_listener(at: SocketAddrV4, backlog: i32) -> io::Result<TcpListener> {
     let fd = transparent_socket(at)?;
-    // SAFETY: listen on our own bound socket.
-    check(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
+    socket::listen(&fd, Backlog::new(backlog).unwrap_or(Backlog::MAXCONN))?;
     Ok(TcpListener::from(fd))
 }
 
@@ -1165,40 +1138,25 @@ fn connect_from(src: Ipv4Addr, avoid: u16, to: SocketAddrV4, timeout: Duration) 
     };
     let stream = TcpStream::from(fd);
     stream.set_nonblocking(true)?;
-    let sa = sockaddr(to);
-    // SAFETY: connect on our own socket with a live sockaddr.
-    let r = unsafe {
-        libc::connect(
-            stream.as_raw_fd(),
-            &sa as *const _ as *const libc::sockaddr,
-            core::mem::size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(e);
+    match socket::connect(stream.as_raw_fd(), &SockaddrIn::from(to)) {
+        Ok(()) => {}
+        Err(Errno::EINPROGRESS) => {
+            let mut pfd = [PollFd::new(stream.as_fd(), PollFlags::POLLOUT)];
+            let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+            if poll(&mut pfd, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX))? == 0 {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+            }
+            if let Some(e) = stream.take_error()? {
+                return Err(e);
+            }
         }
-        let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
-        }
-        if let Some(e) = stream.take_error()? {
-            return Err(e);
-        }
+        Err(e) => return Err(e.into()),
     }
     stream.set_nonblocking(false)?;
     Ok(stream)
 }
 
 fn local_port(fd: &OwnedFd) -> io::Result<u16> {
-    // SAFETY: getsockname into a sockaddr_in of the right size.
-    unsafe {
-        let mut sa: libc::sockaddr_in = core::mem::zeroed();
-        let mut len = core::mem::size_of::<libc::sockaddr_in>() as u32;
-        check(libc::getsockname(fd.as_raw_fd(), &mut sa as *mut _ as *mut libc::sockaddr, &mut len))?;
-        Ok(u16::from_be(sa.sin_port))
-    }
+    let sa: SockaddrIn = socket::getsockname(fd.as_raw_fd())?;
+    Ok(sa.port())
 }

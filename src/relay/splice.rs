@@ -3,7 +3,10 @@
 use std::fs::File;
 use std::io;
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag, SpliceFFlags};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A pipe used as the kernel-side buffer between two sockets; closed on drop.
@@ -17,53 +20,36 @@ const CHUNK: usize = 1 << 20;
 
 impl Pipe {
     pub fn new() -> io::Result<Pipe> {
-        let mut fds = [0i32; 2];
-        // SAFETY: pipe2 writes two fds into the array.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: both fds are fresh and owned from here on.
-        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         // A bigger pipe means fewer round trips per MB; failure just keeps the default.
-        // SAFETY: fcntl on a valid fd.
-        unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        let _ = fcntl(&w, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
         Ok(Pipe { r, w })
     }
 }
 
-fn splice(from: i32, to: i32, len: usize, more: bool) -> io::Result<usize> {
-    let flags = libc::SPLICE_F_MOVE | if more { libc::SPLICE_F_MORE } else { 0 };
+/// Retries a call that an interrupted system call cut short.
+fn retrying(mut f: impl FnMut() -> nix::Result<usize>) -> io::Result<usize> {
     loop {
-        // SAFETY: splice on valid fds with null offsets (sockets and pipes).
-        let n = unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, flags) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match f() {
+            Err(Errno::EINTR) => continue,
+            r => return r.map_err(io::Error::from),
         }
     }
 }
 
-fn tee(from: i32, to: i32, len: usize) -> io::Result<usize> {
-    loop {
-        // SAFETY: tee between two valid pipe fds.
-        let n = unsafe { libc::tee(from, to, len, 0) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+fn splice(from: BorrowedFd, to: BorrowedFd, len: usize, more: bool) -> io::Result<usize> {
+    let flags = SpliceFFlags::SPLICE_F_MOVE | if more { SpliceFFlags::SPLICE_F_MORE } else { SpliceFFlags::empty() };
+    retrying(|| nix::fcntl::splice(from, None, to, None, len, flags))
+}
+
+fn tee(from: BorrowedFd, to: BorrowedFd, len: usize) -> io::Result<usize> {
+    retrying(|| nix::fcntl::tee(from, to, len, SpliceFFlags::empty()))
 }
 
 /// Moves exactly `n` bytes out of a pipe into `to`.
-fn drain(pipe: &Pipe, to: i32, mut n: usize) -> io::Result<()> {
+fn drain(pipe: &Pipe, to: BorrowedFd, mut n: usize) -> io::Result<()> {
     while n > 0 {
-        let m = splice(pipe.r.as_raw_fd(), to, n, false)?;
+        let m = splice(pipe.r.as_fd(), to, n, false)?;
         if m == 0 {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "peer stopped reading"));
         }
@@ -125,7 +111,7 @@ pub fn pump_tee(
             if quit.load(Relaxed) {
                 break; // abandoned: what is still queued is not worth the disk's time
             }
-            drain(&p, out.as_raw_fd(), n)?;
+            drain(&p, out.as_fd(), n)?;
             lag.fetch_sub(n as u64, Relaxed);
             let _ = free_tx.send(p);
         }
@@ -136,7 +122,7 @@ pub fn pump_tee(
     let mut work = Some(work_tx);
     let stopped = || CopyError::Write(io::Error::other("cache writer stopped"));
     loop {
-        let n = splice(src.as_raw_fd(), pipe.w.as_raw_fd(), CHUNK, false)?;
+        let n = splice(src.as_fd(), pipe.w.as_fd(), CHUNK, false)?;
         if n == 0 {
             break;
         }
@@ -145,7 +131,7 @@ pub fn pump_tee(
                 Err(CopyError::TooSlow { buffer })
             } else {
                 match free_rx.try_recv() {
-                    Ok(copy) => match tee(pipe.r.as_raw_fd(), copy.w.as_raw_fd(), n) {
+                    Ok(copy) => match tee(pipe.r.as_fd(), copy.w.as_fd(), n) {
                         Ok(t) if t == n => {
                             behind.fetch_add(n as u64, Relaxed);
                             work.as_ref().map(|w| w.send((copy, n))).and_then(Result::ok).ok_or_else(stopped)
@@ -163,7 +149,7 @@ pub fn pump_tee(
                 work = None; // lets the writer finish
             }
         }
-        drain(&pipe, dst.as_raw_fd(), n)?;
+        drain(&pipe, dst.as_fd(), n)?;
         total += n as u64;
         moved.fetch_add(n as u64, Relaxed);
     }
@@ -180,15 +166,7 @@ pub fn send_file(file: &File, mut offset: u64, len: u64, dst: &TcpStream, moved:
     while offset < end {
         let mut off = offset as libc::off_t;
         let want = (end - offset).min(1 << 30) as usize;
-        // SAFETY: sendfile between valid fds with a live offset.
-        let n = unsafe { libc::sendfile(dst.as_raw_fd(), file.as_raw_fd(), &mut off, want) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
+        let n = retrying(|| nix::sys::sendfile::sendfile(dst, file, Some(&mut off), want))?;
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cache file shorter than its entry"));
         }
@@ -236,13 +214,13 @@ pub fn pump(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::Result<u
     let pipe = Pipe::new()?;
     let mut total = 0u64;
     loop {
-        let n = splice(src.as_raw_fd(), pipe.w.as_raw_fd(), CHUNK, false)?;
+        let n = splice(src.as_fd(), pipe.w.as_fd(), CHUNK, false)?;
         if n == 0 {
             break;
         }
         let mut left = n;
         while left > 0 {
-            let m = splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), left, false)?;
+            let m = splice(pipe.r.as_fd(), dst.as_fd(), left, false)?;
             if m == 0 {
                 return Err(io::Error::new(io::ErrorKind::WriteZero, "peer stopped reading"));
             }
