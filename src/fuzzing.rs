@@ -7,16 +7,16 @@ use std::time::Instant;
 
 use crate::cache::{Decision, Key};
 use crate::proto::seqmap::SeqMap;
-use crate::proto::{ftp, DataId, DataPlane, DataRequest, Dir, Flags, Mode, Opened, Segment, Seq, Session, Transfer, Verdict};
+use crate::proto::{ftp, DataId, DataPlane, DataRequest, Dir, Flags, Mode, OpenError, Opened, Segment, Seq, Session, Transfer, Verdict};
 
 /// A data plane that accepts everything and claims every file is cached.
 struct Dp(u64);
 
 impl DataPlane for Dp {
-    fn open(&mut self, req: &DataRequest) -> Result<Opened, String> {
+    fn open(&mut self, req: &DataRequest) -> Result<Opened, OpenError> {
         self.0 += 1;
         if self.0.is_multiple_of(7) {
-            return Err("no ports left".into());
+            return Err(OpenError::Exhausted);
         }
         let announce = match req.mode {
             Mode::Active => "10.0.2.1:5000".parse().unwrap(),

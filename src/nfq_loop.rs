@@ -598,8 +598,8 @@ pub(crate) fn log_event(key: &Key, user: Option<&str>, ev: Event) {
             crate::metrics::m().rewrite(&kind);
             log!("{who}: rewrote {from:?} -> {to:?}")
         }
-        Event::Refused { reason } => {
-            crate::metrics::m().refusal(refusal_kind(&reason));
+        Event::Refused { kind, reason } => {
+            crate::metrics::m().refusal(kind.label());
             crate::warn!("{who}: refused: {reason}")
         }
         Event::Malformed { dir, line, why } => log!("{who}: malformed {dir:?} line {line:?} passed through: {why}"),
@@ -619,18 +619,6 @@ pub(crate) fn log_event(key: &Key, user: Option<&str>, ev: Event) {
     }
 }
 
-/// The metrics label of a refusal reason (see `crate::proto::policy` and the session's refusals).
-fn refusal_kind(reason: &str) -> &'static str {
-    if reason.contains("is not the client's") || reason.contains("is below") {
-        "bounce"
-    } else if reason.contains("in its reply") {
-        "third_party"
-    } else if reason.contains("too many data connections") {
-        "data_limit"
-    } else {
-        "other"
-    }
-}
 
 /// Binds the queue and runs until the process is stopped.
 pub fn run(mut helper: Helper) -> Result<()> {

@@ -154,7 +154,7 @@ pub enum Transfer {
 /// The seam to the data path and the cache.
 pub trait DataPlane {
     /// Prepares a data connection; the relay must be listening when this returns.
-    fn open(&mut self, req: &DataRequest) -> Result<Opened, String>;
+    fn open(&mut self, req: &DataRequest) -> Result<Opened, OpenError>;
     /// The size of a cached entry for `key`, if there is one.
     fn cached(&mut self, key: &Key) -> Option<u64>;
     /// Tells the data connection `id` what it carries. `false`: it cannot (cache busy or
@@ -174,6 +174,79 @@ pub trait DataPlane {
     /// while that reply is held ([`Session::data_done`]).
     fn data_state(&mut self, _id: DataId) -> DataState {
         DataState::Unknown
+    }
+}
+
+/// Why a data connection could not be prepared; the client is answered `425` with it.
+#[derive(Debug)]
+pub enum OpenError {
+    /// `--max-data` data connections are in progress.
+    TooMany { limit: usize },
+    /// No listener on the endpoint to announce.
+    Listen { at: Ipv4Addr, source: std::io::Error },
+    /// No port of the router's own to announce (active mode behind NAT).
+    Port { at: Ipv4Addr, source: std::io::Error },
+    /// No thread to move or watch the bytes.
+    Thread(std::io::Error),
+    /// The data plane has no endpoint left to give (test and fuzzing planes).
+    Exhausted,
+}
+
+impl OpenError {
+    /// Its label in the refusal metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            OpenError::TooMany { .. } => "data_limit",
+            OpenError::Listen { .. } => "data_listen",
+            OpenError::Port { .. } => "data_port",
+            OpenError::Thread(_) => "data_thread",
+            OpenError::Exhausted => "data_exhausted",
+        }
+    }
+}
+
+impl core::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            OpenError::TooMany { limit } => write!(f, "too many data connections in progress (limit {limit})"),
+            OpenError::Listen { at, source } => write!(f, "cannot listen on {at}: {source}"),
+            OpenError::Port { at, source } => write!(f, "cannot take a port on {at}: {source}"),
+            OpenError::Thread(e) => write!(f, "cannot start the data connection's thread: {e}"),
+            OpenError::Exhausted => f.write_str("no ports left"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OpenError::Listen { source, .. } | OpenError::Port { source, .. } | OpenError::Thread(source) => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// What a refusal refused, with its label in the refusal metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A `PORT`/`EPRT` naming a host but the client, or a port below 1024.
+    Bounce,
+    /// A `227`/`229` naming a host but the server (not followed).
+    ThirdParty,
+    /// A data connection that could not be prepared ([`OpenError::label`]).
+    Data(&'static str),
+    /// An `EPRT` of a network protocol ftpgate does not relay (`522`).
+    Family,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Bounce => "bounce",
+            Refusal::ThirdParty => "third_party",
+            Refusal::Data(l) => l,
+            Refusal::Family => "address_family",
+        }
     }
 }
 
@@ -220,7 +293,7 @@ pub struct Described {
 pub enum Event {
     User(String),
     Rewrote { dir: Dir, from: String, to: String },
-    Refused { reason: String },
+    Refused { kind: Refusal, reason: String },
     Malformed { dir: Dir, line: String, why: String },
     TlsStarted,
     /// A download the server accepted (final reply `226`/`250`) or refused/aborted; `path` is
@@ -1005,9 +1078,9 @@ impl Session {
         }
     }
 
-    fn refuse(&mut self, code: u16, reason: String) -> Option<Vec<u8>> {
+    fn refuse(&mut self, code: u16, kind: Refusal, reason: String) -> Option<Vec<u8>> {
         let reply = format!("{code} ftpgate: {reason}.\r\n").into_bytes();
-        self.events.push_back(Event::Refused { reason });
+        self.events.push_back(Event::Refused { kind, reason });
         self.cmds.push_back(Cmd::Refused(reply));
         Some(b"NOOP\r\n".to_vec())
     }
@@ -1082,7 +1155,7 @@ impl Session {
         let ep = match parsed {
             Ok(ep) => ep,
             Err(ftp::ParseError::UnsupportedProtocol) if whole => {
-                return self.refuse(522, "only IPv4 data connections are relayed, use (1)".into());
+                return self.refuse(522, Refusal::Family, "only IPv4 data connections are relayed, use (1)".into());
             }
             Err(e) => {
                 self.events.push_back(Event::Malformed { dir: Dir::ToServer, line: show(line), why: format!("{e:?}") });
@@ -1097,7 +1170,7 @@ impl Session {
             return None;
         }
         if let Err(reason) = policy::check_active(*self.client.ip(), named) {
-            return self.refuse(500, reason);
+            return self.refuse(500, Refusal::Bounce, reason);
         }
         let req = DataRequest { mode: Mode::Active, client: self.client, server: self.server, target: named, via: self.via };
         match dp.open(&req) {
@@ -1106,7 +1179,7 @@ impl Session {
                 self.cmds.push_back(Cmd::Other);
                 (announce != named).then(|| self.rewrite(Dir::ToServer, line, &ep, announce))
             }
-            Err(e) => self.refuse(425, format!("cannot prepare the data connection: {e}")),
+            Err(e) => self.refuse(425, Refusal::Data(e.label()), format!("cannot prepare the data connection: {e}")),
         }
     }
 
@@ -1135,7 +1208,8 @@ impl Session {
         if !self.greeted {
             self.greeted = true;
             if let Some(text) = self.refuse_greeting.take() {
-                self.events.push_back(Event::Refused { reason: "session limit reached; answered 421".into() });
+                // counted where the session was refused
+                self.events.push_back(Event::Note("session limit reached; answered 421".into()));
                 return Some(text);
             }
             return None;
@@ -1348,7 +1422,7 @@ impl Session {
         };
         let (target, note) = policy::passive_target(*self.server.ip(), ep.ip, ep.port);
         if let Some(n) = note {
-            self.events.push_back(Event::Refused { reason: n });
+            self.events.push_back(Event::Refused { kind: Refusal::ThirdParty, reason: n });
         }
         let req = DataRequest { mode: Mode::Passive, client: self.client, server: self.server, target, via: self.via };
         let named = SocketAddrV4::new(ep.ip.unwrap_or(*self.server.ip()), ep.port);
@@ -1364,7 +1438,7 @@ impl Session {
             }
             Ok(o) => Some(self.rewrite(Dir::ToClient, line, &ep, o.announce)),
             Err(e) => {
-                self.events.push_back(Event::Refused { reason: format!("passive data connection: {e}") });
+                self.events.push_back(Event::Refused { kind: Refusal::Data(e.label()), reason: format!("passive data connection: {e}") });
                 Some(format!("425 ftpgate: cannot prepare the data connection: {e}.\r\n").into_bytes())
             }
         }

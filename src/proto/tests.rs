@@ -24,10 +24,10 @@ struct FakeDp {
 }
 
 impl DataPlane for FakeDp {
-    fn open(&mut self, req: &DataRequest) -> Result<Opened, String> {
+    fn open(&mut self, req: &DataRequest) -> Result<Opened, OpenError> {
         self.opened.push(req.clone());
         if self.fail {
-            return Err("no ports left".into());
+            return Err(OpenError::Exhausted);
         }
         let announce = match (req.mode, req.via) {
             // explicit proxy: on the gateway's own address of the side that connects

@@ -40,7 +40,7 @@ use crate::cache::{decide, settled, Answer, Decision, Key, Login, Meta};
 use crate::log;
 use crate::metrics;
 use crate::nft;
-use crate::proto::{DataId, DataOutcome, DataPlane, DataRequest, DataState, Described, Mode, Opened, Session, Transfer};
+use crate::proto::{DataId, DataOutcome, DataPlane, OpenError, DataRequest, DataState, Described, Mode, Opened, Session, Transfer};
 use crate::xferlog;
 
 #[derive(Clone, Debug)]
@@ -376,7 +376,7 @@ impl Relay {
     /// the single-use permission, and a thread that waits for its end. `None`: this one cannot
     /// be forwarded (a passive endpoint that is not the server's), or the permission could not
     /// be given; it is relayed instead.
-    fn open_forwarded(&mut self, req: &DataRequest, fwd: Arc<Forwarder>) -> Result<Option<Opened>, String> {
+    fn open_forwarded(&mut self, req: &DataRequest, fwd: Arc<Forwarder>) -> Result<Option<Opened>, OpenError> {
         let (peer, announce, dnat, reserved) = match req.mode {
             Mode::Passive if req.target.ip() == req.server.ip() => (*req.client.ip(), req.target, None, None),
             Mode::Passive => return Ok(None),
@@ -385,8 +385,9 @@ impl Relay {
                 if seen == *req.client.ip() {
                     (*req.server.ip(), req.target, None, None)
                 } else {
-                    let sock = reserve_port(seen, req.target.port()).map_err(|e| format!("cannot take a port on {seen}: {e}"))?;
-                    let port = local_port(&sock).map_err(|e| format!("cannot take a port on {seen}: {e}"))?;
+                    let port_of = |source| OpenError::Port { at: seen, source };
+                    let sock = reserve_port(seen, req.target.port()).map_err(port_of)?;
+                    let port = local_port(&sock).map_err(port_of)?;
                     (*req.server.ip(), SocketAddrV4::new(seen, port), Some(req.target), Some(sock))
                 }
             }
@@ -427,7 +428,7 @@ impl Relay {
             let mut f = fwd.tracker.lock().unwrap_or_else(|e| e.into_inner());
             f.forget(id);
             fwd.nft.lock().unwrap_or_else(|e| e.into_inner()).revoke(&grant);
-            return Err(format!("cannot start watching a forwarded connection: {e}"));
+            return Err(OpenError::Thread(e));
         }
         Ok(Some(Opened { announce, id }))
     }
@@ -651,9 +652,9 @@ impl DataPlane for Relay {
         }
     }
 
-    fn open(&mut self, req: &DataRequest) -> Result<Opened, String> {
+    fn open(&mut self, req: &DataRequest) -> Result<Opened, OpenError> {
         if self.data_connections() >= self.cfg.max_data {
-            return Err(format!("too many data connections in progress (limit {})", self.cfg.max_data));
+            return Err(OpenError::TooMany { limit: self.cfg.max_data });
         }
         if let Some(fwd) = self.forward.clone().filter(|_| self.cache.is_none() && req.via.is_none()) {
             if let Some(opened) = self.open_forwarded(req, fwd)? {
@@ -673,12 +674,12 @@ impl DataPlane for Relay {
         };
         let listener = transparent_listener(SocketAddrV4::new(listen_ip, port), 4)
             .or_else(|_| transparent_listener(SocketAddrV4::new(listen_ip, 0), 4))
-            .map_err(|e| format!("cannot listen on {listen_ip}: {e}"))?;
+            .map_err(|source| OpenError::Listen { at: listen_ip, source })?;
         let announce = match listener.local_addr() {
             Ok(std::net::SocketAddr::V4(a)) => a,
-            _ => return Err("listener has no IPv4 address".into()),
+            _ => return Err(OpenError::Listen { at: listen_ip, source: io::Error::other("no IPv4 address") }),
         };
-        listener.set_nonblocking(true).map_err(|e| format!("cannot set up the listener: {e}"))?;
+        listener.set_nonblocking(true).map_err(|source| OpenError::Listen { at: listen_ip, source })?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot::new(format!("{} {} <-> {}", req.mode.as_str(), req.client.ip(), req.target)));
         {
@@ -716,7 +717,7 @@ impl DataPlane for Relay {
         });
         if let Err(e) = spawned {
             self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            return Err(format!("cannot start relay: {e}"));
+            return Err(OpenError::Thread(e));
         }
         Ok(Opened { announce, id })
     }
