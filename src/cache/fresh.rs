@@ -152,10 +152,30 @@ impl Checker {
         self.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Logs a connection in under `login` ahead of a check that is likely to follow (a client
+    /// of a server it has cached files of is preparing a data connection), so that the check
+    /// costs the MDTM and SIZE round trips only. Only into a free place (never waits, never
+    /// beyond the per-login limit, not while the server backs off); the connection idles in
+    /// the pool and closes after the idle time if no check comes.
+    pub fn warm(self: &Arc<Self>, login: Login) {
+        let me = self.clone();
+        let _ = std::thread::Builder::new().name("ftpgate-check".into()).spawn(move || {
+            let Some((mut slot, pooled)) = me.slot_within(&login, Duration::ZERO) else { return };
+            slot.keep = match pooled {
+                Some(c) => Some(c),
+                None => me.connect(&login).ok(),
+            };
+        });
+    }
+
     /// A place for a connection under `login`, with an idle connection if there is one;
     /// `None` when the server is backing off or no place frees up within half the timeout.
     fn slot(&self, login: &Login) -> Option<(Slot<'_>, Option<Conn>)> {
-        let deadline = Instant::now() + self.timeout / 2;
+        self.slot_within(login, self.timeout / 2)
+    }
+
+    fn slot_within(&self, login: &Login, wait: Duration) -> Option<(Slot<'_>, Option<Conn>)> {
+        let deadline = Instant::now() + wait;
         let mut pool = self.lock();
         loop {
             if pool.refused.get(&login.server).is_some_and(|t| *t > Instant::now()) {

@@ -97,6 +97,12 @@ impl Store {
         let _ = fs::remove_file(self.data_path(name));
     }
 
+    /// Whether any entry belongs to `user`'s space at `server` (anonymous logins share one).
+    pub fn holds_any(&self, server: SocketAddrV4, user: &str) -> bool {
+        let space = Key::new(server, user, String::new(), true).user;
+        self.lock().index.keys().any(|k| k.server == server && k.user == space)
+    }
+
     pub fn lookup(&self, key: &Key) -> Option<Meta> {
         self.lock().index.get(key).cloned()
     }

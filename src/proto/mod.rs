@@ -164,6 +164,10 @@ pub trait DataPlane {
     fn finished(&mut self, id: DataId, ok: bool);
     /// `path` on `server` is being changed (STOR, APPE, DELE, RNFR, RNTO): forget cached copies.
     fn invalidate(&mut self, server: SocketAddrV4, path: &str);
+    /// The client under `login` is preparing a data connection (PASV, EPSV, PORT, EPRT): a
+    /// download, and with it a freshness check, may follow. The data plane may get ready for
+    /// that check.
+    fn transfer_ahead(&mut self, _login: &Login) {}
     /// Whether there is a cache at all (`--no-cache` turns it off).
     fn cache_enabled(&self) -> bool {
         true
@@ -1094,6 +1098,11 @@ impl Session {
                 let user = self.user.clone().unwrap_or_else(|| "-".into());
                 let verb = String::from_utf8_lossy(v).into_owned();
                 dp.describe(id, Described { verb, path, user, binary: self.binary });
+            }
+        }
+        if matches!(verb.as_ref(), Some(b"PASV" | b"EPSV" | b"PORT" | b"EPRT")) && dp.cache_enabled() {
+            if let Some(login) = self.login() {
+                dp.transfer_ahead(&login);
             }
         }
         let (cmd, parsed) = match verb.as_ref() {

@@ -17,6 +17,8 @@ struct FakeDp {
     transfers: Vec<(DataId, Transfer)>,
     finished: Vec<(DataId, bool)>,
     invalidated: Vec<String>,
+    /// Logins announced by `transfer_ahead`.
+    ahead: Vec<Login>,
     /// What `data_state` answers for every data connection (`Unknown` when unset).
     state: Option<DataState>,
     /// How the data connection ends when the session holds a final reply in `Pair::send_at`.
@@ -40,6 +42,9 @@ impl DataPlane for FakeDp {
     }
     fn cached(&mut self, key: &Key) -> Option<u64> {
         self.cache.get(&key.path).copied()
+    }
+    fn transfer_ahead(&mut self, login: &Login) {
+        self.ahead.push(login.clone());
     }
     fn transfer(&mut self, id: DataId, what: Transfer) -> bool {
         self.transfers.push((id, what));
@@ -206,6 +211,18 @@ fn active_session(sizes: &[usize]) -> Pair {
 
 const ACTIVE_SEEN_BY_SERVER: &str =
     "USER anonymous\r\nPASS x\r\nTYPE I\r\nPORT 10,0,2,1,19,136\r\nRETR f\r\nQUIT\r\n";
+
+#[test]
+fn a_data_command_after_login_announces_the_transfer_ahead() {
+    let p = active_session(&[]);
+    assert_eq!(p.dp.ahead.len(), 1, "one PORT after the login");
+    assert_eq!((p.dp.ahead[0].user.as_str(), p.dp.ahead[0].pass.as_str()), ("anonymous", "x"));
+    // before the login nothing is announced
+    let mut q = Pair::new();
+    q.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    q.send(Dir::ToServer, b"PASV\r\n", &[]);
+    assert!(q.dp.ahead.is_empty());
+}
 
 #[test]
 fn port_rewritten_in_one_segment() {

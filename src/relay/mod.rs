@@ -574,6 +574,14 @@ impl DataPlane for Relay {
         self.cache.is_some()
     }
 
+    fn transfer_ahead(&mut self, login: &Login) {
+        if let Some(c) = &self.cache {
+            if c.store.holds_any(login.server, &login.user) {
+                c.checker.warm(login.clone());
+            }
+        }
+    }
+
     fn cached(&mut self, key: &Key) -> Option<u64> {
         self.cache.as_ref()?.store.lookup(key).map(|m| m.size)
     }
