@@ -365,6 +365,20 @@ impl Relay {
         slots.values().filter(|s| s.connected.load(Ordering::Relaxed)).count()
     }
 
+    /// Runs data connection `id`'s work on a thread of its own; when it returns, the slot
+    /// moves to the ended ones (kept a while for [`DataPlane::data_state`]).
+    fn spawn_for(&self, id: DataId, name: &str, work: impl FnOnce() + Send + 'static) -> io::Result<()> {
+        let (slots, ended) = (self.slots.clone(), self.ended.clone());
+        std::thread::Builder::new().name(name.into()).spawn(move || {
+            work();
+            let s = slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            if let Some(s) = s {
+                ended.lock().unwrap_or_else(|e| e.into_inner()).insert(id, s);
+            }
+        })?;
+        Ok(())
+    }
+
     fn slot(&self, id: DataId) -> Option<Arc<Slot>> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
     }
@@ -415,15 +429,7 @@ impl Relay {
             notify: self.notify.clone(),
             _reserved: reserved,
         };
-        let (slots, ended) = (self.slots.clone(), self.ended.clone());
-        let spawned = std::thread::Builder::new().name("ftpgate-fwd".into()).spawn(move || {
-            job.run();
-            let s = slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            if let Some(s) = s {
-                ended.lock().unwrap_or_else(|e| e.into_inner()).insert(id, s);
-            }
-        });
-        if let Err(e) = spawned {
+        if let Err(e) = self.spawn_for(id, "ftpgate-fwd", move || job.run()) {
             self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             let mut f = fwd.tracker.lock().unwrap_or_else(|e| e.into_inner());
             f.forget(id);
@@ -713,15 +719,10 @@ impl DataPlane for Relay {
             notify: self.notify.clone(),
             fwd: self.forward.clone(),
         };
-        let (slots, ended) = (self.slots.clone(), self.ended.clone());
         let (rt, nice) = (self.cfg.rt_priority, self.cfg.nice);
-        let spawned = std::thread::Builder::new().name("ftpgate-data".into()).spawn(move || {
+        let spawned = self.spawn_for(id, "ftpgate-data", move || {
             lower_priority(rt, nice);
             job.run();
-            let s = slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            if let Some(s) = s {
-                ended.lock().unwrap_or_else(|e| e.into_inner()).insert(id, s);
-            }
         });
         if let Err(e) = spawned {
             self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
