@@ -78,7 +78,8 @@ impl RuleSet {
                 table: "mangle",
                 chain: "PREROUTING",
                 first: false,
-                spec: words(&format!("-p tcp -m socket --transparent {c} -j MARK --set-xmark {m}")),
+                // a kernel-forwarded data connection never needs the per-packet socket lookup
+                spec: words(&format!("-p tcp -m connmark ! --mark {pass:#x} -m socket --transparent {c} -j MARK --set-xmark {m}")),
             },
             Rule {
                 table: "filter",
