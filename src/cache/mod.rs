@@ -29,12 +29,16 @@ pub struct Key {
 
 impl Key {
     pub fn new(server: SocketAddrV4, user: &str, path: String, binary: bool) -> Key {
-        let user = if user.eq_ignore_ascii_case("anonymous") || user.eq_ignore_ascii_case("ftp") {
-            "anonymous".to_string()
+        Key { server, user: Key::space(user).to_string(), path, binary }
+    }
+
+    /// The entry space of a login name: anonymous logins share one.
+    pub fn space(user: &str) -> &str {
+        if user.eq_ignore_ascii_case("anonymous") || user.eq_ignore_ascii_case("ftp") {
+            "anonymous"
         } else {
-            user.to_string()
-        };
-        Key { server, user, path, binary }
+            user
+        }
     }
 
     /// A stable file name for the entry (FNV-1a over the key's fields; the index keeps the full

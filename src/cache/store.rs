@@ -99,7 +99,7 @@ impl Store {
 
     /// Whether any entry belongs to `user`'s space at `server` (anonymous logins share one).
     pub fn holds_any(&self, server: SocketAddrV4, user: &str) -> bool {
-        let space = Key::new(server, user, String::new(), true).user;
+        let space = Key::space(user);
         self.lock().index.keys().any(|k| k.server == server && k.user == space)
     }
 

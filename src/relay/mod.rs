@@ -367,16 +367,34 @@ impl Relay {
 
     /// Runs data connection `id`'s work on a thread of its own; when it returns, the slot
     /// moves to the ended ones (kept a while for [`DataPlane::data_state`]).
+    /// Without a thread, the slot is forgotten at once.
     fn spawn_for(&self, id: DataId, name: &str, work: impl FnOnce() + Send + 'static) -> io::Result<()> {
         let (slots, ended) = (self.slots.clone(), self.ended.clone());
-        std::thread::Builder::new().name(name.into()).spawn(move || {
+        let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
             work();
             let s = slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             if let Some(s) = s {
                 ended.lock().unwrap_or_else(|e| e.into_inner()).insert(id, s);
             }
-        })?;
-        Ok(())
+        });
+        if spawned.is_err() {
+            self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        }
+        spawned.map(drop)
+    }
+
+    /// Gives `grant` and watches its connection as data connection `id` on `slot`; `false`
+    /// (logged) when the permission could not be given, and the relay keeps it.
+    fn grant_forwarding(&self, fwd: &Forwarder, slot: &Slot, id: DataId, grant: &nft::Grant) -> bool {
+        if let Err(e) = fwd.nft.lock().unwrap_or_else(|e| e.into_inner()).grant(grant, self.cfg.accept_timeout) {
+            crate::warn!("kernel forwarding of {} -> {}: {e}; relaying it", grant.peer, grant.at);
+            return false;
+        }
+        let (peer, announce) = (grant.peer, grant.at);
+        let target = grant.dnat.unwrap_or(announce);
+        fwd.tracker.lock().unwrap_or_else(|e| e.into_inner()).expect(forward::Expected { id, peer, announce, target });
+        slot.forwarded.store(true, Ordering::Relaxed);
+        true
     }
 
     fn slot(&self, id: DataId) -> Option<Arc<Slot>> {
@@ -407,16 +425,11 @@ impl Relay {
             }
         };
         let grant = nft::Grant { peer, at: announce, dnat };
-        if let Err(e) = fwd.nft.lock().unwrap_or_else(|e| e.into_inner()).grant(&grant, self.cfg.accept_timeout) {
-            crate::warn!("kernel forwarding of {} <-> {announce}: {e}; relaying it", req.client.ip());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot::new(format!("{} {} <-> {}", req.mode.as_str(), req.client.ip(), req.target)));
+        if !self.grant_forwarding(&fwd, &slot, id, &grant) {
             return Ok(None);
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let target = dnat.unwrap_or(announce);
-        fwd.tracker.lock().unwrap_or_else(|e| e.into_inner()).expect(forward::Expected { id, peer, announce, target });
-        let slot = Slot::new(format!("{} {} <-> {}", req.mode.as_str(), req.client.ip(), req.target));
-        slot.forwarded.store(true, Ordering::Relaxed);
-        let slot = Arc::new(slot);
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).insert(id, slot.clone());
         let job = ForwardJob {
             id,
@@ -430,9 +443,7 @@ impl Relay {
             _reserved: reserved,
         };
         if let Err(e) = self.spawn_for(id, "ftpgate-fwd", move || job.run()) {
-            self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            let mut f = fwd.tracker.lock().unwrap_or_else(|e| e.into_inner());
-            f.forget(id);
+            fwd.tracker.lock().unwrap_or_else(|e| e.into_inner()).forget(id);
             fwd.nft.lock().unwrap_or_else(|e| e.into_inner()).revoke(&grant);
             return Err(OpenError::Thread(e));
         }
@@ -454,13 +465,9 @@ impl Relay {
         }
         let Deferred { id, peer, announce, dnat } = d;
         let grant = nft::Grant { peer, at: announce, dnat };
-        if let Err(e) = fwd.nft.lock().unwrap_or_else(|e| e.into_inner()).grant(&grant, self.cfg.accept_timeout) {
-            crate::warn!("kernel forwarding to {announce}: {e}; relaying it");
+        if !self.grant_forwarding(fwd, slot, id, &grant) {
             return;
         }
-        let target = dnat.unwrap_or(announce);
-        fwd.tracker.lock().unwrap_or_else(|e| e.into_inner()).expect(forward::Expected { id, peer, announce, target });
-        slot.forwarded.store(true, Ordering::Relaxed);
         if let Some(l) = st.listener.take() {
             // wakes the relay's thread, which then watches the forwarded connection
             let _ = socket::shutdown(l.as_raw_fd(), socket::Shutdown::Both);
@@ -720,14 +727,11 @@ impl DataPlane for Relay {
             fwd: self.forward.clone(),
         };
         let (rt, nice) = (self.cfg.rt_priority, self.cfg.nice);
-        let spawned = self.spawn_for(id, "ftpgate-data", move || {
+        self.spawn_for(id, "ftpgate-data", move || {
             lower_priority(rt, nice);
             job.run();
-        });
-        if let Err(e) = spawned {
-            self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            return Err(OpenError::Thread(e));
-        }
+        })
+        .map_err(OpenError::Thread)?;
         Ok(Opened { announce, id })
     }
 }
