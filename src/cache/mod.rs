@@ -1,6 +1,6 @@
-//! Download cache. This module is the sans-IO core: what an entry is keyed by, how a relative
-//! name resolves against the tracked working directory, when an entry may be served, and which
-//! entries the size limit evicts. [`store`] keeps entries on disk; [`fresh`] asks the server
+//! Download cache. This module is the sans-IO core: when an entry may be served, and which
+//! entries the size limit evicts (what an entry is keyed by and how a name resolves are the
+//! protocol core's: `crate::proto::Key`, `crate::proto::path`). [`store`] keeps entries on disk; [`fresh`] asks the server
 //! (MDTM, SIZE) on a control connection of ftpgate's own. The control session
 //! (`crate::proto`) decides hit/miss per RETR; the relay (`crate::relay`) captures and serves.
 //!
@@ -12,128 +12,11 @@
 pub mod fresh;
 pub mod store;
 
-use core::net::SocketAddrV4;
+// the session's facts the cache is keyed by, and path resolution, are the protocol core's
+pub use crate::proto::path::{dir_from_257, resolve, resolve_dir, server_path};
+pub use crate::proto::{Decision, Key, Login};
+
 use std::collections::HashMap;
-
-/// What makes two downloads the same bytes.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Key {
-    pub server: SocketAddrV4,
-    /// Login name; anonymous logins share one space.
-    pub user: String,
-    /// Absolute, normalised path on the server.
-    pub path: String,
-    /// TYPE I (image) or TYPE A (ASCII) — different bytes.
-    pub binary: bool,
-}
-
-impl Key {
-    pub fn new(server: SocketAddrV4, user: &str, path: String, binary: bool) -> Key {
-        Key { server, user: Key::space(user).to_string(), path, binary }
-    }
-
-    /// The entry space of a login name: anonymous logins share one.
-    pub fn space(user: &str) -> &str {
-        if user.eq_ignore_ascii_case("anonymous") || user.eq_ignore_ascii_case("ftp") {
-            "anonymous"
-        } else {
-            user
-        }
-    }
-
-    /// A stable file name for the entry (FNV-1a over the key's fields; the index keeps the full
-    /// key, so a collision is detected, not served).
-    pub fn file_name(&self) -> String {
-        let mut h: u64 = 0xcbf29ce484222325;
-        let text = format!("{}\0{}\0{}\0{}", self.server, self.user, self.path, self.binary as u8);
-        for b in text.bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-        format!("{h:016x}")
-    }
-}
-
-/// The credentials a session logged in with, for ftpgate's own freshness checks on the same
-/// server under the same login. Held in memory only; `Debug` leaves the password out.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Login {
-    pub server: SocketAddrV4,
-    pub user: String,
-    pub pass: String,
-}
-
-impl core::fmt::Debug for Login {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "Login {{ server: {}, user: {:?}, pass: <hidden> }}", self.server, self.user)
-    }
-}
-
-/// Resolves a file `name` (as given to RETR/STOR/DELE/RNTO) against the working directory `cwd`.
-/// `None` when the result would be a root or unknown, or the name has NUL/CR/LF.
-///
-/// `cwd` is absolute, or relative to the login's home directory (`~`, `~/sub`) while no PWD
-/// reply has told where home is; such paths stay `~/…` and are asked about relative to home
-/// (see [`server_path`]).
-pub fn resolve(cwd: &str, name: &str) -> Option<String> {
-    resolve_dir(cwd, name).filter(|p| p != "/" && p != "~")
-}
-
-/// Like [`resolve`], for directories (CWD): a root (`/` or `~`) is a valid result.
-pub fn resolve_dir(cwd: &str, name: &str) -> Option<String> {
-    if name.is_empty() || name.bytes().any(|b| b == 0 || b == b'\r' || b == b'\n') {
-        return None;
-    }
-    let (root, base) = match cwd.strip_prefix('~') {
-        _ if name.starts_with('/') => ("/", ""),
-        Some(rest) => ("~", rest),
-        None => ("/", cwd),
-    };
-    let mut parts: Vec<&str> = Vec::new();
-    for p in base.split('/').chain(name.split('/')) {
-        match p {
-            "" | "." => {}
-            ".." => {
-                if parts.pop().is_none() && root == "~" {
-                    return None; // above home: where that is, is unknown
-                }
-            }
-            p => parts.push(p),
-        }
-    }
-    Some(match (parts.is_empty(), root) {
-        (true, r) => r.to_string(),
-        (false, "/") => format!("/{}", parts.join("/")),
-        (false, _) => format!("~/{}", parts.join("/")),
-    })
-}
-
-/// The name to send the server for a resolved path, on a connection whose working directory
-/// is the login's home.
-pub fn server_path(path: &str) -> &str {
-    path.strip_prefix("~/").unwrap_or(path)
-}
-
-/// The directory named in a `257 "<dir>" …` reply (PWD, MKD); `""` inside quotes is a quote.
-pub fn dir_from_257(line: &[u8]) -> Option<String> {
-    let text = core::str::from_utf8(line).ok()?;
-    let rest = text.strip_prefix("257")?.trim_start_matches([' ', '-']);
-    let mut chars = rest.strip_prefix('"')?.chars().peekable();
-    let mut out = String::new();
-    while let Some(c) = chars.next() {
-        if c == '"' {
-            if chars.peek() == Some(&'"') {
-                chars.next();
-                out.push('"');
-            } else {
-                return if out.starts_with('/') { Some(out) } else { None };
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    None
-}
 
 /// The server's answers to MDTM and SIZE, asked just before a hit would be served.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,18 +35,6 @@ pub struct Meta {
     /// MDTM's `YYYYMMDDHHMMSS` at capture.
     pub mdtm: String,
     pub last_used: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Same size and modification time: serve from the cache.
-    Hit,
-    /// Changed: fetch from the server and capture again.
-    Stale,
-    /// Deleted: pass the server's error on, drop the entry.
-    Gone,
-    /// The server could not confirm: no hit, keep the entry.
-    Bypass,
 }
 
 /// Never stale: only a positive confirmation of both size and time gives a hit.
@@ -310,33 +181,6 @@ mod tests {
         let mut a = key("alice", "/f");
         a.binary = false;
         assert_ne!(a.file_name(), key("alice", "/f").file_name());
-    }
-
-    #[test]
-    fn resolve_paths() {
-        assert_eq!(resolve("/pub", "big.bin").as_deref(), Some("/pub/big.bin"));
-        assert_eq!(resolve("/pub/x", "../y/./z").as_deref(), Some("/pub/y/z"));
-        assert_eq!(resolve("/pub", "/abs").as_deref(), Some("/abs"));
-        assert_eq!(resolve("/", "../../etc").as_deref(), Some("/etc"));
-        assert_eq!(resolve("/pub", ""), None);
-        assert_eq!(resolve("/pub", "a\rb"), None);
-        assert_eq!(resolve("/", ".."), None);
-        assert_eq!(resolve("~", "big.bin").as_deref(), Some("~/big.bin"));
-        assert_eq!(resolve("~/a", "../b/c").as_deref(), Some("~/b/c"));
-        assert_eq!(resolve("~", "../x"), None);
-        assert_eq!(resolve("~/a", "/abs").as_deref(), Some("/abs"));
-        assert_eq!(resolve_dir("~/a", "..").as_deref(), Some("~"));
-        assert_eq!(resolve_dir("/a", "..").as_deref(), Some("/"));
-        assert_eq!(server_path("~/b/c"), "b/c");
-        assert_eq!(server_path("/b/c"), "/b/c");
-    }
-
-    #[test]
-    fn pwd_reply_parsing() {
-        assert_eq!(dir_from_257(b"257 \"/home/ftp\" is the current directory").as_deref(), Some("/home/ftp"));
-        assert_eq!(dir_from_257(b"257 \"/a \"\"q\"\"\" created").as_deref(), Some("/a \"q\""));
-        assert_eq!(dir_from_257(b"257 no quotes"), None);
-        assert_eq!(dir_from_257(b"257 \"relative\""), None);
     }
 
     #[test]

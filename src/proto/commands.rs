@@ -1,0 +1,254 @@
+//! The command and reply state: what each command expects, which lines are rewritten or refused,
+//! and the data connections PASV/EPSV/PORT/EPRT prepare.
+
+use super::*;
+
+impl Session {
+    /// A complete line. Returns its replacement, if any. `whole` says whether all of the line
+    /// is still in ftpgate's hands (else it can only be observed).
+    pub(super) fn on_line(&mut self, dir: Dir, line: &[u8], whole: bool, dp: &mut dyn DataPlane) -> Option<Vec<u8>> {
+        match dir {
+            Dir::ToServer => self.on_command(line, whole, dp),
+            Dir::ToClient => self.on_reply(line, whole, dp),
+        }
+    }
+
+    pub(super) fn refuse(&mut self, code: u16, kind: Refusal, reason: String) -> Option<Vec<u8>> {
+        let reply = format!("{code} ftpgate: {reason}.\r\n").into_bytes();
+        self.events.push_back(Event::Refused { kind, reason });
+        self.cmds.push_back(Cmd::Refused(reply));
+        Some(b"NOOP\r\n".to_vec())
+    }
+
+    pub(super) fn on_command(&mut self, line: &[u8], whole: bool, dp: &mut dyn DataPlane) -> Option<Vec<u8>> {
+        let verb = ftp::verb(line);
+        if let (Some(v), Some(id)) = (verb.as_ref(), self.data) {
+            if [&b"RETR"[..], b"STOR", b"APPE", b"STOU", b"LIST", b"NLST", b"MLSD"].contains(&&v[..]) {
+                let name = arg(line);
+                let path = self.cwd.as_deref().and_then(|c| path::resolve(c, &name)).unwrap_or(name);
+                let user = self.user.clone().unwrap_or_else(|| "-".into());
+                let verb = String::from_utf8_lossy(v).into_owned();
+                dp.describe(id, Described { verb, path, user, binary: self.binary });
+            }
+        }
+        if matches!(verb.as_ref(), Some(b"PASV" | b"EPSV" | b"PORT" | b"EPRT")) && dp.cache_enabled() {
+            if let Some(login) = self.login() {
+                dp.transfer_ahead(&login);
+            }
+        }
+        let (cmd, parsed) = match verb.as_ref() {
+            Some(b"PORT") => (Cmd::Other, Some(ftp::parse_port(line))),
+            Some(b"EPRT") => (Cmd::Other, Some(ftp::parse_eprt(line))),
+            Some(b"PASV") => (Cmd::Pasv, None),
+            Some(b"EPSV") if !ftp::body(line).to_ascii_uppercase().ends_with(b"ALL") => (Cmd::Epsv, None),
+            Some(b"AUTH") => (Cmd::Auth, None),
+            Some(b"PWD ") | Some(b"XPWD") => (Cmd::Pwd, None),
+            Some(b"CWD ") | Some(b"XCWD") => (Cmd::Cwd(arg(line)), None),
+            Some(b"CDUP") | Some(b"XCUP") => (Cmd::Cwd("..".into()), None),
+            Some(b"TYPE") => (Cmd::Type(arg(line).to_ascii_uppercase().starts_with('I')), None),
+            Some(b"RETR") => {
+                let (name, id, offset) = (arg(line), self.data.take(), std::mem::take(&mut self.rest));
+                if self.plan_retr(&name, id, offset, line, whole, dp) {
+                    return None; // held: the command is queued when released
+                }
+                (Cmd::Retr(name, id), None)
+            }
+            Some(b"REST") => (Cmd::Rest(arg(line).trim().parse().unwrap_or(0)), None),
+            Some(b"LIST") | Some(b"NLST") | Some(b"MLSD") | Some(b"STOU") => {
+                self.rest = 0;
+                (self.data.take().map_or(Cmd::Other, Cmd::Xfer), None)
+            }
+            Some(b"STOR") | Some(b"APPE") | Some(b"DELE") | Some(b"RNFR") | Some(b"RNTO") => {
+                let mut cmd = Cmd::Other;
+                if matches!(verb.as_ref(), Some(b"STOR") | Some(b"APPE")) {
+                    cmd = self.data.take().map_or(Cmd::Other, Cmd::Xfer);
+                    self.rest = 0;
+                }
+                if let Some(path) = self.cwd.as_deref().and_then(|c| path::resolve(c, &arg(line))) {
+                    dp.invalidate(self.server, &path);
+                }
+                (cmd, None)
+            }
+            Some(b"PASS") => {
+                self.pass = Some(arg(line));
+                (Cmd::Other, None)
+            }
+            Some(b"REIN") => {
+                self.logged_in = false;
+                (Cmd::Other, None)
+            }
+            Some(b"USER") => {
+                let name = String::from_utf8_lossy(&ftp::body(line)[4..]).trim().to_string();
+                self.events.push_back(Event::User(name.clone()));
+                self.user = Some(name);
+                self.pass = None;
+                self.logged_in = false;
+                self.cwd = None;
+                (Cmd::Other, None)
+            }
+            _ => (Cmd::Other, None),
+        };
+        let Some(parsed) = parsed else {
+            self.cmds.push_back(cmd);
+            return None;
+        };
+        let ep = match parsed {
+            Ok(ep) => ep,
+            Err(ftp::ParseError::UnsupportedProtocol) if whole => {
+                return self.refuse(522, Refusal::Family, "only IPv4 data connections are relayed, use (1)".into());
+            }
+            Err(e) => {
+                self.events.push_back(Event::Malformed { dir: Dir::ToServer, line: show(line), why: format!("{e:?}") });
+                self.cmds.push_back(Cmd::Other);
+                return None;
+            }
+        };
+        let named = SocketAddrV4::new(ep.ip.unwrap_or(Ipv4Addr::UNSPECIFIED), ep.port);
+        if !whole {
+            self.events.push_back(Event::Note(format!("{} split before ftpgate saw it; not relayed", show(line))));
+            self.cmds.push_back(Cmd::Other);
+            return None;
+        }
+        if let Err(reason) = policy::check_active(*self.client.ip(), named) {
+            return self.refuse(500, Refusal::Bounce, reason);
+        }
+        let req = DataRequest { mode: Mode::Active, client: self.client, server: self.server, target: named, via: self.via };
+        match dp.open(&req) {
+            Ok(Opened { announce, id }) => {
+                self.data = Some(id);
+                self.cmds.push_back(Cmd::Other);
+                (announce != named).then(|| self.rewrite(Dir::ToServer, line, &ep, announce))
+            }
+            Err(e) => self.refuse(425, Refusal::Data(e.label()), format!("cannot prepare the data connection: {e}")),
+        }
+    }
+
+    pub(super) fn rewrite(&mut self, dir: Dir, line: &[u8], ep: &ftp::Endpoint, to: SocketAddrV4) -> Vec<u8> {
+        let new = ftp::emit(line, ep, to);
+        self.events.push_back(Event::Rewrote { dir, from: show(line), to: show(&new) });
+        new
+    }
+
+    pub(super) fn on_reply(&mut self, line: &[u8], whole: bool, dp: &mut dyn DataPlane) -> Option<Vec<u8>> {
+        let Some((code, last)) = ftp::reply_code(line) else {
+            return None; // text line of a multi-line reply
+        };
+        if let Some(open) = self.multiline {
+            if code != open || !last {
+                return None;
+            }
+            self.multiline = None;
+        } else if !last {
+            self.multiline = Some(code);
+            return None;
+        }
+        if code < 200 {
+            return None; // preliminary: the command's final reply is still to come
+        }
+        if !self.greeted {
+            self.greeted = true;
+            if let Some(text) = self.refuse_greeting.take() {
+                // counted where the session was refused
+                self.events.push_back(Event::Note("session limit reached; answered 421".into()));
+                return Some(text);
+            }
+            return None;
+        }
+        if code == 230 {
+            self.logged_in = true;
+            // until a PWD reply says where, the working directory is the login's home
+            self.cwd.get_or_insert_with(|| "~".into());
+        }
+        let cmd = self.cmds.pop_front().unwrap_or(Cmd::Other);
+        match (cmd, code) {
+            (Cmd::Refused(text), _) => Some(text),
+            (Cmd::Hidden, code) => {
+                if code != 350 {
+                    self.events.push_back(Event::Note(format!("server refused ftpgate's REST ({code}); relaying its data")));
+                }
+                Some(Vec::new())
+            }
+            (Cmd::Rest(n), code) => {
+                self.rest = if code == 350 { n } else { 0 };
+                None
+            }
+            (Cmd::Auth, 234) => {
+                self.tls = true;
+                self.events.push_back(Event::TlsStarted);
+                None
+            }
+            (Cmd::Pwd, 257) => {
+                self.cwd = path::dir_from_257(ftp::body(line));
+                None
+            }
+            (Cmd::Cwd(dir), 200..=299) => {
+                self.cwd = match self.cwd.as_deref() {
+                    Some(c) => path::resolve_dir(c, &dir),
+                    None if dir.starts_with('/') => path::resolve_dir("/", &dir),
+                    None => None,
+                };
+                None
+            }
+            (Cmd::Type(binary), 200..=299) => {
+                self.binary = binary;
+                None
+            }
+            (Cmd::Retr(name, id), code) => {
+                let path = self.resolve(&name);
+                self.events.push_back(Event::Retr { path, binary: self.binary, ok: code < 300 });
+                let id = id?;
+                dp.finished(id, code < 300);
+                self.transfer_end(id, code, whole, dp)
+            }
+            (Cmd::Xfer(id), code) => self.transfer_end(id, code, whole, dp),
+            (Cmd::Pasv, 227) => self.on_passive(line, ftp::parse_227(line), whole, dp),
+            (Cmd::Epsv, 229) => self.on_passive(line, ftp::parse_229(line), whole, dp),
+            _ => None,
+        }
+    }
+
+    pub(super) fn on_passive(
+        &mut self,
+        line: &[u8],
+        parsed: Result<ftp::Endpoint, ftp::ParseError>,
+        whole: bool,
+        dp: &mut dyn DataPlane,
+    ) -> Option<Vec<u8>> {
+        let ep = match parsed {
+            Ok(ep) => ep,
+            Err(e) => {
+                self.events.push_back(Event::Malformed { dir: Dir::ToClient, line: show(line), why: format!("{e:?}") });
+                return None;
+            }
+        };
+        let (target, note) = policy::passive_target(*self.server.ip(), ep.ip, ep.port);
+        if let Some(n) = note {
+            self.events.push_back(Event::Refused { kind: Refusal::ThirdParty, reason: n });
+        }
+        let req = DataRequest { mode: Mode::Passive, client: self.client, server: self.server, target, via: self.via };
+        let named = SocketAddrV4::new(ep.ip.unwrap_or(*self.server.ip()), ep.port);
+        let opened = dp.open(&req);
+        if let Ok(o) = &opened {
+            self.data = Some(o.id);
+        }
+        match opened {
+            Ok(o) if o.announce == named => None,
+            Ok(_) | Err(_) if !whole => {
+                self.events.push_back(Event::Note(format!("{} split before ftpgate saw it; cannot rewrite", show(line))));
+                None
+            }
+            Ok(o) => Some(self.rewrite(Dir::ToClient, line, &ep, o.announce)),
+            Err(e) => {
+                self.events.push_back(Event::Refused { kind: Refusal::Data(e.label()), reason: format!("passive data connection: {e}") });
+                Some(format!("425 ftpgate: cannot prepare the data connection: {e}.\r\n").into_bytes())
+            }
+        }
+    }
+}
+
+/// The argument of a command line, as sent.
+fn arg(line: &[u8]) -> String {
+    let b = ftp::body(line);
+    let at = b.iter().position(|&c| c == b' ').map_or(b.len(), |i| i + 1);
+    String::from_utf8_lossy(&b[at..]).into_owned()
+}

@@ -1,0 +1,167 @@
+//! Line reassembly: in-order bytes of one direction cut into lines, a candidate line absorbed
+//! while it is incomplete, complete lines handed to the command/reply machine.
+
+use super::*;
+
+impl Session {
+    /// Feeds new in-order bytes of `dir` through the line machine. Returns the original sequence
+    /// number the emitted bytes start at, and the bytes (held ones left out).
+    pub(super) fn feed(&mut self, dir: Dir, data: &[u8], fin: bool, dp: &mut dyn DataPlane) -> (Seq, Vec<u8>) {
+        let st = self.stream(dir);
+        let was_absorbing = st.absorbing;
+        let emit_from = if was_absorbing { st.line_start } else { st.next };
+        let mut out: Vec<u8> = if was_absorbing { st.line.clone() } else { Vec::new() };
+        st.absorbing = false;
+        // Where the current line starts in `out`, if all of it is there (so it can be replaced).
+        let mut line_pos = if st.line_released { None } else { Some(0) };
+        let mut held_before = was_absorbing;
+        st.next = st.next.add(data.len());
+
+        let mut rest = data;
+        while !rest.is_empty() {
+            let st = self.stream(dir);
+            let (chunk, complete) = match rest.iter().position(|&c| c == b'\n') {
+                Some(k) => (&rest[..=k], true),
+                None => (rest, false),
+            };
+            rest = &rest[chunk.len()..];
+            out.extend_from_slice(chunk);
+            let room = (LINE_CAP + 1).saturating_sub(st.line.len());
+            st.line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            st.line_len += chunk.len();
+            if !complete {
+                break;
+            }
+            let (start, len) = (st.line_start, st.line_len);
+            let line = std::mem::take(&mut st.line);
+            st.reset_line(start.add(len));
+            let replacement = if len > LINE_CAP {
+                self.events.push_back(Event::Malformed {
+                    dir,
+                    line: show(&line[..64.min(line.len())]),
+                    why: format!("line of {len} bytes passed through unparsed"),
+                });
+                if dir == Dir::ToServer {
+                    self.cmds.push_back(Cmd::Other);
+                }
+                None
+            } else {
+                self.on_line(dir, &line, line_pos.is_some(), dp)
+            };
+            if let Some((id, code)) = self.reply_hold_new.take() {
+                if let Some(p) = line_pos {
+                    // hold the segment up to the end of this reply until the data connection
+                    // is done; what followed it is left for the server to send again
+                    let now = self.last_seen;
+                    self.reply_hold = Some(ReplyHold {
+                        id,
+                        start,
+                        len,
+                        at: p,
+                        deadline: now + REPLY_HOLD_STEP,
+                        moved: 0,
+                        code,
+                        mapped: held_before,
+                        packet: None,
+                    });
+                    let st = self.stream(dir);
+                    st.next = start.add(len);
+                    return (emit_from, out);
+                }
+            }
+            if self.hold_new {
+                // keep the RETR line in hand (absorbed: the client sees it acknowledged); what
+                // followed it in this segment is left for the client to send again
+                if let Some(h) = self.hold.as_mut() {
+                    h.start = start;
+                }
+                let st = self.stream(dir);
+                out.truncate(line_pos.unwrap_or(out.len()));
+                st.next = start.add(len);
+                st.line = line;
+                st.line_start = start;
+                st.line_len = len;
+                st.absorbing = true;
+                return (emit_from, out);
+            }
+            let st = self.stream(dir);
+            match (replacement, line_pos) {
+                (Some(new), Some(p)) => {
+                    out.truncate(p);
+                    out.extend_from_slice(&new);
+                    st.map.push(start, len, new);
+                }
+                (None, Some(p)) if held_before => {
+                    // sent from its start now, although the sender saw part of it acknowledged:
+                    // a retransmission must resend all of it
+                    st.map.push(start, len, out[p..].to_vec());
+                }
+                _ => {}
+            }
+            held_before = false;
+            if self.tls {
+                // the rest is TLS: pass it on as it is
+                out.extend_from_slice(rest);
+                let st = self.stream(dir);
+                st.reset_line(st.next);
+                return (emit_from, out);
+            }
+            line_pos = Some(out.len());
+        }
+
+        // A partial line at the end: hold it if it may need rewriting.
+        let candidate = self.is_candidate(dir);
+        let st = self.stream(dir);
+        if st.line_len > 0 {
+            match line_pos {
+                Some(p) if candidate && !fin && st.line_start != st.first => {
+                    out.truncate(p);
+                    st.absorbing = true;
+                }
+                Some(p) => {
+                    if held_before {
+                        st.map.push(st.line_start, st.line_len, out[p..].to_vec());
+                    }
+                    st.line_released = true;
+                }
+                None => {}
+            }
+        }
+        (emit_from, out)
+    }
+
+    /// Whether the current partial line of `dir` might have to be rewritten.
+    pub(super) fn is_candidate(&self, dir: Dir) -> bool {
+        let st = match dir {
+            Dir::ToServer => &self.c2s,
+            Dir::ToClient => &self.s2c,
+        };
+        let l = &st.line;
+        if st.line_len > LINE_CAP || st.line_released {
+            return false;
+        }
+        match dir {
+            Dir::ToServer => {
+                is_prefix_ci(l, b"PORT ")
+                    || is_prefix_ci(l, b"EPRT ")
+                    || (is_prefix_ci(l, b"RETR ") && self.data.is_some() && self.logged_in && self.binary)
+            }
+            Dir::ToClient => {
+                if !self.greeted {
+                    return self.refuse_greeting.is_some() && self.multiline.is_none();
+                }
+                if self.multiline.is_some() {
+                    return false;
+                }
+                match self.cmds.front() {
+                    Some(Cmd::Pasv) => is_prefix_ci(l, b"227 "),
+                    Some(Cmd::Epsv) => is_prefix_ci(l, b"229 "),
+                    Some(Cmd::Refused(_)) | Some(Cmd::Hidden) | Some(Cmd::Retr(_, Some(_))) | Some(Cmd::Xfer(_)) => {
+                        l.first().is_none_or(|&c| c != b'1')
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+}

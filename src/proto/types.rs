@@ -1,0 +1,340 @@
+//! The core's interface: segments in, verdicts and events out, and the data plane it drives.
+
+use core::net::{Ipv4Addr, SocketAddrV4};
+
+use super::Seq;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dir {
+    ToServer,
+    ToClient,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flags {
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+}
+
+/// The parts of a TCP segment the helper reads.
+#[derive(Clone, Debug)]
+pub struct Segment<'a> {
+    pub seq: Seq,
+    pub ack: Seq,
+    pub flags: Flags,
+    pub sack: &'a [(Seq, Seq)],
+    pub payload: &'a [u8],
+}
+
+/// What to do with a segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forward unchanged.
+    Pass,
+    /// Drop (a segment after a gap; it will be retransmitted).
+    Drop,
+    /// Forward with these fields replaced.
+    Edit(Edit),
+    /// Keep this segment until [`Session::release`] says what it becomes (a download that may be
+    /// answered from the cache waits for the freshness check; see [`Event::CheckFresh`]).
+    Hold,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Edit {
+    pub seq: Seq,
+    pub ack: Seq,
+    /// New SACK blocks, when they changed.
+    pub sack: Option<Vec<(Seq, Seq)>>,
+    /// New payload, when it changed.
+    pub payload: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The client connects (PASV/EPSV).
+    Passive,
+    /// The server connects (PORT/EPRT).
+    Active,
+}
+
+impl Mode {
+    /// `passive` or `active`, as logs and metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Passive => "passive",
+            Mode::Active => "active",
+        }
+    }
+}
+
+/// A data connection the relay must prepare before the line announcing it goes out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataRequest {
+    pub mode: Mode,
+    pub client: SocketAddrV4,
+    pub server: SocketAddrV4,
+    /// Where the relay connects once the expected peer has connected to it.
+    pub target: SocketAddrV4,
+    /// Explicit proxy mode: the gateway's own addresses on the two connections.
+    pub via: Option<Via>,
+}
+
+/// The gateway's own addresses on an explicit-proxy session: the client connected to
+/// `client_side`, the gateway connected to the server from `server_side`. Data connections are
+/// announced on these instead of being intercepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Via {
+    pub client_side: Ipv4Addr,
+    pub server_side: Ipv4Addr,
+}
+
+/// Names one prepared data connection in the data plane.
+pub type DataId = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The endpoint to announce in the (possibly rewritten) line.
+    pub announce: SocketAddrV4,
+    pub id: DataId,
+}
+
+/// What a prepared data connection carries, once the transfer command is known. Connections
+/// without one (LIST, STOR, uncacheable downloads) are relayed as they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transfer {
+    /// A download to copy into the cache as it passes; `login` lets the cache confirm the file
+    /// afterwards.
+    Capture { key: Key, login: Login },
+    /// The server was told to send nothing (`REST <size>`): serve the cached entry from `offset`.
+    Serve { key: Key, offset: u64 },
+}
+
+/// The seam to the data path and the cache.
+pub trait DataPlane {
+    /// Prepares a data connection; the relay must be listening when this returns.
+    fn open(&mut self, req: &DataRequest) -> Result<Opened, OpenError>;
+    /// The size of a cached entry for `key`, if there is one.
+    fn cached(&mut self, key: &Key) -> Option<u64>;
+    /// Tells the data connection `id` what it carries. `false`: it cannot (cache busy or
+    /// unwritable, entry gone) and relays plainly.
+    fn transfer(&mut self, id: DataId, what: Transfer) -> bool;
+    /// The transfer command on `id` got its final reply; `ok` is a 2xx.
+    fn finished(&mut self, id: DataId, ok: bool);
+    /// `path` on `server` is being changed (STOR, APPE, DELE, RNFR, RNTO): forget cached copies.
+    fn invalidate(&mut self, server: SocketAddrV4, path: &str);
+    /// The client under `login` is preparing a data connection (PASV, EPSV, PORT, EPRT): a
+    /// download, and with it a freshness check, may follow. The data plane may get ready for
+    /// that check.
+    fn transfer_ahead(&mut self, _login: &Login) {}
+    /// Whether there is a cache at all (`--no-cache` turns it off).
+    fn cache_enabled(&self) -> bool {
+        true
+    }
+    /// Names the command that uses data connection `id` (for the transfer log).
+    fn describe(&mut self, _id: DataId, _what: Described) {}
+    /// Where data connection `id` stands, asked when its command's final reply arrives and
+    /// while that reply is held ([`Session::data_done`]).
+    fn data_state(&mut self, _id: DataId) -> DataState {
+        DataState::Unknown
+    }
+}
+
+/// Why a data connection could not be prepared; the client is answered `425` with it.
+#[derive(Debug)]
+pub enum OpenError {
+    /// `--max-data` data connections are in progress.
+    TooMany { limit: usize },
+    /// No listener on the endpoint to announce.
+    Listen { at: Ipv4Addr, source: std::io::Error },
+    /// No port of the router's own to announce (active mode behind NAT).
+    Port { at: Ipv4Addr, source: std::io::Error },
+    /// No thread to move or watch the bytes.
+    Thread(std::io::Error),
+    /// The data plane has no endpoint left to give (test and fuzzing planes).
+    Exhausted,
+}
+
+impl OpenError {
+    /// Its label in the refusal metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            OpenError::TooMany { .. } => "data_limit",
+            OpenError::Listen { .. } => "data_listen",
+            OpenError::Port { .. } => "data_port",
+            OpenError::Thread(_) => "data_thread",
+            OpenError::Exhausted => "data_exhausted",
+        }
+    }
+}
+
+impl core::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            OpenError::TooMany { limit } => write!(f, "too many data connections in progress (limit {limit})"),
+            OpenError::Listen { at, source } => write!(f, "cannot listen on {at}: {source}"),
+            OpenError::Port { at, source } => write!(f, "cannot take a port on {at}: {source}"),
+            OpenError::Thread(e) => write!(f, "cannot start the data connection's thread: {e}"),
+            OpenError::Exhausted => f.write_str("no ports left"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OpenError::Listen { source, .. } | OpenError::Port { source, .. } | OpenError::Thread(source) => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// What a refusal refused, with its label in the refusal metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A `PORT`/`EPRT` naming a host but the client, or a port below 1024.
+    Bounce,
+    /// A `227`/`229` naming a host but the server (not followed).
+    ThirdParty,
+    /// A data connection that could not be prepared ([`OpenError::label`]).
+    Data(&'static str),
+    /// An `EPRT` of a network protocol ftpgate does not relay (`522`).
+    Family,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Bounce => "bounce",
+            Refusal::ThirdParty => "third_party",
+            Refusal::Data(l) => l,
+            Refusal::Family => "address_family",
+        }
+    }
+}
+
+/// Where a prepared data connection stands, as the data plane knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataState {
+    /// Not known to the data plane (forgotten, or no data plane that tracks it).
+    Unknown,
+    /// Waiting for its peer; no connection has arrived.
+    Waiting,
+    /// A connection arrived (or waits to be accepted) and bytes are moving; `moved` counts them.
+    Busy { moved: u64 },
+    /// Ended: every byte delivered and the connection closed, or how it failed.
+    Done(DataOutcome),
+}
+
+/// How a data connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataOutcome {
+    /// Every byte delivered, both connections closed.
+    Ok,
+    /// Its peer never connected.
+    NoPeer,
+    /// The peer connected, but the onward connection could not be made (a client whose data
+    /// port is closed): the client is told `425`.
+    Unreachable(String),
+    /// The transfer broke off.
+    Failed(String),
+}
+
+/// The command a data connection serves, as a transfer log names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Described {
+    /// `RETR`, `STOR`, `APPE`, `STOU`, `LIST`, `NLST` or `MLSD`.
+    pub verb: String,
+    /// Absolute when the working directory is known.
+    pub path: String,
+    pub user: String,
+    pub binary: bool,
+}
+
+/// Things worth a log line, drained with [`Session::poll_event`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    User(String),
+    Rewrote { dir: Dir, from: String, to: String },
+    Refused { kind: Refusal, reason: String },
+    Malformed { dir: Dir, line: String, why: String },
+    TlsStarted,
+    /// A download the server accepted (final reply `226`/`250`) or refused/aborted; `path` is
+    /// absolute when the working directory is known.
+    Retr { path: Option<String>, binary: bool, ok: bool },
+    /// What the cache does with a download: `hit`, `miss`, `stale`, `gone` or `bypass (why)`.
+    Cache { path: String, outcome: String },
+    /// A RETR of a cached file is held ([`Verdict::Hold`]): ask the server whether the file is
+    /// unchanged (with [`Session::login`]) and call [`Session::release`] with the answer.
+    CheckFresh(Key),
+    Note(String),
+}
+
+/// What makes two downloads the same bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub server: SocketAddrV4,
+    /// Login name; anonymous logins share one space.
+    pub user: String,
+    /// Absolute, normalised path on the server.
+    pub path: String,
+    /// TYPE I (image) or TYPE A (ASCII) — different bytes.
+    pub binary: bool,
+}
+
+impl Key {
+    pub fn new(server: SocketAddrV4, user: &str, path: String, binary: bool) -> Key {
+        Key { server, user: Key::space(user).to_string(), path, binary }
+    }
+
+    /// The entry space of a login name: anonymous logins share one.
+    pub fn space(user: &str) -> &str {
+        if user.eq_ignore_ascii_case("anonymous") || user.eq_ignore_ascii_case("ftp") {
+            "anonymous"
+        } else {
+            user
+        }
+    }
+
+    /// A stable file name for the entry (FNV-1a over the key's fields; the index keeps the full
+    /// key, so a collision is detected, not served).
+    pub fn file_name(&self) -> String {
+        let mut h: u64 = 0xcbf29ce484222325;
+        let text = format!("{}\0{}\0{}\0{}", self.server, self.user, self.path, self.binary as u8);
+        for b in text.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+/// The credentials a session logged in with, for ftpgate's own freshness checks on the same
+/// server under the same login. Held in memory only; `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Login {
+    pub server: SocketAddrV4,
+    pub user: String,
+    pub pass: String,
+}
+
+impl core::fmt::Debug for Login {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Login {{ server: {}, user: {:?}, pass: <hidden> }}", self.server, self.user)
+    }
+}
+
+/// The answer to a freshness check: what the cache does with a held RETR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Same size and modification time: serve from the cache.
+    Hit,
+    /// Changed: fetch from the server and capture again.
+    Stale,
+    /// Deleted: pass the server's error on, drop the entry.
+    Gone,
+    /// The server could not confirm: no hit, keep the entry.
+    Bypass,
+}
