@@ -27,7 +27,7 @@
 //! over to pass-through.
 //!
 //! # Layout (the order a segment goes through)
-//! - [`types`]: the interface — [`Segment`] in, [`Verdict`] and [`Event`] out, the [`DataPlane`]
+//! - `types`: the interface — [`Segment`] in, [`Verdict`] and [`Event`] out, the [`DataPlane`]
 //!   the core drives, and the session facts the cache is keyed by ([`Key`], [`Login`]).
 //! - `segment`: one segment — sequence/ACK/SACK mapping both ways, retransmissions, probes.
 //! - `line`: in-order bytes cut into lines; a candidate line absorbed while incomplete.

@@ -37,7 +37,7 @@ pub enum Verdict {
     Drop,
     /// Forward with these fields replaced.
     Edit(Edit),
-    /// Keep this segment until [`Session::release`] says what it becomes (a download that may be
+    /// Keep this segment until [`Session::release`](super::Session::release) says what it becomes (a download that may be
     /// answered from the cache waits for the freshness check; see [`Event::CheckFresh`]).
     Hold,
 }
@@ -136,7 +136,7 @@ pub trait DataPlane {
     /// Names the command that uses data connection `id` (for the transfer log).
     fn describe(&mut self, _id: DataId, _what: Described) {}
     /// Where data connection `id` stands, asked when its command's final reply arrives and
-    /// while that reply is held ([`Session::data_done`]).
+    /// while that reply is held ([`Session::data_done`](super::Session::data_done)).
     fn data_state(&mut self, _id: DataId) -> DataState {
         DataState::Unknown
     }
@@ -253,7 +253,7 @@ pub struct Described {
     pub binary: bool,
 }
 
-/// Things worth a log line, drained with [`Session::poll_event`].
+/// Things worth a log line, drained with [`Session::poll_event`](super::Session::poll_event).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     User(String),
@@ -267,7 +267,7 @@ pub enum Event {
     /// What the cache does with a download: `hit`, `miss`, `stale`, `gone` or `bypass (why)`.
     Cache { path: String, outcome: String },
     /// A RETR of a cached file is held ([`Verdict::Hold`]): ask the server whether the file is
-    /// unchanged (with [`Session::login`]) and call [`Session::release`] with the answer.
+    /// unchanged (with [`Session::login`](super::Session::login)) and call [`Session::release`](super::Session::release) with the answer.
     CheckFresh(Key),
     Note(String),
 }
