@@ -49,12 +49,12 @@ pub fn session(data: &[u8]) {
     let now = Instant::now();
     let mut s = Session::new("10.0.1.2:40000".parse().unwrap(), "10.0.2.2:21".parse().unwrap(), now);
     let mut dp = Dp(0);
-    let mut c = End { snd_nxt: Seq(1001), isn_peer: Seq(5001), received: Vec::new() };
-    let mut v = End { snd_nxt: Seq(5001), isn_peer: Seq(1001), received: Vec::new() };
+    let mut c = End { snd_nxt: Seq::new(1001), isn_peer: Seq::new(5001), received: Vec::new() };
+    let mut v = End { snd_nxt: Seq::new(5001), isn_peer: Seq::new(1001), received: Vec::new() };
     let syn = Flags { syn: true, ..Default::default() };
-    s.handle_segment(Dir::ToServer, &Segment { seq: Seq(1000), ack: Seq(0), flags: syn, sack: &[], payload: &[] }, &mut dp, now);
+    s.handle_segment(Dir::ToServer, &Segment { seq: Seq::new(1000), ack: Seq::new(0), flags: syn, sack: &[], payload: &[] }, &mut dp, now);
     let synack = Flags { syn: true, ack: true, ..Default::default() };
-    s.handle_segment(Dir::ToClient, &Segment { seq: Seq(5000), ack: Seq(1001), flags: synack, sack: &[], payload: &[] }, &mut dp, now);
+    s.handle_segment(Dir::ToClient, &Segment { seq: Seq::new(5000), ack: Seq::new(1001), flags: synack, sack: &[], payload: &[] }, &mut dp, now);
     // the original streams, to draw retransmissions from
     let mut sent_c: Vec<u8> = Vec::new();
     let mut sent_v: Vec<u8> = Vec::new();
@@ -128,7 +128,7 @@ pub fn session(data: &[u8]) {
 /// `render` of an unedited range returns it unchanged.
 pub fn seqmap(data: &[u8]) {
     let mut m = SeqMap::default();
-    let base = Seq(u32::MAX - 300); // exercise wrap-around
+    let base = Seq::new(u32::MAX - 300); // exercise wrap-around
     let mut pos = 0usize;
     // (start, end, replacement is empty)
     let mut edits: Vec<(usize, usize, bool)> = Vec::new();

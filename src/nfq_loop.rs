@@ -91,7 +91,7 @@ struct HeldReply {
 /// that passed while it was held, and PAWS would have the receiver drop it.
 fn fresher_ts(own: Option<(u32, u32)>, newest: Option<(u32, u32)>) -> Option<(u32, u32)> {
     match (own, newest) {
-        (Some(old), Some(new)) if Seq(new.0) > Seq(old.0) => Some(new),
+        (Some(old), Some(new)) if Seq::new(new.0) > Seq::new(old.0) => Some(new),
         _ => None,
     }
 }
@@ -221,7 +221,7 @@ impl Helper {
             let seg = Flagged {
                 src: pkt.src(),
                 dst: pkt.dst(),
-                seq: pkt.seq().0,
+                seq: pkt.seq().raw(),
                 len: pkt.payload.len() as u32,
                 syn: f.syn,
                 ack: f.ack,
@@ -281,7 +281,7 @@ impl Helper {
                 Dir::ToClient => self.held_replies.get_mut(&key).map(|h| h.newest.get_or_insert(t)),
             };
             if let Some(newest) = newest {
-                if Seq(t.0) > Seq(newest.0) {
+                if Seq::new(t.0) > Seq::new(newest.0) {
                     *newest = t;
                 }
             }
@@ -477,7 +477,7 @@ impl Helper {
         let mut text = String::new();
         for (k, s) in &self.sessions {
             if let Some(st) = s.seq_state() {
-                text.push_str(&format!("{} {} {} {} {} {}\n", k.0, k.1, st.c2s.0, st.c2s.1 .0, st.s2c.0, st.s2c.1 .0));
+                text.push_str(&format!("{} {} {} {} {} {}\n", k.0, k.1, st.c2s.0, st.c2s.1.raw(), st.s2c.0, st.s2c.1.raw()));
             }
         }
         let _ = w.send(text);
@@ -531,8 +531,8 @@ fn state_lines(text: &str) -> Vec<(Key, SeqState)> {
             let [c, s, cd, cs, sd, ss] = w[..] else { return None };
             let key = (c.parse().ok()?, s.parse().ok()?);
             let st = SeqState {
-                c2s: (cd.parse().ok()?, Seq(cs.parse().ok()?)),
-                s2c: (sd.parse().ok()?, Seq(ss.parse().ok()?)),
+                c2s: (cd.parse().ok()?, Seq::new(cs.parse().ok()?)),
+                s2c: (sd.parse().ok()?, Seq::new(ss.parse().ok()?)),
             };
             Some((key, st))
         })
@@ -727,7 +727,7 @@ mod tests {
         file[..second.len()].copy_from_slice(&second);
         let got = state_lines(std::str::from_utf8(&file).unwrap());
         let key: Key = ("10.0.1.2:3".parse().unwrap(), "10.0.2.2:21".parse().unwrap());
-        assert_eq!(got, vec![(key, SeqState { c2s: (5, Seq(500)), s2c: (1, Seq(600)) })]);
+        assert_eq!(got, vec![(key, SeqState { c2s: (5, Seq::new(500)), s2c: (1, Seq::new(600)) })]);
         // a file of an earlier version (lines only) still loads
         assert_eq!(state_lines(older).len(), 2);
         // a damaged header loads nothing rather than stale lines

@@ -50,10 +50,10 @@ impl<'a> Packet<'a> {
         SocketAddrV4::new(Ipv4Addr::from(self.ip.destination), self.tcp.destination_port)
     }
     pub fn seq(&self) -> Seq {
-        Seq(self.tcp.sequence_number)
+        Seq::new(self.tcp.sequence_number)
     }
     pub fn ack(&self) -> Seq {
-        Seq(self.tcp.acknowledgment_number)
+        Seq::new(self.tcp.acknowledgment_number)
     }
     pub fn flags(&self) -> Flags {
         Flags { syn: self.tcp.syn, ack: self.tcp.ack, fin: self.tcp.fin, rst: self.tcp.rst }
@@ -65,8 +65,8 @@ impl<'a> Packet<'a> {
     pub fn edited(&self, e: &Edit, ts: Option<(u32, u32)>) -> Result<Vec<u8>, String> {
         let mut ip = self.ip.clone();
         let mut tcp = self.tcp.clone();
-        tcp.sequence_number = e.seq.0;
-        tcp.acknowledgment_number = e.ack.0;
+        tcp.sequence_number = e.seq.raw();
+        tcp.acknowledgment_number = e.ack.raw();
         if e.sack.is_some() || ts.is_some() {
             let mut opts = tcp.options.as_slice().to_vec();
             if let Some(blocks) = &e.sack {
@@ -119,7 +119,7 @@ fn sack_blocks(opts: &[u8]) -> Vec<(Seq, Seq)> {
             for b in opts[off + 2..off + len].chunks_exact(8) {
                 let l = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
                 let r = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
-                v.push((Seq(l), Seq(r)));
+                v.push((Seq::new(l), Seq::new(r)));
             }
         }
     }
@@ -156,8 +156,8 @@ fn rewrite_sack(opts: &[u8], blocks: &[(Seq, Seq)]) -> Vec<u8> {
             region[0] = SACK;
             region[1] = (2 + 8 * n) as u8;
             for (i, (l, r)) in blocks[..n].iter().enumerate() {
-                region[2 + 8 * i..6 + 8 * i].copy_from_slice(&l.0.to_be_bytes());
-                region[6 + 8 * i..10 + 8 * i].copy_from_slice(&r.0.to_be_bytes());
+                region[2 + 8 * i..6 + 8 * i].copy_from_slice(&l.raw().to_be_bytes());
+                region[6 + 8 * i..10 + 8 * i].copy_from_slice(&r.raw().to_be_bytes());
             }
         }
     }
@@ -190,9 +190,9 @@ mod tests {
         let p = Packet::parse(&buf).unwrap();
         assert_eq!(p.src(), "10.0.1.2:40000".parse().unwrap());
         assert_eq!(p.dst(), "10.0.2.2:21".parse().unwrap());
-        assert_eq!((p.seq(), p.ack()), (Seq(1000), Seq(5000)));
+        assert_eq!((p.seq(), p.ack()), (Seq::new(1000), Seq::new(5000)));
         assert_eq!(p.payload, b"PASV\r\n");
-        assert_eq!(p.sack, vec![(Seq(7), Seq(9))]);
+        assert_eq!(p.sack, vec![(Seq::new(7), Seq::new(9))]);
         assert!(p.flags().ack && !p.flags().syn);
     }
 
@@ -201,9 +201,9 @@ mod tests {
         let buf = packet(b"PORT 10,0,1,2,156,64\r\n", Some(&[(7, 9), (20, 30)]));
         let p = Packet::parse(&buf).unwrap();
         let e = Edit {
-            seq: Seq(1003),
-            ack: Seq(4990),
-            sack: Some(vec![(Seq(17), Seq(19))]),
+            seq: Seq::new(1003),
+            ack: Seq::new(4990),
+            sack: Some(vec![(Seq::new(17), Seq::new(19))]),
             payload: Some(b"PORT 10,0,2,1,19,136\r\n".to_vec()),
         };
         let out = p.edited(&e, None).unwrap();
@@ -216,8 +216,8 @@ mod tests {
         assert_eq!(payload, b"PORT 10,0,2,1,19,136\r\n");
         assert_eq!(tcp.header_len(), p.tcp.header_len());
         let q = Packet::parse(&out).unwrap();
-        assert_eq!((q.seq(), q.ack()), (Seq(1003), Seq(4990)));
-        assert_eq!(q.sack, vec![(Seq(17), Seq(19))]);
+        assert_eq!((q.seq(), q.ack()), (Seq::new(1003), Seq::new(4990)));
+        assert_eq!(q.sack, vec![(Seq::new(17), Seq::new(19))]);
     }
 
     #[test]

@@ -297,12 +297,12 @@ pub struct Fed {
 impl Streams {
     pub fn new(client: SocketAddrV4, server: SocketAddrV4, via: Via, dp: &mut dyn DataPlane, now: Instant) -> Streams {
         let mut session = Session::explicit(client, server, via, now);
-        let z = Seq(0);
+        let z = Seq::new(0);
         let syn = Flags { syn: true, ..Default::default() };
         session.handle_segment(Dir::ToServer, &Segment { seq: z, ack: z, flags: syn, sack: &[], payload: &[] }, dp, now);
         let synack = Flags { syn: true, ack: true, ..Default::default() };
-        session.handle_segment(Dir::ToClient, &Segment { seq: z, ack: Seq(1), flags: synack, sack: &[], payload: &[] }, dp, now);
-        let one = Seq(1);
+        session.handle_segment(Dir::ToClient, &Segment { seq: z, ack: Seq::new(1), flags: synack, sack: &[], payload: &[] }, dp, now);
+        let one = Seq::new(1);
         Streams {
             session,
             c_next: one,

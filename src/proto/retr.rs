@@ -85,7 +85,7 @@ impl Session {
                 return bypass(self, "command split before ftpgate saw it");
             }
             self.events.push_back(Event::CheckFresh(key.clone()));
-            self.hold = Some(Hold { key, name: name.to_string(), id, size, offset, line: line.to_vec(), start: Seq(0) });
+            self.hold = Some(Hold { key, name: name.to_string(), id, size, offset, line: line.to_vec(), start: Seq::new(0) });
             self.hold_new = true;
             return true;
         }

@@ -14,12 +14,29 @@
 
 use core::cmp::Ordering;
 
-/// A TCP sequence number; compares by wrapping distance (RFC 1982), never by raw `u32`.
+/// A TCP sequence number; compares by wrapping distance (RFC 1982), never by raw `u32`. That is
+/// not a total order (`a < b < c < a` is possible, and numbers half the space apart are
+/// unordered), so `Seq` is `PartialOrd` only, as smoltcp's `SeqNumber`: no `max`, no sorting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Seq(pub u32);
+pub struct Seq(u32);
 
 #[allow(clippy::should_implement_trait)]
 impl Seq {
+    pub const fn new(n: u32) -> Seq {
+        Seq(n)
+    }
+    /// The number as it goes on the wire.
+    pub const fn raw(self) -> u32 {
+        self.0
+    }
+    /// The later of two numbers within half the space of each other (`self` when unordered).
+    pub fn later(self, other: Seq) -> Seq {
+        if other > self {
+            other
+        } else {
+            self
+        }
+    }
     pub fn add(self, n: usize) -> Seq {
         Seq(self.0.wrapping_add(n as u32))
     }
@@ -37,12 +54,10 @@ impl Seq {
 
 impl PartialOrd for Seq {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Seq {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.diff(*other).cmp(&0)
+        match self.0.wrapping_sub(other.0) {
+            0x8000_0000 => None,
+            d => Some((d as i32).cmp(&0)),
+        }
     }
 }
 
@@ -208,7 +223,7 @@ impl SeqMap {
                 out_start.get_or_insert(self.map(e.start));
             }
             out.extend_from_slice(&e.new);
-            pos = pos.max(e.end());
+            pos = pos.later(e.end());
         }
         if pos < end {
             out_start.get_or_insert(self.map(pos));
@@ -235,6 +250,12 @@ mod tests {
         assert!(Seq(5) > Seq(u32::MAX - 5));
         assert_eq!(Seq(u32::MAX).add(2), Seq(1));
         assert_eq!(Seq(1).diff(Seq(u32::MAX)), 2);
+        // half the space apart: neither is later
+        assert_eq!(Seq(0).partial_cmp(&Seq(0x8000_0000)), None);
+        assert_eq!(Seq(7).later(Seq(u32::MAX)), Seq(7));
+        // not transitive around the circle: a < b < c < a
+        let (a, b, c) = (Seq(0), Seq(0x6000_0000), Seq(0xC000_0000));
+        assert!(a < b && b < c && c < a);
     }
 
     #[test]

@@ -86,17 +86,17 @@ impl Pair {
         let mut p = Pair {
             s: Session::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), now),
             dp: FakeDp::default(),
-            c: End { snd_nxt: Seq(1001), acked: Seq(1001), rcv_nxt: Seq(5001), received: vec![] },
-            v: End { snd_nxt: Seq(5001), acked: Seq(5001), rcv_nxt: Seq(1001), received: vec![] },
+            c: End { snd_nxt: Seq::new(1001), acked: Seq::new(1001), rcv_nxt: Seq::new(5001), received: vec![] },
+            v: End { snd_nxt: Seq::new(5001), acked: Seq::new(5001), rcv_nxt: Seq::new(1001), received: vec![] },
             now,
             probes: 0,
             answer: VecDeque::new(),
         };
         let syn = Flags { syn: true, ..Default::default() };
-        let seg = Segment { seq: Seq(1000), ack: Seq(0), flags: syn, sack: &[], payload: &[] };
+        let seg = Segment { seq: Seq::new(1000), ack: Seq::new(0), flags: syn, sack: &[], payload: &[] };
         assert_eq!(p.s.handle_segment(Dir::ToServer, &seg, &mut p.dp, now), Verdict::Pass);
         let synack = Flags { syn: true, ack: true, ..Default::default() };
-        let seg = Segment { seq: Seq(5000), ack: Seq(1001), flags: synack, sack: &[], payload: &[] };
+        let seg = Segment { seq: Seq::new(5000), ack: Seq::new(1001), flags: synack, sack: &[], payload: &[] };
         assert_eq!(p.s.handle_segment(Dir::ToClient, &seg, &mut p.dp, now), Verdict::Pass);
         p
     }
@@ -166,8 +166,8 @@ impl Pair {
             Verdict::Drop | Verdict::Hold => panic!("pure ACK dropped or held"),
         };
         let (tx, _) = self.ends(dir);
-        assert!(mapped <= tx.snd_nxt.max(seq.add(data.len())), "ACK beyond what was sent");
-        tx.acked = tx.acked.max(mapped);
+        assert!(mapped <= tx.snd_nxt.later(seq.add(data.len())), "ACK beyond what was sent");
+        tx.acked = tx.acked.later(mapped);
     }
 
     /// Sends new bytes split at the given sizes.
@@ -892,15 +892,15 @@ fn a_later_connection_whose_syn_passed_unseen_is_recognised() {
     let synack = Flags { syn: true, ack: true, ..Default::default() };
     // the client's SYN retransmitted: the same connection; another ISN: a new one
     let syn = Flags { syn: true, ..Default::default() };
-    let resyn = Segment { seq: Seq(1000), ack: Seq(0), flags: syn, sack: &[], payload: &[] };
+    let resyn = Segment { seq: Seq::new(1000), ack: Seq::new(0), flags: syn, sack: &[], payload: &[] };
     assert!(!p.s.is_later_connection(Dir::ToServer, &resyn));
-    let newsyn = Segment { seq: Seq(77_000), ack: Seq(0), flags: syn, sack: &[], payload: &[] };
+    let newsyn = Segment { seq: Seq::new(77_000), ack: Seq::new(0), flags: syn, sack: &[], payload: &[] };
     assert!(p.s.is_later_connection(Dir::ToServer, &newsyn));
     // the same connection's SYN-ACK, retransmitted: not a new one
-    let again = Segment { seq: Seq(5000), ack: Seq(1001), flags: synack, sack: &[], payload: &[] };
+    let again = Segment { seq: Seq::new(5000), ack: Seq::new(1001), flags: synack, sack: &[], payload: &[] };
     assert!(!p.s.is_later_connection(Dir::ToClient, &again));
     // a SYN-ACK answering another SYN (other ISN): a later connection, even while this is open
-    let other = Segment { seq: Seq(9_000_000), ack: Seq(77_001), flags: synack, sack: &[], payload: &[] };
+    let other = Segment { seq: Seq::new(9_000_000), ack: Seq::new(77_001), flags: synack, sack: &[], payload: &[] };
     assert!(p.s.is_later_connection(Dir::ToClient, &other));
     // both sides close
     let fin = Flags { fin: true, ack: true, ..Default::default() };
@@ -916,7 +916,7 @@ fn a_later_connection_whose_syn_passed_unseen_is_recognised() {
     let refin = Segment { seq: v, ack: c.add(1), flags: fin, sack: &[], payload: &[] };
     assert!(!p.s.is_later_connection(Dir::ToClient, &refin));
     // a greeting far from the old stream: a later connection (neither its SYN nor SYN-ACK seen)
-    let greeting = Segment { seq: v.add(3_000_000), ack: Seq(77_001), flags: ack, sack: &[], payload: b"220 hi\r\n" };
+    let greeting = Segment { seq: v.add(3_000_000), ack: Seq::new(77_001), flags: ack, sack: &[], payload: b"220 hi\r\n" };
     assert!(p.s.is_later_connection(Dir::ToClient, &greeting));
     // what the old session would have done with it: dropped it as a gap, and every retransmission
     assert_eq!(p.s.handle_segment(Dir::ToClient, &greeting, &mut p.dp, p.now), Verdict::Drop);
