@@ -19,7 +19,7 @@ use crate::log;
 use crate::proto::{DataId, Dir, Event, Segment, Seq, SeqState, Session, Verdict};
 use crate::relay::forward::Flagged;
 use crate::relay::{CacheCtx, Relay};
-use crate::wire::Packet;
+use crate::wire::{Packet, WireError};
 
 pub const FTP_PORT: u16 = 21;
 
@@ -489,7 +489,7 @@ impl Helper {
 }
 
 /// Sets a message's verdict; for an edit, `edited` is the rebuilt packet.
-fn apply(msg: &mut Message, verdict: Verdict, edited: Option<Result<Vec<u8>, String>>, key: &Key) {
+fn apply(msg: &mut Message, verdict: Verdict, edited: Option<Result<Vec<u8>, WireError>>, key: &Key) {
     match (verdict, edited) {
         (Verdict::Pass, _) => msg.set_verdict(NfVerdict::Accept),
         (Verdict::Drop, _) | (Verdict::Hold, _) => {

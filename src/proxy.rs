@@ -144,7 +144,7 @@ enum Ready {
 /// What the helper threads report.
 enum Done {
     Verified { conn: u64, ok: bool },
-    Connected { conn: u64, target: Target, r: Result<(TcpStream, Vec<u8>), String> },
+    Connected { conn: u64, target: Target, r: Result<(TcpStream, Vec<u8>), ConnectError> },
     Checked { conn: u64, token: u64, decision: Decision, took: Duration },
     /// A data connection ended (a held final reply may go on).
     DataEnded { id: crate::proto::DataId },
@@ -253,7 +253,47 @@ fn local_addrs() -> Vec<Ipv4Addr> {
 }
 
 /// Resolves, checks and connects, then reads the server's greeting (up to its final line).
-fn connect(target: &Target, access: &Access, timeout: Duration) -> Result<(TcpStream, Vec<u8>), String> {
+/// Why the proxy could not reach the server a client named; its `Display` is the reply the
+/// client gets (`421`, or `530` for a destination the access rules refuse).
+#[derive(Debug)]
+enum ConnectError {
+    UnknownHost(String),
+    NoIpv4(String),
+    NotAllowed { host: String, why: String },
+    Refused { host: String, addr: SocketAddrV4 },
+    TimedOut { host: String, addr: SocketAddrV4 },
+    Io { host: String, addr: SocketAddrV4, source: io::Error },
+    ClosedBeforeGreeting { host: String, addr: SocketAddrV4 },
+    NoGreeting { host: String, addr: SocketAddrV4, within: Duration },
+}
+
+impl core::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ConnectError::UnknownHost(h) => write!(f, "421 Unknown host {h}"),
+            ConnectError::NoIpv4(h) => write!(f, "421 Host {h} has no IPv4 address"),
+            ConnectError::NotAllowed { host, why } => write!(f, "530 Not allowed to connect to {host}: {why}"),
+            ConnectError::Refused { host, addr } => write!(f, "421 Connection to {host} ({addr}) refused"),
+            ConnectError::TimedOut { host, addr } => write!(f, "421 Connection to {host} ({addr}) timed out"),
+            ConnectError::Io { host, addr, source } => write!(f, "421 Cannot connect to {host} ({addr}): {source}"),
+            ConnectError::ClosedBeforeGreeting { host, addr } => {
+                write!(f, "421 {host} ({addr}) closed the connection before greeting")
+            }
+            ConnectError::NoGreeting { host, addr, within } => write!(f, "421 {host} ({addr}) sent no greeting within {within:?}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn connect(target: &Target, access: &Access, timeout: Duration) -> Result<(TcpStream, Vec<u8>), ConnectError> {
     let addrs: Vec<SocketAddrV4> = match (target.host.as_str(), target.port).to_socket_addrs() {
         Ok(it) => it
             .filter_map(|a| match a {
@@ -261,10 +301,10 @@ fn connect(target: &Target, access: &Access, timeout: Duration) -> Result<(TcpSt
                 _ => None,
             })
             .collect(),
-        Err(_) => return Err(format!("421 Unknown host {}", target.host)),
+        Err(_) => return Err(ConnectError::UnknownHost(target.host.clone())),
     };
     if addrs.is_empty() {
-        return Err(format!("421 Host {} has no IPv4 address", target.host));
+        return Err(ConnectError::NoIpv4(target.host.clone()));
     }
     let local = local_addrs();
     let mut refusal = None;
@@ -276,17 +316,17 @@ fn connect(target: &Target, access: &Access, timeout: Duration) -> Result<(TcpSt
         }
     });
     let Some(addr) = addr else {
-        return Err(format!("530 Not allowed to connect to {}: {}", target.host, refusal.unwrap_or_default()));
+        return Err(ConnectError::NotAllowed { host: target.host.clone(), why: refusal.unwrap_or_default() });
     };
     let s = match TcpStream::connect_timeout(&addr.into(), timeout) {
         Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            return Err(format!("421 Connection to {} ({addr}) refused", target.host))
+            return Err(ConnectError::Refused { host: target.host.clone(), addr })
         }
         Err(e) if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock => {
-            return Err(format!("421 Connection to {} ({addr}) timed out", target.host))
+            return Err(ConnectError::TimedOut { host: target.host.clone(), addr })
         }
-        Err(e) => return Err(format!("421 Cannot connect to {} ({addr}): {e}", target.host)),
+        Err(source) => return Err(ConnectError::Io { host: target.host.clone(), addr, source }),
     };
     let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_nodelay(true);
@@ -295,9 +335,9 @@ fn connect(target: &Target, access: &Access, timeout: Duration) -> Result<(TcpSt
     let mut r = &s;
     loop {
         match r.read(&mut buf) {
-            Ok(0) => return Err(format!("421 {} ({addr}) closed the connection before greeting", target.host)),
+            Ok(0) => return Err(ConnectError::ClosedBeforeGreeting { host: target.host.clone(), addr }),
             Ok(n) => greeting.extend_from_slice(&buf[..n]),
-            Err(_) => return Err(format!("421 {} ({addr}) sent no greeting within {timeout:?}", target.host)),
+            Err(_) => return Err(ConnectError::NoGreeting { host: target.host.clone(), addr, within: timeout }),
         }
         if final_reply(&greeting) || greeting.len() > 16 << 10 {
             break;
@@ -662,7 +702,7 @@ impl Proxy {
                     let spawned = std::thread::Builder::new().name("ftpgate-connect".into()).spawn(move || {
                         let r = connect(&target, &access, timeout);
                         if let Err(e) = &r {
-                            if e.starts_with("530") {
+                            if matches!(e, ConnectError::NotAllowed { .. }) {
                                 crate::metrics::m().refusal("proxy_destination");
                             }
                             crate::warn!("proxy {peer}: cannot reach {target}: {e}");
@@ -702,12 +742,12 @@ impl Proxy {
         }
     }
 
-    fn connected(&mut self, id: u64, target: Target, r: Result<(TcpStream, Vec<u8>), String>, now: Instant) {
+    fn connected(&mut self, id: u64, target: Target, r: Result<(TcpStream, Vec<u8>), ConnectError>, now: Instant) {
         let Some(c) = self.conns.get_mut(&id) else { return };
         let (server, greeting) = match r {
             Ok(x) => x,
             Err(e) => {
-                let steps = c.login.connected(Err(e));
+                let steps = c.login.connected(Err(e.to_string()));
                 self.steps(id, steps);
                 return self.login_lines(id, now);
             }

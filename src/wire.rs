@@ -10,6 +10,42 @@ use etherparse::{Ipv4Header, TcpHeader};
 
 use crate::proto::{Edit, Flags, Seq};
 
+/// Why a queued packet cannot be decoded or re-serialised (it is then passed unchanged).
+#[derive(Debug)]
+pub enum WireError {
+    NotTcp,
+    Fragment,
+    Truncated,
+    /// A header that does not parse, or a field that does not fit after an edit.
+    Header { what: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
+}
+
+impl WireError {
+    fn header<E: std::error::Error + Send + Sync + 'static>(what: &'static str) -> impl FnOnce(E) -> WireError {
+        move |e| WireError::Header { what, source: Box::new(e) }
+    }
+}
+
+impl core::fmt::Display for WireError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            WireError::NotTcp => f.write_str("not TCP"),
+            WireError::Fragment => f.write_str("IP fragment"),
+            WireError::Truncated => f.write_str("truncated IPv4 payload"),
+            WireError::Header { what, source } => write!(f, "{what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WireError::Header { source, .. } => Some(source.as_ref()),
+            _ => None,
+        }
+    }
+}
+
 const SACK: u8 = 5;
 const TIMESTAMP: u8 = 8;
 const NOP: u8 = 1;
@@ -27,17 +63,17 @@ pub struct Packet<'a> {
 
 impl<'a> Packet<'a> {
     /// Parses an IPv4 packet carrying TCP. Fragments and other protocols are refused.
-    pub fn parse(buf: &'a [u8]) -> Result<Packet<'a>, String> {
-        let (ip, rest) = Ipv4Header::from_slice(buf).map_err(|e| format!("IPv4 header: {e}"))?;
+    pub fn parse(buf: &'a [u8]) -> Result<Packet<'a>, WireError> {
+        let (ip, rest) = Ipv4Header::from_slice(buf).map_err(WireError::header("IPv4 header"))?;
         if ip.protocol != etherparse::IpNumber::TCP {
-            return Err("not TCP".into());
+            return Err(WireError::NotTcp);
         }
         if ip.is_fragmenting_payload() {
-            return Err("IP fragment".into());
+            return Err(WireError::Fragment);
         }
-        let ip_payload_len = ip.payload_len().map_err(|e| format!("IPv4 length: {e}"))? as usize;
-        let rest = rest.get(..ip_payload_len).ok_or("truncated IPv4 payload")?;
-        let (tcp, payload) = TcpHeader::from_slice(rest).map_err(|e| format!("TCP header: {e}"))?;
+        let ip_payload_len = ip.payload_len().map_err(WireError::header("IPv4 length"))? as usize;
+        let rest = rest.get(..ip_payload_len).ok_or(WireError::Truncated)?;
+        let (tcp, payload) = TcpHeader::from_slice(rest).map_err(WireError::header("TCP header"))?;
         let sack = sack_blocks(tcp.options.as_slice());
         let ts = timestamps(tcp.options.as_slice());
         Ok(Packet { ip, tcp, payload, sack, ts })
@@ -62,7 +98,7 @@ impl<'a> Packet<'a> {
     /// The packet with `e` applied, lengths and checksums recomputed. `ts` replaces the
     /// timestamp option's values (a segment held back must not carry a timestamp older than
     /// ones the receiver has seen since, or PAWS drops it).
-    pub fn edited(&self, e: &Edit, ts: Option<(u32, u32)>) -> Result<Vec<u8>, String> {
+    pub fn edited(&self, e: &Edit, ts: Option<(u32, u32)>) -> Result<Vec<u8>, WireError> {
         let mut ip = self.ip.clone();
         let mut tcp = self.tcp.clone();
         tcp.sequence_number = e.seq.raw();
@@ -75,12 +111,12 @@ impl<'a> Packet<'a> {
             if let Some(t) = ts {
                 rewrite_timestamps(&mut opts, t);
             }
-            tcp.set_options_raw(&opts).map_err(|e| format!("TCP options: {e}"))?;
+            tcp.set_options_raw(&opts).map_err(WireError::header("TCP options"))?;
         }
         let payload: &[u8] = e.payload.as_deref().unwrap_or(self.payload);
-        ip.set_payload_len(tcp.header_len() + payload.len()).map_err(|e| format!("IPv4 length: {e}"))?;
+        ip.set_payload_len(tcp.header_len() + payload.len()).map_err(WireError::header("IPv4 length"))?;
         ip.header_checksum = ip.calc_header_checksum();
-        tcp.checksum = tcp.calc_checksum_ipv4(&ip, payload).map_err(|e| format!("TCP checksum: {e}"))?;
+        tcp.checksum = tcp.calc_checksum_ipv4(&ip, payload).map_err(WireError::header("TCP checksum"))?;
         let mut out = Vec::with_capacity(ip.header_len() + tcp.header_len() + payload.len());
         out.extend_from_slice(&ip.to_bytes());
         out.extend_from_slice(&tcp.to_bytes());
