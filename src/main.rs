@@ -425,7 +425,16 @@ fn run(a: RunArgs) -> Result<()> {
     let board = Arc::new(Board::default());
     status::serve(&s.cache_dir, board.clone(), relay.handle())?;
     if let Some(addr) = o.metrics {
-        ftpgate::metrics::serve(addr, queue, cache.as_ref().map(|c| c.store.clone()), board.clone(), relay.handle())?;
+        let (store, board, relay) = (cache.as_ref().map(|c| c.store.clone()), board.clone(), relay.handle());
+        ftpgate::metrics::serve(addr, queue, move || {
+            let (transparent_sessions, explicit_sessions) = board.counts();
+            ftpgate::metrics::Gauges {
+                transparent_sessions,
+                explicit_sessions,
+                data_connections: relay.data_connections(),
+                cache: store.as_ref().map(|s| s.totals()),
+            }
+        })?;
     }
     let max_sessions = o.max_sessions.unwrap_or(1024);
     let reload_slot = Arc::new(Mutex::new(None));

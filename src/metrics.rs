@@ -1,7 +1,7 @@
 //! Prometheus metrics (`--metrics ADDR` serves them as text at `/metrics`). Counters are
 //! process-wide; the shells count what they see, the protocol core stays free of them.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -11,10 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::cache::store::Store;
 use crate::log;
-use crate::relay::Relay;
-use crate::status::Board;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeL {
@@ -166,9 +163,19 @@ fn queue_drops(queue: u16) -> Option<(u64, u64, u64)> {
     })
 }
 
-/// Serves `/metrics` on `addr` from a thread of its own. Gauges of what is in progress are
-/// read when asked: sessions from the status board, data connections from the relay.
-pub fn serve(addr: std::net::SocketAddr, queue: u16, store: Option<Arc<Store>>, board: Arc<Board>, relay: Relay) -> anyhow::Result<()> {
+/// What is in progress, read each time `/metrics` is asked (sessions, data connections, cache
+/// totals), so this module depends on nothing of the gateway's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gauges {
+    pub transparent_sessions: usize,
+    pub explicit_sessions: usize,
+    pub data_connections: usize,
+    /// Entries and bytes, when there is a cache.
+    pub cache: Option<(usize, u64)>,
+}
+
+/// Serves `/metrics` on `addr` from a thread of its own; `gauges` is called per request.
+pub fn serve(addr: std::net::SocketAddr, queue: u16, gauges: impl Fn() -> Gauges + Send + 'static) -> anyhow::Result<()> {
     let server = tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("--metrics {addr}: cannot listen: {e}"))?;
     log!("metrics at http://{addr}/metrics");
     std::thread::Builder::new().name("ftpgate-metrics".into()).spawn(move || {
@@ -178,12 +185,11 @@ pub fn serve(addr: std::net::SocketAddr, queue: u16, store: Option<Arc<Store>>, 
                 continue;
             }
             let m = m();
-            let (transparent, explicit) = board.counts();
-            m.sessions_active.get_or_create(&ModeL { mode: "transparent".into() }).set(transparent as i64);
-            m.sessions_active.get_or_create(&ModeL { mode: "explicit".into() }).set(explicit as i64);
-            m.transfers_active.set(relay.data_connections() as i64);
-            if let Some(s) = &store {
-                let (entries, bytes) = s.totals();
+            let g = gauges();
+            m.sessions_active.get_or_create(&ModeL { mode: "transparent".into() }).set(g.transparent_sessions as i64);
+            m.sessions_active.get_or_create(&ModeL { mode: "explicit".into() }).set(g.explicit_sessions as i64);
+            m.transfers_active.set(g.data_connections as i64);
+            if let Some((entries, bytes)) = g.cache {
                 m.cache_entries.set(entries as i64);
                 m.cache_bytes.set(bytes as i64);
             }
