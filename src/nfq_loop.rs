@@ -1,7 +1,7 @@
 //! The NFQUEUE shell: receive a queued control segment, decode it ([`crate::wire`]), run it
 //! through its [`Session`], write the verdict back. A segment the session holds (a RETR of a
 //! cached file) keeps its verdict until the freshness check, run on a thread of its own, answers
-//! or [`HOLD_LIMIT`] passes; the loop polls the queue socket and the answers' pipe together.
+//! or [`HOLD_LIMIT`](crate::proto::HOLD_LIMIT) passes; the loop polls the queue socket and the answers' pipe together.
 
 use core::net::SocketAddrV4;
 use std::collections::HashMap;
@@ -16,7 +16,7 @@ use nfq::{Message, Queue, Verdict as NfVerdict};
 
 use crate::cache::Decision;
 use crate::log;
-use crate::proto::{DataId, Dir, Event, Segment, Seq, SeqState, Session, Verdict};
+use crate::proto::{CheckId, DataId, Dir, Event, Segment, Seq, SeqState, Session, Verdict, HOLD_LIMIT};
 use crate::relay::forward::Flagged;
 use crate::relay::{CacheCtx, Relay};
 use crate::wire::{Packet, WireError};
@@ -64,13 +64,9 @@ fn raise_priority(prio: u8) {
 
 type Key = (SocketAddrV4, SocketAddrV4);
 
-/// How long a RETR may wait for the freshness check before it goes to the server unchanged.
-const HOLD_LIMIT: Duration = Duration::from_secs(5);
-
+/// A RETR's segment held while its session's freshness check ([`Session::pending_check`]) runs.
 struct Held {
     msg: Message,
-    token: u64,
-    deadline: Instant,
     /// Its TCP timestamps (TSval, TSecr).
     ts: Option<(u32, u32)>,
     /// The newest TCP timestamps the client sent while it was held.
@@ -99,7 +95,7 @@ fn fresher_ts(own: Option<(u32, u32)>, newest: Option<(u32, u32)>) -> Option<(u3
 /// A freshness check's outcome, sent back from its thread.
 struct Checked {
     session: Key,
-    token: u64,
+    check: CheckId,
     decision: Decision,
     took: Duration,
 }
@@ -117,7 +113,6 @@ pub struct Helper {
     done_rx: Receiver<DataId>,
     /// Held segments of connections that were replaced, waiting for their drop verdict.
     stale: Vec<Message>,
-    next_token: u64,
     tx: Sender<Checked>,
     rx: Receiver<Checked>,
     wake: Arc<Wake>,
@@ -194,7 +189,6 @@ impl Helper {
             held_replies: HashMap::new(),
             done_rx,
             stale: Vec::new(),
-            next_token: 0,
             tx,
             rx,
             wake,
@@ -244,8 +238,8 @@ impl Helper {
                 log!("session {} -> {}: a new connection on the same addresses (its SYN passed unseen); starting over", key.0, key.1);
             }
             self.sessions.remove(&key);
-            if let Some(h) = self.held.get_mut(&key) {
-                h.deadline = now; // the old connection's held segment is dropped
+            if let Some(h) = self.held.remove(&key) {
+                self.stale.push(h.msg); // the old connection's held segment is dropped
             }
             if let Some(h) = self.held_replies.remove(&key) {
                 self.stale.push(h.msg);
@@ -311,13 +305,14 @@ impl Helper {
             return None;
         }
         if verdict == Verdict::Hold {
-            let token = self.next_token;
-            self.next_token += 1;
-            if let Some(old) = self.held.insert(key, Held { msg, token, deadline: now + HOLD_LIMIT, ts, newest: None }) {
+            if let Some(old) = self.held.insert(key, Held { msg, ts, newest: None }) {
                 // only possible when a dead connection's segment is still held: drop it
                 self.stale.push(old.msg);
             }
-            self.start_check(key, token);
+            match self.sessions.get(&key).and_then(Session::pending_check) {
+                Some(check) => self.start_check(key, check),
+                None => self.wake.notify(), // (never) nothing to ask: released at once
+            }
             return None;
         }
         apply(&mut msg, verdict, edited, &key);
@@ -332,10 +327,10 @@ impl Helper {
     }
 
     /// Asks the server on a thread of its own; the answer comes back through the channel.
-    fn start_check(&mut self, key: Key, token: u64) {
+    fn start_check(&mut self, key: Key, check: CheckId) {
         let (tx, wake) = (self.tx.clone(), self.wake.clone());
         crate::relay::check_held(&self.sessions[&key], self.cache.as_ref(), move |decision, took| {
-            let _ = tx.send(Checked { session: key, token, decision, took });
+            let _ = tx.send(Checked { session: key, check, decision, took });
             wake.notify();
         });
     }
@@ -344,24 +339,37 @@ impl Helper {
     /// for their verdicts.
     fn release_ready(&mut self, now: Instant) -> Vec<Message> {
         self.wake.drain();
-        let mut ready: Vec<(Key, u64, Decision, Duration)> = Vec::new();
+        // (session, the check answered — None: nothing pending, the segment is dropped — ...)
+        let mut ready: Vec<(Key, Option<CheckId>, Decision, Duration)> = Vec::new();
         while let Ok(c) = self.rx.try_recv() {
-            ready.push((c.session, c.token, c.decision, c.took));
+            ready.push((c.session, Some(c.check), c.decision, c.took));
         }
-        for (k, h) in &self.held {
-            if h.deadline <= now {
-                ready.push((*k, h.token, Decision::Bypass, HOLD_LIMIT));
+        for k in self.held.keys() {
+            let session = self.sessions.get(k);
+            match session.and_then(Session::pending_check) {
+                None => ready.push((*k, None, Decision::Bypass, Duration::ZERO)),
+                Some(_) => {
+                    if let Some(c) = session.and_then(|s| s.check_timed_out(now)) {
+                        ready.push((*k, Some(c), Decision::Bypass, HOLD_LIMIT));
+                    }
+                }
             }
         }
         let mut out = Vec::new();
-        for (key, token, decision, took) in ready {
-            if self.held.get(&key).is_none_or(|h| h.token != token) {
-                continue; // already released
+        for (key, check, decision, took) in ready {
+            let pending = self.sessions.get(&key).and_then(Session::pending_check);
+            if check.is_some() && pending != check {
+                continue; // already released, or an earlier connection's
             }
             let Some(mut h) = self.held.remove(&key) else { continue };
-            let verdict = self.sessions.get_mut(&key).and_then(|s| s.release(decision, &mut self.relay));
+            let verdict = match check {
+                Some(_) => self.sessions.get_mut(&key).and_then(|s| s.release(decision, &mut self.relay)),
+                None => None,
+            };
             self.state_dirty = true;
-            log!("session {} -> {}: freshness check {decision:?} in {:.3} s", key.0, key.1, took.as_secs_f64());
+            if check.is_some() {
+                log!("session {} -> {}: freshness check {decision:?} in {:.3} s", key.0, key.1, took.as_secs_f64());
+            }
             self.drain_events(key);
             // segments that passed while this one was held (probes, ACKs) carried newer TCP
             // timestamps: going out with its own older one, PAWS would have the server drop it
@@ -382,8 +390,8 @@ impl Helper {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let replies = self.held_replies.keys().filter_map(|k| self.sessions.get(k)?.poll_timeout());
-        self.held.values().map(|h| h.deadline).chain(replies).min()
+        let holding = self.held_replies.keys().chain(self.held.keys());
+        holding.filter_map(|k| self.sessions.get(k)?.poll_timeout()).min()
     }
 
     /// Releases final replies whose data connections ended (or whose deadline passed); returns

@@ -23,11 +23,9 @@ use crate::cache::Decision;
 use crate::log;
 use crate::nfq_loop::{log_event, Wake};
 use crate::proto::explicit::{Access, Fed, Handoff, ProxyLogin, Step, Streams, Target, MAX_LOGIN_LINE};
-use crate::proto::{Dir, Via};
+use crate::proto::{CheckId, Dir, Via, HOLD_LIMIT};
 use crate::relay::{transparent_listener, CacheCtx, Relay};
 
-/// How long a RETR may wait for the freshness check before it goes to the server unchanged.
-const HOLD_LIMIT: Duration = Duration::from_secs(5);
 /// A connection that has not reached its server within this long is closed.
 const LOGIN_IDLE: Duration = Duration::from_secs(120);
 /// Bytes buffered for one side before reading from the other stops.
@@ -145,7 +143,7 @@ enum Ready {
 enum Done {
     Verified { conn: u64, ok: bool },
     Connected { conn: u64, target: Target, r: Result<(TcpStream, Vec<u8>), ConnectError> },
-    Checked { conn: u64, token: u64, decision: Decision, took: Duration },
+    Checked { conn: u64, check: CheckId, decision: Decision, took: Duration },
     /// A data connection ended (a held final reply may go on).
     DataEnded { id: crate::proto::DataId },
 }
@@ -156,8 +154,6 @@ struct Up {
     addr: SocketAddrV4,
     st: Streams,
     to_server: Vec<u8>,
-    /// A RETR waits for its freshness check: (token, deadline).
-    held: Option<(u64, Instant)>,
     client_eof: bool,
     server_eof: bool,
 }
@@ -190,7 +186,6 @@ struct Proxy {
     listeners: Vec<TcpListener>,
     conns: HashMap<u64, Conn>,
     next_conn: u64,
-    next_token: u64,
     relay: Relay,
     cache: Option<Arc<CacheCtx>>,
     throttle: Arc<Throttle>,
@@ -223,7 +218,6 @@ pub fn spawn(mut cfg: ProxyConfig, mut relay: Relay, cache: Option<Arc<CacheCtx>
         listeners,
         conns: HashMap::new(),
         next_conn: 1,
-        next_token: 1,
         relay,
         cache,
         throttle: Arc::default(),
@@ -408,7 +402,7 @@ impl Proxy {
                 let mut ev = 0;
                 let reading = !c.closing
                     && !c.login.waiting()
-                    && c.up.as_ref().is_none_or(|u| u.held.is_none() && !u.client_eof && u.to_server.len() < MAX_BUFFERED);
+                    && c.up.as_ref().is_none_or(|u| u.st.session.pending_check().is_none() && !u.client_eof && u.to_server.len() < MAX_BUFFERED);
                 if reading {
                     ev |= libc::POLLIN;
                 }
@@ -427,7 +421,7 @@ impl Proxy {
                     }
                     fds.push(libc::pollfd { fd: u.server.as_raw_fd(), events: ev, revents: 0 });
                     what.push(Ready::Server(id));
-                    if let Some((_, deadline)) = &u.held {
+                    if let Some(deadline) = u.st.session.poll_timeout() {
                         timeout = timeout.min(deadline.saturating_duration_since(now));
                     }
                 }
@@ -587,7 +581,7 @@ impl Proxy {
         let f = u.st.feed(Dir::ToServer, bytes, false, &mut self.relay, now);
         u.to_server.extend_from_slice(&f.out);
         if f.held {
-            self.hold(id, now);
+            self.hold(id);
         }
         if let Some(u) = self.conns.get_mut(&id).and_then(|c| c.up.as_mut()) {
             if write_some(&mut u.server, &mut u.to_server).is_err() {
@@ -731,7 +725,7 @@ impl Proxy {
                     self.login_lines(conn, now);
                 }
                 Done::Connected { conn, target, r } => self.connected(conn, target, r, now),
-                Done::Checked { conn, token, decision, took } => self.release(conn, token, decision, took, now),
+                Done::Checked { conn, check, decision, took } => self.release(conn, check, decision, took, now),
                 Done::DataEnded { id } => {
                     let conn = self.conns.iter().find(|(_, c)| c.up.as_ref().is_some_and(|u| u.st.awaiting_data() == Some(id)));
                     if let Some(&conn) = conn.map(|(k, _)| k) {
@@ -765,7 +759,7 @@ impl Proxy {
         });
         let via = Via { client_side: *c.local.ip(), server_side: *from.ip() };
         let st = Streams::new(c.peer, addr, via, &mut self.relay, now);
-        let mut up = Up { server, addr, st, to_server: Vec::new(), held: None, client_eof: false, server_eof: false };
+        let mut up = Up { server, addr, st, to_server: Vec::new(), client_eof: false, server_eof: false };
         let greeting_out = up.st.feed(Dir::ToClient, &greeting, false, &mut self.relay, now).out;
         let ok = greeting.first() == Some(&b'2');
         log!("proxy {}: connected to {target} ({addr}) from {from}", c.peer);
@@ -796,32 +790,23 @@ impl Proxy {
     }
 
     /// A RETR waits for its freshness check; reading from the client stops meanwhile.
-    fn hold(&mut self, id: u64, now: Instant) {
-        let token = self.next_token;
-        self.next_token += 1;
-        if let Some(u) = self.conns.get_mut(&id).and_then(|c| c.up.as_mut()) {
-            u.held = Some((token, now + HOLD_LIMIT));
-        }
-        self.start_check(id, token);
-    }
-
-    fn start_check(&mut self, id: u64, token: u64) {
+    fn hold(&mut self, id: u64) {
         let Some(u) = self.conns.get(&id).and_then(|c| c.up.as_ref()) else { return };
+        let Some(check) = u.st.session.pending_check() else { return };
         let (tx, wake) = (self.tx.clone(), self.wake.clone());
         crate::relay::check_held(&u.st.session, self.cache.as_ref(), move |decision, took| {
-            let _ = tx.send(Done::Checked { conn: id, token, decision, took });
+            let _ = tx.send(Done::Checked { conn: id, check, decision, took });
             wake.notify();
         });
     }
 
-    fn release(&mut self, id: u64, token: u64, decision: Decision, took: Duration, now: Instant) {
+    fn release(&mut self, id: u64, check: CheckId, decision: Decision, took: Duration, now: Instant) {
         let Some(c) = self.conns.get_mut(&id) else { return };
         let who = c.who();
         let Some(u) = c.up.as_mut() else { return };
-        if u.held.as_ref().is_none_or(|h| h.0 != token) {
-            return;
+        if u.st.session.pending_check() != Some(check) {
+            return; // already released
         }
-        u.held = None;
         log!("{who}: freshness check {decision:?} in {:.3} s", took.as_secs_f64());
         let f = u.st.release(decision, &mut self.relay, now);
         u.to_server.extend_from_slice(&f.out);
@@ -830,7 +815,7 @@ impl Proxy {
         }
         self.events(id);
         if f.held {
-            self.hold(id, now); // another RETR came behind it
+            self.hold(id); // another RETR came behind it
         }
         // bytes the client sent meanwhile wait in its socket: reading resumes
     }
@@ -883,18 +868,16 @@ impl Proxy {
         let mut late = Vec::new();
         let mut idle = Vec::new();
         for (&id, c) in &self.conns {
-            if let Some((token, deadline)) = c.up.as_ref().and_then(|u| u.held.as_ref()) {
-                if *deadline <= now {
-                    late.push((id, *token));
-                }
+            if let Some(check) = c.up.as_ref().and_then(|u| u.st.session.check_timed_out(now)) {
+                late.push((id, check));
             }
             let limit = if c.up.is_some() { self.cfg.idle } else { LOGIN_IDLE };
-            if now.duration_since(c.last) > limit && c.up.as_ref().is_none_or(|u| u.held.is_none()) {
+            if now.duration_since(c.last) > limit && c.up.as_ref().is_none_or(|u| u.st.session.pending_check().is_none()) {
                 idle.push(id);
             }
         }
-        for (id, token) in late {
-            self.release(id, token, Decision::Bypass, HOLD_LIMIT, now);
+        for (id, check) in late {
+            self.release(id, check, Decision::Bypass, HOLD_LIMIT, now);
         }
         let due: Vec<u64> = self
             .conns

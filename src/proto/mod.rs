@@ -54,6 +54,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 pub use reply_hold::REPLY_HOLD_STEP;
+pub use retr::{CheckId, HOLD_LIMIT};
 pub use seqmap::Seq;
 pub use types::*;
 use seqmap::SeqMap;
@@ -161,6 +162,8 @@ pub struct Session {
     /// The data connection prepared by the last PASV/EPSV/PORT/EPRT, not yet used.
     data: Option<DataId>,
     hold: Option<Hold>,
+    /// Freshness checks asked so far (for [`CheckId`]s).
+    checks: u32,
     held: Option<HeldPacket>,
     hold_new: bool,
     /// A final reply waiting for its data connection, with its segment.
@@ -212,6 +215,7 @@ impl Session {
             rest: 0,
             data: None,
             hold: None,
+            checks: 0,
             held: None,
             hold_new: false,
             reply_hold: None,

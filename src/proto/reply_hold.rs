@@ -32,9 +32,12 @@ impl Session {
     pub fn awaiting_data(&self) -> Option<DataId> {
         self.reply_hold.as_ref().map(|h| h.id)
     }
-    /// When [`Session::handle_timeout`] must be called next.
+    /// When [`Session::handle_timeout`] (a held final reply) or [`Session::check_timed_out`] (a
+    /// held RETR) must be asked next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.reply_hold.as_ref().map(|h| h.deadline)
+        let reply = self.reply_hold.as_ref().map(|h| h.deadline);
+        let check = self.hold.as_ref().map(|h| h.deadline);
+        reply.into_iter().chain(check).min()
     }
     /// Deadlines: a held final reply whose data connection made no progress for
     /// [`REPLY_HOLD_STEP`] goes to the client as the server sent it. Returns the held

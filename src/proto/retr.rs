@@ -1,7 +1,18 @@
 //! The cache's part of a RETR: the key it names, capture or hit, and the RETR held while the
 //! server is asked whether the cached file is unchanged.
 
+use std::time::{Duration, Instant};
+
 use super::*;
+
+/// How long a RETR may wait for its freshness check before it goes to the server unchanged
+/// (as if the check had answered [`Decision::Bypass`]).
+pub const HOLD_LIMIT: Duration = Duration::from_secs(5);
+
+/// Names one freshness check of one connection: an answer that comes back for a check that is
+/// no longer pending (answered, timed out, or of an earlier connection on the same addresses)
+/// has another id.
+pub type CheckId = u64;
 
 /// A RETR waiting for the freshness check.
 #[derive(Debug)]
@@ -15,6 +26,9 @@ pub(super) struct Hold {
     pub(super) offset: u64,
     pub(super) line: Vec<u8>,
     pub(super) start: Seq,
+    pub(super) check: CheckId,
+    /// Past this, the RETR goes on unchanged.
+    pub(super) deadline: Instant,
 }
 
 /// The held segment, as it will go out apart from the RETR line.
@@ -85,7 +99,12 @@ impl Session {
                 return bypass(self, "command split before ftpgate saw it");
             }
             self.events.push_back(Event::CheckFresh(key.clone()));
-            self.hold = Some(Hold { key, name: name.to_string(), id, size, offset, line: line.to_vec(), start: Seq::new(0) });
+            // the connection's first sequence number in the high half: an earlier connection's
+            // answer never matches a later one's check
+            let check = (u64::from(self.c2s.first.raw()) << 32) | u64::from(self.checks);
+            self.checks = self.checks.wrapping_add(1);
+            let deadline = self.last_seen + HOLD_LIMIT;
+            self.hold = Some(Hold { key, name: name.to_string(), id, size, offset, line: line.to_vec(), start: Seq::new(0), check, deadline });
             self.hold_new = true;
             return true;
         }
@@ -109,6 +128,18 @@ impl Session {
             None => format!("{outcome}, not captured (login unknown)"),
         };
         self.events.push_back(Event::Cache { path, outcome });
+    }
+
+    /// The freshness check the held RETR waits for (after [`Verdict::Hold`]): ask the server
+    /// and answer with [`Session::release`] if this is still the pending check then.
+    pub fn pending_check(&self) -> Option<CheckId> {
+        self.hold.as_ref().map(|h| h.check)
+    }
+
+    /// The pending check whose time ([`HOLD_LIMIT`]) is up at `now`: release it as
+    /// [`Decision::Bypass`].
+    pub fn check_timed_out(&self, now: Instant) -> Option<CheckId> {
+        self.hold.as_ref().filter(|h| now >= h.deadline).map(|h| h.check)
     }
 
     /// Resolves a held RETR with the freshness check's answer; returns the held segment's

@@ -136,7 +136,14 @@ impl Pair {
             Verdict::Hold => {
                 // the freshness check answers; then the held segment goes out
                 let decision = self.answer.pop_front().expect("held without an answer queued");
-                match self.s.release(decision, &mut self.dp).expect("nothing held") {
+                // the session owns the check's deadline
+                let check = self.s.pending_check().expect("held without a pending check");
+                assert_eq!(self.s.check_timed_out(self.now), None);
+                assert_eq!(self.s.check_timed_out(self.now + crate::proto::HOLD_LIMIT), Some(check));
+                assert!(self.s.poll_timeout().is_some_and(|d| d <= self.now + crate::proto::HOLD_LIMIT));
+                let released = self.s.release(decision, &mut self.dp);
+                assert_eq!(self.s.pending_check(), None, "answered, still pending");
+                match released.expect("nothing held") {
                     Verdict::Edit(e) => (e.seq, e.payload.unwrap_or_else(|| data.to_vec())),
                     v => panic!("release gave {v:?}"),
                 }
