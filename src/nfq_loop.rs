@@ -16,7 +16,7 @@ use nfq::{Message, Queue, Verdict as NfVerdict};
 
 use crate::cache::Decision;
 use crate::log;
-use crate::proto::{CheckId, DataId, Dir, Event, Segment, Seq, SeqState, Session, Verdict, HOLD_LIMIT};
+use crate::proto::{released_timestamps, CheckId, DataId, Dir, Event, Segment, Seq, SeqState, Session, Verdict, HOLD_LIMIT};
 use crate::relay::forward::Flagged;
 use crate::relay::{CacheCtx, Relay};
 use crate::wire::{Packet, WireError};
@@ -81,15 +81,6 @@ struct HeldReply {
     ts: Option<(u32, u32)>,
     /// The newest TCP timestamps the server sent while it was held.
     newest: Option<(u32, u32)>,
-}
-
-/// The timestamps a released segment must carry: its own are older than those of segments
-/// that passed while it was held, and PAWS would have the receiver drop it.
-fn fresher_ts(own: Option<(u32, u32)>, newest: Option<(u32, u32)>) -> Option<(u32, u32)> {
-    match (own, newest) {
-        (Some(old), Some(new)) if Seq::new(new.0) > Seq::new(old.0) => Some(new),
-        _ => None,
-    }
 }
 
 /// A freshness check's outcome, sent back from its thread.
@@ -373,7 +364,7 @@ impl Helper {
             self.drain_events(key);
             // segments that passed while this one was held (probes, ACKs) carried newer TCP
             // timestamps: going out with its own older one, PAWS would have the server drop it
-            let ts = fresher_ts(h.ts, h.newest);
+            let ts = released_timestamps(h.ts, h.newest);
             match verdict {
                 Some(v) => {
                     let edited = match &v {
@@ -422,7 +413,7 @@ impl Helper {
             let Some(mut h) = self.held_replies.remove(&key) else { continue };
             self.state_dirty = true;
             self.drain_events(key);
-            let ts = fresher_ts(h.ts, h.newest);
+            let ts = released_timestamps(h.ts, h.newest);
             let edited = match &v {
                 Verdict::Edit(e) => Some(Packet::parse(h.msg.get_payload()).and_then(|p| p.edited(e, ts))),
                 _ => None,

@@ -55,6 +55,7 @@ use std::time::{Duration, Instant};
 
 pub use reply_hold::REPLY_HOLD_STEP;
 pub use retr::{CheckId, HOLD_LIMIT};
+pub use segment::released_timestamps;
 pub use seqmap::Seq;
 pub use types::*;
 use seqmap::SeqMap;

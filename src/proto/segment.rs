@@ -175,3 +175,29 @@ fn finish(seg: &Segment, seq: Seq, ack: Seq, sack: Option<Vec<(Seq, Seq)>>, payl
         Verdict::Edit(Edit { seq, ack, sack, payload })
     }
 }
+
+/// The TCP timestamps (TSval, TSecr) a held segment must go out with when it is released:
+/// `None` keeps its own (`own`); the newest the same sender sent while it was held (`newest`)
+/// when those are later — with its own older ones, PAWS (RFC 7323) would have the receiver drop
+/// it as an old duplicate.
+pub fn released_timestamps(own: Option<(u32, u32)>, newest: Option<(u32, u32)>) -> Option<(u32, u32)> {
+    match (own, newest) {
+        (Some(old), Some(new)) if Seq::new(new.0) > Seq::new(old.0) => Some(new),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_released_segment_carries_the_newest_timestamps() {
+        assert_eq!(released_timestamps(Some((100, 7)), Some((180, 9))), Some((180, 9)));
+        assert_eq!(released_timestamps(Some((100, 7)), Some((100, 7))), None, "its own are the newest");
+        assert_eq!(released_timestamps(Some((100, 7)), None), None, "nothing passed meanwhile");
+        assert_eq!(released_timestamps(None, Some((5, 1))), None, "no timestamp option to rewrite");
+        // TSval wraps like a sequence number
+        assert_eq!(released_timestamps(Some((u32::MAX - 1, 0)), Some((3, 0))), Some((3, 0)));
+    }
+}
