@@ -112,30 +112,75 @@ fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Cidr>>, D::Error>
     v.iter().map(|s| s.parse::<Cidr>().map_err(de::Error::custom)).collect::<Result<Vec<_>, _>>().map(Some)
 }
 
-/// Reads and checks a configuration file. Errors read `FILE:LINE: KEY: what is wrong`.
-pub fn load(path: &Path) -> Result<Options, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("{}:{e}", path.display()))
+/// What is wrong with a configuration file; reads `FILE:LINE: KEY: what is wrong`.
+#[derive(Debug)]
+pub enum ConfigError {
+    Read { path: PathBuf, source: std::io::Error },
+    Invalid {
+        /// `None` for text that came from no file.
+        path: Option<PathBuf>,
+        line: Option<usize>,
+        key: Option<String>,
+        message: String,
+    },
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => write!(f, "{}: cannot read: {source}", path.display()),
+            ConfigError::Invalid { path, line, key, message } => {
+                if let Some(p) = path {
+                    write!(f, "{}:", p.display())?;
+                }
+                match (line, path) {
+                    (Some(l), _) => write!(f, "{l}: ")?,
+                    (None, Some(_)) => f.write_str(" ")?,
+                    (None, None) => {}
+                }
+                if let Some(k) = key {
+                    write!(f, "{k}: ")?;
+                }
+                f.write_str(message)
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { source, .. } => Some(source),
+            ConfigError::Invalid { .. } => None,
+        }
+    }
+}
+
+/// Reads and checks a configuration file.
+pub fn load(path: &Path) -> Result<Options, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    parse(&text).map_err(|e| match e {
+        ConfigError::Invalid { line, key, message, .. } => ConfigError::Invalid { path: Some(path.to_path_buf()), line, key, message },
+        read => read,
+    })
 }
 
 /// Parses configuration text; errors read `LINE: KEY: what is wrong`.
-pub fn parse(text: &str) -> Result<Options, String> {
+pub fn parse(text: &str) -> Result<Options, ConfigError> {
     toml::from_str::<Options>(text).map_err(|e| {
-        let msg = e.message().trim().to_string();
-        let Some(span) = e.span() else { return format!(" {msg}") };
+        let message = e.message().trim().to_string();
+        let Some(span) = e.span() else { return ConfigError::Invalid { path: None, line: None, key: None, message } };
         let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
         let line = text.lines().nth(line_no - 1).unwrap_or("");
         let key = line.split('=').next().unwrap_or("").trim();
-        if key.is_empty() || msg.contains(&format!("`{key}`")) {
-            format!("{line_no}: {msg}")
-        } else {
-            format!("{line_no}: {key}: {msg}")
-        }
+        // the key once: toml's message may name it already
+        let key = (!key.is_empty() && !message.contains(&format!("`{key}`"))).then(|| key.to_string());
+        ConfigError::Invalid { path: None, line: Some(line_no), key, message }
     })
 }
 
 /// The file to read: the one named, else the default path if it exists, else none.
-pub fn find(named: Option<&Path>) -> Result<Option<Options>, String> {
+pub fn find(named: Option<&Path>) -> Result<Option<Options>, ConfigError> {
     match named {
         Some(p) => load(p).map(Some),
         None if Path::new(DEFAULT_PATH).exists() => load(Path::new(DEFAULT_PATH)).map(Some),
@@ -192,17 +237,19 @@ log = "info"
 
     #[test]
     fn errors_name_line_and_key() {
-        let e = parse("queue = 77\ncache-sise = \"1G\"\n").unwrap_err();
+        let err = parse("queue = 77\ncache-sise = \"1G\"\n").unwrap_err();
+        assert!(matches!(&err, ConfigError::Invalid { line: Some(2), .. }), "{err:?}");
+        let e = err.to_string();
         assert!(e.starts_with("2: ") && e.contains("cache-sise"), "{e}");
-        let e = parse("queue = 77\n\nqueue-x = 1\ndata-timeout = 5\n").unwrap_err();
+        let e = parse("queue = 77\n\nqueue-x = 1\ndata-timeout = 5\n").unwrap_err().to_string();
         assert!(e.starts_with("3: ") && e.contains("queue-x"), "{e}");
-        let e = parse("data-timeout = \"soon\"\n").unwrap_err();
+        let e = parse("data-timeout = \"soon\"\n").unwrap_err().to_string();
         assert!(e.starts_with("1: data-timeout: "), "{e}");
-        let e = parse("allow-from = [\"10.0.0.0/40\"]\n").unwrap_err();
+        let e = parse("allow-from = [\"10.0.0.0/40\"]\n").unwrap_err().to_string();
         assert!(e.starts_with("1: allow-from: ") && e.contains("prefix"), "{e}");
-        let e = parse("cache-max-bytes = \"lots\"\n").unwrap_err();
+        let e = parse("cache-max-bytes = \"lots\"\n").unwrap_err().to_string();
         assert!(e.starts_with("1: cache-max-bytes: ") && e.contains("bad size"), "{e}");
-        let e = parse("queue = 70000\n").unwrap_err();
+        let e = parse("queue = 70000\n").unwrap_err().to_string();
         assert!(e.starts_with("1: queue: "), "{e}");
     }
 
