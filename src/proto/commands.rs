@@ -110,7 +110,7 @@ impl Session {
             return None;
         }
         if let Err(reason) = policy::check_active(*self.client.ip(), named) {
-            return self.refuse(500, Refusal::Bounce, reason);
+            return self.refuse(500, Refusal::Bounce, reason.to_string());
         }
         let req = DataRequest { mode: Mode::Active, client: self.client, server: self.server, target: named, via: self.via };
         match dp.open(&req) {

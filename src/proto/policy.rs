@@ -7,14 +7,34 @@ use core::net::{Ipv4Addr, SocketAddrV4};
 /// well-known services).
 pub const MIN_ACTIVE_PORT: u16 = 1024;
 
+/// Why a PORT/EPRT is refused as an FTP bounce attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bounce {
+    /// It names a host other than the control connection's client.
+    ThirdParty { named: Ipv4Addr, client: Ipv4Addr },
+    /// It names a privileged port.
+    LowPort(u16),
+}
+
+impl core::fmt::Display for Bounce {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Bounce::ThirdParty { named, client } => write!(f, "data address {named} is not the client's {client}"),
+            Bounce::LowPort(p) => write!(f, "data port {p} is below {MIN_ACTIVE_PORT}"),
+        }
+    }
+}
+
+impl std::error::Error for Bounce {}
+
 /// A PORT/EPRT must name the control connection's own client and an unprivileged port;
 /// anything else is an FTP bounce attempt.
-pub fn check_active(client: Ipv4Addr, named: SocketAddrV4) -> Result<(), String> {
+pub fn check_active(client: Ipv4Addr, named: SocketAddrV4) -> Result<(), Bounce> {
     if *named.ip() != client {
-        return Err(format!("data address {} is not the client's {}", named.ip(), client));
+        return Err(Bounce::ThirdParty { named: *named.ip(), client });
     }
     if named.port() < MIN_ACTIVE_PORT {
-        return Err(format!("data port {} is below {}", named.port(), MIN_ACTIVE_PORT));
+        return Err(Bounce::LowPort(named.port()));
     }
     Ok(())
 }
@@ -39,8 +59,9 @@ mod tests {
     fn bounce_and_low_ports_refused() {
         let c = Ipv4Addr::new(10, 0, 1, 2);
         assert!(check_active(c, "10.0.1.2:40000".parse().unwrap()).is_ok());
-        assert!(check_active(c, "10.0.1.3:40000".parse().unwrap()).is_err());
-        assert!(check_active(c, "10.0.1.2:25".parse().unwrap()).is_err());
+        let other = Ipv4Addr::new(10, 0, 1, 3);
+        assert_eq!(check_active(c, "10.0.1.3:40000".parse().unwrap()), Err(Bounce::ThirdParty { named: other, client: c }));
+        assert_eq!(check_active(c, "10.0.1.2:25".parse().unwrap()), Err(Bounce::LowPort(25)));
     }
 
     #[test]
