@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use crate::cache::Decision;
 use crate::log;
 use crate::nfq_loop::{log_event, Wake};
-use crate::proto::explicit::{Access, Fed, Handoff, ProxyLogin, Step, Streams, Target, MAX_LOGIN_LINE};
+use crate::proto::explicit::{Access, Denied, Fed, Handoff, ProxyLogin, Step, Streams, Target, MAX_LOGIN_LINE};
 use crate::proto::{CheckId, Dir, Via, HOLD_LIMIT};
 use crate::relay::{transparent_listener, CacheCtx, Relay};
 
@@ -253,7 +253,7 @@ fn local_addrs() -> Vec<Ipv4Addr> {
 enum ConnectError {
     UnknownHost(String),
     NoIpv4(String),
-    NotAllowed { host: String, why: String },
+    NotAllowed { host: String, why: Denied },
     Refused { host: String, addr: SocketAddrV4 },
     TimedOut { host: String, addr: SocketAddrV4 },
     Io { host: String, addr: SocketAddrV4, source: io::Error },
@@ -310,7 +310,7 @@ fn connect(target: &Target, access: &Access, timeout: Duration) -> Result<(TcpSt
         }
     });
     let Some(addr) = addr else {
-        return Err(ConnectError::NotAllowed { host: target.host.clone(), why: refusal.unwrap_or_default() });
+        return Err(ConnectError::NotAllowed { host: target.host.clone(), why: refusal.unwrap_or(Denied::NotAHost(*addrs[0].ip())) });
     };
     let s = match TcpStream::connect_timeout(&addr.into(), timeout) {
         Ok(s) => s,

@@ -473,27 +473,51 @@ pub struct Access {
 impl Access {
     /// Whether a client may talk to the proxy at all. Without proxy users, only the networks in
     /// `allow_from` may (none by default: an explicit listener is never an open relay by accident).
-    pub fn client(&self, ip: Ipv4Addr) -> Result<(), String> {
+    pub fn client(&self, ip: Ipv4Addr) -> Result<(), Denied> {
         if !self.allow_from.is_empty() && !self.allow_from.iter().any(|c| c.contains(ip)) {
-            return Err(format!("{ip} is not in --allow-from"));
+            return Err(Denied::NotInAllowFrom(ip));
         }
         if !self.auth && self.allow_from.is_empty() {
-            return Err("no --allow-from networks and no --proxy-users configured".into());
+            return Err(Denied::NoAccessRules);
         }
         Ok(())
     }
 
     /// Whether the proxy may connect to `ip`; `local` are the gateway's own addresses.
-    pub fn dest(&self, ip: Ipv4Addr, local: &[Ipv4Addr]) -> Result<(), String> {
+    pub fn dest(&self, ip: Ipv4Addr, local: &[Ipv4Addr]) -> Result<(), Denied> {
         if ip.is_loopback() || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || local.contains(&ip) {
-            return Err(format!("{ip} is this gateway or not a host"));
+            return Err(Denied::NotAHost(ip));
         }
         if !self.allow_dest.is_empty() && !self.allow_dest.iter().any(|c| c.contains(ip)) {
-            return Err(format!("{ip} is not in --allow-dest"));
+            return Err(Denied::NotInAllowDest(ip));
         }
         Ok(())
     }
 }
+
+/// Why the access rules refuse a client or a destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denied {
+    NotInAllowFrom(Ipv4Addr),
+    /// Neither `--allow-from` networks nor `--proxy-users`: nobody may use the proxy.
+    NoAccessRules,
+    /// The gateway itself, or an address that is not one host.
+    NotAHost(Ipv4Addr),
+    NotInAllowDest(Ipv4Addr),
+}
+
+impl core::fmt::Display for Denied {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Denied::NotInAllowFrom(ip) => write!(f, "{ip} is not in --allow-from"),
+            Denied::NoAccessRules => f.write_str("no --allow-from networks and no --proxy-users configured"),
+            Denied::NotAHost(ip) => write!(f, "{ip} is this gateway or not a host"),
+            Denied::NotInAllowDest(ip) => write!(f, "{ip} is not in --allow-dest"),
+        }
+    }
+}
+
+impl std::error::Error for Denied {}
 
 #[cfg(test)]
 mod tests {
@@ -612,7 +636,7 @@ mod tests {
         assert!(lan.client("10.0.5.2".parse().unwrap()).is_err());
         let local = ["10.0.2.1".parse().unwrap()];
         assert!(lan.dest("10.0.2.2".parse().unwrap(), &local).is_ok());
-        assert!(lan.dest("10.0.2.1".parse().unwrap(), &local).is_err(), "the gateway itself");
+        assert_eq!(lan.dest("10.0.2.1".parse().unwrap(), &local), Err(Denied::NotAHost("10.0.2.1".parse().unwrap())), "the gateway itself");
         assert!(lan.dest("10.0.4.2".parse().unwrap(), &local).is_err());
         assert!(Access::default().dest("127.0.0.1".parse().unwrap(), &[]).is_err());
     }
