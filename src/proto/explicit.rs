@@ -92,20 +92,38 @@ fn reply(code: u16, text: &str) -> Step {
 }
 
 /// Parses `host[:port]`.
-pub fn parse_target(s: &str) -> Result<Target, String> {
+pub fn parse_target(s: &str) -> Result<Target, BadTarget> {
     let s = s.trim();
     let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("bad port {p:?}"))?),
+        Some((h, p)) => (h, p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| BadTarget::Port(p.to_string()))?),
         None => (s, 21),
     };
     let ok = !host.is_empty()
         && host.len() <= 253
         && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
     if !ok {
-        return Err(format!("bad host name {host:?}"));
+        return Err(BadTarget::Host(host.to_string()));
     }
     Ok(Target { host: host.to_string(), port })
 }
+
+/// A `host[:port]` a client named that cannot be a server; `Display` is the reply's text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BadTarget {
+    Port(String),
+    Host(String),
+}
+
+impl core::fmt::Display for BadTarget {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BadTarget::Port(p) => write!(f, "bad port {p:?}"),
+            BadTarget::Host(h) => write!(f, "bad host name {h:?}"),
+        }
+    }
+}
+
+impl std::error::Error for BadTarget {}
 
 impl ProxyLogin {
     pub fn new(auth: bool) -> ProxyLogin {
@@ -158,7 +176,7 @@ impl ProxyLogin {
                 Some((name, host)) => {
                     let t = match parse_target(host) {
                         Ok(t) => t,
-                        Err(e) => return vec![reply(501, &e)],
+                        Err(e) => return vec![reply(501, &e.to_string())],
                     };
                     if name.is_empty() {
                         return vec![reply(501, "USER needs a name before the @")];
@@ -203,7 +221,7 @@ impl ProxyLogin {
                 }
                 match parse_target(arg) {
                     Ok(t) => self.connect(t, Handoff::Greeting),
-                    Err(e) => vec![reply(501, &e)],
+                    Err(e) => vec![reply(501, &e.to_string())],
                 }
             }
             "QUIT" => vec![reply(221, "Goodbye"), Step::Close],
@@ -444,14 +462,32 @@ pub struct Cidr {
 }
 
 impl core::str::FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Cidr, String> {
+    type Err = BadCidr;
+    fn from_str(s: &str) -> Result<Cidr, BadCidr> {
         let (a, l) = s.split_once('/').unwrap_or((s, "32"));
-        let net: Ipv4Addr = a.trim().parse().map_err(|_| format!("bad network {s:?} (expected a.b.c.d/len)"))?;
-        let len: u8 = l.trim().parse().ok().filter(|&l| l <= 32).ok_or_else(|| format!("bad prefix length in {s:?}"))?;
+        let net: Ipv4Addr = a.trim().parse().map_err(|_| BadCidr::Network(s.to_string()))?;
+        let len: u8 = l.trim().parse().ok().filter(|&l| l <= 32).ok_or_else(|| BadCidr::PrefixLength(s.to_string()))?;
         Ok(Cidr { net, len })
     }
 }
+
+/// A network that does not parse as `a.b.c.d/len`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BadCidr {
+    Network(String),
+    PrefixLength(String),
+}
+
+impl core::fmt::Display for BadCidr {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BadCidr::Network(s) => write!(f, "bad network {s:?} (expected a.b.c.d/len)"),
+            BadCidr::PrefixLength(s) => write!(f, "bad prefix length in {s:?}"),
+        }
+    }
+}
+
+impl std::error::Error for BadCidr {}
 
 impl Cidr {
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
