@@ -269,8 +269,10 @@ fn holds_nothing(listing: &str) -> bool {
     })
 }
 
+/// Whether `nft` runs here (asked once per process).
 fn nft_present() -> bool {
-    Command::new(NFT).arg("--version").output().is_ok_and(|o| o.status.success())
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRESENT.get_or_init(|| Command::new(NFT).arg("--version").output().is_ok_and(|o| o.status.success()))
 }
 
 fn run_with_input(prog: &str, args: &[&str], input: &[u8]) -> Result<()> {
