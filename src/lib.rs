@@ -5,11 +5,14 @@
 //!   steers data connections to the relay's transparent sockets;
 //! - [`nfq_loop`]: receives each queued segment, decodes it with [`wire`], runs it through the
 //!   sans-IO [`proto`] session, and writes the verdict back;
+//! - [`driver`]: what the NFQUEUE loop and the explicit [`proxy`] share around a session: the
+//!   wake pipe, the freshness checks' dispatch, event logging;
 //! - [`relay`]: accepts the data connections the rewritten lines announced and splices bytes to
 //!   the real peer.
 pub mod cache;
 pub mod config;
 pub mod conntrack;
+pub mod driver;
 pub mod filter;
 pub mod metrics;
 pub mod netlink;

@@ -5,7 +5,6 @@
 
 use core::net::SocketAddrV4;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -14,9 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nfq::{Message, Queue, Verdict as NfVerdict};
 
-use crate::cache::Decision;
+use crate::driver::{log_events, Checks, Wake};
 use crate::log;
-use crate::proto::{released_timestamps, CheckId, DataId, Dir, Event, Segment, Seq, SeqState, Session, Verdict, HOLD_LIMIT};
+use crate::proto::{released_timestamps, DataId, Dir, Segment, Seq, SeqState, Session, Verdict};
 use crate::relay::forward::Flagged;
 use crate::relay::{CacheCtx, Relay};
 use crate::wire::{Packet, WireError};
@@ -64,31 +63,24 @@ fn raise_priority(prio: u8) {
 
 type Key = (SocketAddrV4, SocketAddrV4);
 
-/// A RETR's segment held while its session's freshness check ([`Session::pending_check`]) runs.
+/// A segment held: a RETR while its session's freshness check ([`Session::pending_check`])
+/// runs, or a server segment carrying a transfer's final reply until its data connection is
+/// done ([`Session::awaiting_data`]).
 struct Held {
     msg: Message,
     /// Its TCP timestamps (TSval, TSecr).
     ts: Option<(u32, u32)>,
-    /// The newest TCP timestamps the client sent while it was held.
+    /// The newest TCP timestamps its sender sent while it was held.
     newest: Option<(u32, u32)>,
 }
 
-/// A server segment carrying a transfer's final reply, held until its data connection is done.
-struct HeldReply {
-    /// The data connection it waits for.
-    id: DataId,
-    msg: Message,
-    ts: Option<(u32, u32)>,
-    /// The newest TCP timestamps the server sent while it was held.
-    newest: Option<(u32, u32)>,
-}
+/// Who a session is, in log lines.
+struct Who(Key);
 
-/// A freshness check's outcome, sent back from its thread.
-struct Checked {
-    session: Key,
-    check: CheckId,
-    decision: Decision,
-    took: Duration,
+impl core::fmt::Display for Who {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "session {} -> {}", self.0 .0, self.0 .1)
+    }
 }
 
 pub struct Helper {
@@ -97,15 +89,16 @@ pub struct Helper {
     cfg: LoopConfig,
     last_sweep: Instant,
     cache: Option<Arc<CacheCtx>>,
+    /// Held RETRs.
     held: HashMap<Key, Held>,
-    /// Final replies held until their data connection is done ([`Session::data_done`]).
-    held_replies: HashMap<Key, HeldReply>,
+    /// Final replies held until their data connection is done ([`Session::data_done`]), with
+    /// the connection's id.
+    held_replies: HashMap<Key, (DataId, Held)>,
     /// Data connections that ended, from the relay's threads.
     done_rx: Receiver<DataId>,
     /// Held segments of connections that were replaced, waiting for their drop verdict.
     stale: Vec<Message>,
-    tx: Sender<Checked>,
-    rx: Receiver<Checked>,
+    checks: Checks<Key>,
     wake: Arc<Wake>,
     state_writer: Option<Sender<String>>,
     /// Offsets changed since the state file was last handed to the writer: it is saved once
@@ -151,7 +144,6 @@ const STATE_HEADER: &str = "#ftpgate-state ";
 
 impl Helper {
     pub fn new(mut relay: Relay, cache: Option<Arc<CacheCtx>>, cfg: LoopConfig) -> Result<Helper> {
-        let (tx, rx) = channel();
         let wake = Arc::new(Wake::new().context("cannot create a pipe")?);
         let (done_tx, done_rx) = channel();
         let w = wake.clone();
@@ -175,13 +167,12 @@ impl Helper {
             relay,
             cfg,
             last_sweep: Instant::now(),
+            checks: Checks::new(wake.clone(), cache.clone()),
             cache,
             held: HashMap::new(),
             held_replies: HashMap::new(),
             done_rx,
             stale: Vec::new(),
-            tx,
-            rx,
             wake,
             state_writer,
             state_dirty: false,
@@ -232,7 +223,7 @@ impl Helper {
             if let Some(h) = self.held.remove(&key) {
                 self.stale.push(h.msg); // the old connection's held segment is dropped
             }
-            if let Some(h) = self.held_replies.remove(&key) {
+            if let Some((_, h)) = self.held_replies.remove(&key) {
                 self.stale.push(h.msg);
             }
         }
@@ -263,7 +254,7 @@ impl Helper {
         if let Some(t) = pkt.ts {
             let newest = match dir {
                 Dir::ToServer => self.held.get_mut(&key).map(|h| h.newest.get_or_insert(t)),
-                Dir::ToClient => self.held_replies.get_mut(&key).map(|h| h.newest.get_or_insert(t)),
+                Dir::ToClient => self.held_replies.get_mut(&key).map(|(_, h)| h.newest.get_or_insert(t)),
             };
             if let Some(newest) = newest {
                 if Seq::new(t.0) > Seq::new(newest.0) {
@@ -290,7 +281,7 @@ impl Helper {
             // a to-client hold always names its data connection; without one (never), 0 matches
             // no notification and the session's deadline releases it
             let id = self.sessions.get(&key).and_then(|s| s.awaiting_data()).unwrap_or(0);
-            if let Some(old) = self.held_replies.insert(key, HeldReply { id, msg, ts, newest: None }) {
+            if let Some((_, old)) = self.held_replies.insert(key, (id, Held { msg, ts, newest: None })) {
                 self.stale.push(old.msg);
             }
             return None;
@@ -300,9 +291,9 @@ impl Helper {
                 // only possible when a dead connection's segment is still held: drop it
                 self.stale.push(old.msg);
             }
-            match self.sessions.get(&key).and_then(Session::pending_check) {
-                Some(check) => self.start_check(key, check),
-                None => self.wake.notify(), // (never) nothing to ask: released at once
+            match self.sessions.get(&key) {
+                Some(s) if s.pending_check().is_some() => self.checks.ask(key, s),
+                _ => self.wake.notify(), // (never) nothing to ask: released at once
             }
             return None;
         }
@@ -311,117 +302,76 @@ impl Helper {
     }
 
     fn drain_events(&mut self, key: Key) {
-        let Some(session) = self.sessions.get_mut(&key) else { return };
-        while let Some(ev) = session.poll_event() {
-            log_event(&key, session.user(), ev);
+        if let Some(session) = self.sessions.get_mut(&key) {
+            log_events(&key, session);
         }
     }
 
-    /// Asks the server on a thread of its own; the answer comes back through the channel.
-    fn start_check(&mut self, key: Key, check: CheckId) {
-        let (tx, wake) = (self.tx.clone(), self.wake.clone());
-        crate::relay::check_held(&self.sessions[&key], self.cache.as_ref(), move |decision, took| {
-            let _ = tx.send(Checked { session: key, check, decision, took });
-            wake.notify();
-        });
-    }
-
-    /// Releases held packets whose checks answered or whose time is up; returns them ready
-    /// for their verdicts.
+    /// Releases held segments: RETRs whose freshness checks answered, final replies whose data
+    /// connections ended, both whose deadlines passed ([`Session::handle_timeout`]), and those
+    /// their session no longer holds (dropped). Returns them ready for their verdicts.
     fn release_ready(&mut self, now: Instant) -> Vec<Message> {
         self.wake.drain();
-        // (session, the check answered — None: nothing pending, the segment is dropped — ...)
-        let mut ready: Vec<(Key, Option<CheckId>, Decision, Duration)> = Vec::new();
-        while let Ok(c) = self.rx.try_recv() {
-            ready.push((c.session, Some(c.check), c.decision, c.took));
-        }
-        for k in self.held.keys() {
-            let session = self.sessions.get(k);
-            match session.and_then(Session::pending_check) {
-                None => ready.push((*k, None, Decision::Bypass, Duration::ZERO)),
-                Some(_) => {
-                    if let Some(c) = session.and_then(|s| s.check_timed_out(now)) {
-                        ready.push((*k, Some(c), Decision::Bypass, HOLD_LIMIT));
-                    }
-                }
-            }
-        }
         let mut out = Vec::new();
-        for (key, check, decision, took) in ready {
-            let pending = self.sessions.get(&key).and_then(Session::pending_check);
-            if check.is_some() && pending != check {
-                continue; // already released, or an earlier connection's
+        for a in self.checks.answers() {
+            let Some(s) = self.sessions.get_mut(&a.id) else { continue };
+            if a.applies_to(s, &Who(a.id)) {
+                let v = s.release(a.decision, &mut self.relay);
+                self.finish(a.id, Dir::ToServer, v, &mut out);
             }
-            let Some(mut h) = self.held.remove(&key) else { continue };
-            let verdict = match check {
-                Some(_) => self.sessions.get_mut(&key).and_then(|s| s.release(decision, &mut self.relay)),
-                None => None,
+        }
+        while let Ok(id) = self.done_rx.try_recv() {
+            // few replies are held at once: a scan finds the one waiting for `id`
+            let Some((&key, _)) = self.held_replies.iter().find(|(_, (d, _))| *d == id) else { continue };
+            if let Some(v) = self.sessions.get_mut(&key).and_then(|s| s.data_done(&mut self.relay)) {
+                self.finish(key, Dir::ToClient, Some(v), &mut out);
+            }
+        }
+        let mut holding: Vec<Key> = self.held.keys().chain(self.held_replies.keys()).copied().collect();
+        holding.sort_unstable();
+        holding.dedup();
+        for key in holding {
+            let Some(s) = self.sessions.get_mut(&key) else {
+                self.finish(key, Dir::ToServer, None, &mut out);
+                self.finish(key, Dir::ToClient, None, &mut out);
+                continue;
             };
-            self.state_dirty = true;
-            if check.is_some() {
-                log!("session {} -> {}: freshness check {decision:?} in {:.3} s", key.0, key.1, took.as_secs_f64());
+            let (retr_orphan, reply_orphan) = (s.pending_check().is_none(), s.awaiting_data().is_none());
+            let released = if s.poll_timeout().is_some_and(|d| d <= now) { s.handle_timeout(now, &mut self.relay) } else { Default::default() };
+            if released.retr.is_some() || retr_orphan {
+                self.finish(key, Dir::ToServer, released.retr, &mut out);
             }
-            self.drain_events(key);
-            // segments that passed while this one was held (probes, ACKs) carried newer TCP
-            // timestamps: going out with its own older one, PAWS would have the server drop it
-            let ts = released_timestamps(h.ts, h.newest);
-            match verdict {
-                Some(v) => {
-                    let edited = match &v {
-                        Verdict::Edit(e) => Some(Packet::parse(h.msg.get_payload()).and_then(|p| p.edited(e, ts))),
-                        _ => None,
-                    };
-                    apply(&mut h.msg, v, edited, &key);
-                }
-                None => h.msg.set_verdict(NfVerdict::Drop),
+            if released.reply.is_some() || reply_orphan {
+                self.finish(key, Dir::ToClient, released.reply, &mut out);
             }
-            out.push(h.msg);
         }
         out
+    }
+
+    /// The held segment of `key` in `dir` goes out with verdict `v` (`None`: dropped).
+    fn finish(&mut self, key: Key, dir: Dir, v: Option<Verdict>, out: &mut Vec<Message>) {
+        let held = match dir {
+            Dir::ToServer => self.held.remove(&key),
+            Dir::ToClient => self.held_replies.remove(&key).map(|(_, h)| h),
+        };
+        let Some(mut h) = held else { return };
+        self.state_dirty = true;
+        self.drain_events(key);
+        // segments that passed while this one was held (probes, ACKs) carried newer TCP
+        // timestamps: going out with its own older one, PAWS would have the peer drop it
+        let ts = released_timestamps(h.ts, h.newest);
+        let v = v.unwrap_or(Verdict::Drop);
+        let edited = match &v {
+            Verdict::Edit(e) => Some(Packet::parse(h.msg.get_payload()).and_then(|p| p.edited(e, ts))),
+            _ => None,
+        };
+        apply(&mut h.msg, v, edited, &key);
+        out.push(h.msg);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
         let holding = self.held_replies.keys().chain(self.held.keys());
         holding.filter_map(|k| self.sessions.get(k)?.poll_timeout()).min()
-    }
-
-    /// Releases final replies whose data connections ended (or whose deadline passed); returns
-    /// them ready for their verdicts.
-    fn release_replies(&mut self, now: Instant) -> Vec<Message> {
-        let mut ready: Vec<(Key, Option<Verdict>)> = Vec::new();
-        while let Ok(id) = self.done_rx.try_recv() {
-            // few replies are held at once: a scan finds the one waiting for `id`
-            let Some((&key, _)) = self.held_replies.iter().find(|(_, h)| h.id == id) else { continue };
-            if let Some(s) = self.sessions.get_mut(&key) {
-                let v = s.data_done(&mut self.relay);
-                ready.push((key, v));
-            }
-        }
-        for key in self.held_replies.keys().copied().collect::<Vec<_>>() {
-            let Some(s) = self.sessions.get_mut(&key) else {
-                ready.push((key, Some(Verdict::Drop)));
-                continue;
-            };
-            if s.poll_timeout().is_some_and(|d| d <= now) {
-                let v = s.handle_timeout(now, &mut self.relay);
-                ready.push((key, v));
-            }
-        }
-        let mut out = Vec::new();
-        for (key, v) in ready {
-            let Some(v) = v else { continue };
-            let Some(mut h) = self.held_replies.remove(&key) else { continue };
-            self.state_dirty = true;
-            self.drain_events(key);
-            let ts = released_timestamps(h.ts, h.newest);
-            let edited = match &v {
-                Verdict::Edit(e) => Some(Packet::parse(h.msg.get_payload()).and_then(|p| p.edited(e, ts))),
-                _ => None,
-            };
-            apply(&mut h.msg, v, edited, &key);
-            out.push(h.msg);
-        }
-        out
     }
 
     /// Shows the sessions on the status board, about once a second.
@@ -538,36 +488,6 @@ fn state_lines(text: &str) -> Vec<(Key, SeqState)> {
         .collect()
 }
 
-/// A self-pipe that wakes the queue loop when a freshness check answers.
-pub(crate) struct Wake {
-    r: OwnedFd,
-    w: OwnedFd,
-}
-
-impl Wake {
-    pub(crate) fn fd(&self) -> i32 {
-        self.r.as_raw_fd()
-    }
-    pub(crate) fn new() -> std::io::Result<Wake> {
-        let mut fds = [0i32; 2];
-        // SAFETY: pipe2 writes two fds into the array.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: both fds are fresh and owned from here on.
-        Ok(unsafe { Wake { r: OwnedFd::from_raw_fd(fds[0]), w: OwnedFd::from_raw_fd(fds[1]) } })
-    }
-    pub(crate) fn notify(&self) {
-        // SAFETY: one byte from a live buffer; a full pipe already wakes the loop.
-        unsafe { libc::write(self.w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
-    }
-    pub(crate) fn drain(&self) {
-        let mut buf = [0u8; 64];
-        // SAFETY: reads into a live buffer from a non-blocking pipe.
-        while unsafe { libc::read(self.r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
-    }
-}
-
 /// The file descriptors of this process's NETLINK_NETFILTER sockets.
 fn netfilter_sockets() -> Vec<i32> {
     let mut out = Vec::new();
@@ -586,36 +506,6 @@ fn netfilter_sockets() -> Vec<i32> {
         }
     }
     out
-}
-
-pub(crate) fn log_event(key: &Key, user: Option<&str>, ev: Event) {
-    let who = format!("session {} -> {} ({})", key.0, key.1, user.unwrap_or("-"));
-    match ev {
-        Event::User(u) => log!("{who}: login as {u:?}"),
-        Event::Rewrote { from, to, .. } => {
-            let kind = from.split([' ', '-']).next().unwrap_or("other").to_ascii_uppercase();
-            crate::metrics::m().rewrite(&kind);
-            log!("{who}: rewrote {from:?} -> {to:?}")
-        }
-        Event::Refused { kind, reason } => {
-            crate::metrics::m().refusal(kind.label());
-            crate::warn!("{who}: refused: {reason}")
-        }
-        Event::Malformed { dir, line, why } => log!("{who}: malformed {dir:?} line {line:?} passed through: {why}"),
-        Event::TlsStarted => log!("{who}: AUTH TLS accepted; passing the encrypted session through"),
-        Event::Retr { path, binary, ok } => log!(
-            "{who}: RETR {} ({}) {}",
-            path.as_deref().unwrap_or("(relative; working directory unknown)"),
-            if binary { "binary" } else { "ascii" },
-            if ok { "completed" } else { "failed" }
-        ),
-        Event::Cache { path, outcome } => {
-            crate::metrics::m().cache(outcome.split(' ').next().unwrap_or("other"));
-            log!("{who}: RETR {path}: {outcome}")
-        }
-        Event::CheckFresh(k) => log!("{who}: RETR {}: cached; asking the server whether it changed", k.path),
-        Event::Note(n) => log!("{who}: {n}"),
-    }
 }
 
 
@@ -665,7 +555,7 @@ pub fn run(mut helper: Helper) -> Result<()> {
         let wait = helper.next_deadline().map_or(1000, |d| d.saturating_duration_since(now).as_millis().min(1000) as i32);
         let mut pfds = [
             libc::pollfd { fd: qfd, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: helper.wake.r.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: helper.wake.fd(), events: libc::POLLIN, revents: 0 },
         ];
         // SAFETY: two valid pollfds.
         if unsafe { libc::poll(pfds.as_mut_ptr(), 2, wait) } < 0 {
@@ -676,9 +566,6 @@ pub fn run(mut helper: Helper) -> Result<()> {
         }
         if pfds[1].revents != 0 || helper.next_deadline().is_some_and(|d| d <= Instant::now()) {
             for msg in helper.release_ready(Instant::now()) {
-                queue.verdict(msg).context("NFQUEUE verdict failed")?;
-            }
-            for msg in helper.release_replies(Instant::now()) {
                 queue.verdict(msg).context("NFQUEUE verdict failed")?;
             }
         }

@@ -19,11 +19,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cache::Decision;
 use crate::log;
-use crate::nfq_loop::{log_event, Wake};
+use crate::driver::{log_events, Answer, Checks, Wake};
 use crate::proto::explicit::{Access, Denied, Fed, Handoff, ProxyLogin, Step, Streams, Target, MAX_LOGIN_LINE};
-use crate::proto::{CheckId, Dir, Via, HOLD_LIMIT};
+use crate::proto::{Dir, Via};
 use crate::relay::{transparent_listener, CacheCtx, Relay};
 
 /// A connection that has not reached its server within this long is closed.
@@ -143,7 +142,6 @@ enum Ready {
 enum Done {
     Verified { conn: u64, ok: bool },
     Connected { conn: u64, target: Target, r: Result<(TcpStream, Vec<u8>), ConnectError> },
-    Checked { conn: u64, check: CheckId, decision: Decision, took: Duration },
     /// A data connection ended (a held final reply may go on).
     DataEnded { id: crate::proto::DataId },
 }
@@ -187,11 +185,11 @@ struct Proxy {
     conns: HashMap<u64, Conn>,
     next_conn: u64,
     relay: Relay,
-    cache: Option<Arc<CacheCtx>>,
     throttle: Arc<Throttle>,
     users: Option<Arc<Users>>,
     tx: Sender<Done>,
     rx: Receiver<Done>,
+    checks: Checks<u64>,
     wake: Arc<Wake>,
 }
 
@@ -219,11 +217,11 @@ pub fn spawn(mut cfg: ProxyConfig, mut relay: Relay, cache: Option<Arc<CacheCtx>
         conns: HashMap::new(),
         next_conn: 1,
         relay,
-        cache,
         throttle: Arc::default(),
         users,
         tx,
         rx,
+        checks: Checks::new(wake.clone(), cache),
         wake,
     };
     for a in &p.cfg.listen {
@@ -716,6 +714,9 @@ impl Proxy {
 
     /// Answers from the helper threads.
     fn reports(&mut self, now: Instant) {
+        for a in self.checks.answers() {
+            self.release(a, now);
+        }
         while let Ok(d) = self.rx.try_recv() {
             match d {
                 Done::Verified { conn, ok } => {
@@ -725,12 +726,12 @@ impl Proxy {
                     self.login_lines(conn, now);
                 }
                 Done::Connected { conn, target, r } => self.connected(conn, target, r, now),
-                Done::Checked { conn, check, decision, took } => self.release(conn, check, decision, took, now),
                 Done::DataEnded { id } => {
                     let conn = self.conns.iter().find(|(_, c)| c.up.as_ref().is_some_and(|u| u.st.awaiting_data() == Some(id)));
-                    if let Some(&conn) = conn.map(|(k, _)| k) {
-                        self.reply_released(conn, |st, dp, now| st.data_done(dp, now), now);
-                    }
+                    let Some(&conn) = conn.map(|(k, _)| k) else { continue };
+                    let Some(u) = self.conns.get_mut(&conn).and_then(|c| c.up.as_mut()) else { continue };
+                    let f = u.st.data_done(&mut self.relay, now);
+                    self.reply_released(conn, f);
                 }
             }
         }
@@ -791,24 +792,25 @@ impl Proxy {
 
     /// A RETR waits for its freshness check; reading from the client stops meanwhile.
     fn hold(&mut self, id: u64) {
-        let Some(u) = self.conns.get(&id).and_then(|c| c.up.as_ref()) else { return };
-        let Some(check) = u.st.session.pending_check() else { return };
-        let (tx, wake) = (self.tx.clone(), self.wake.clone());
-        crate::relay::check_held(&u.st.session, self.cache.as_ref(), move |decision, took| {
-            let _ = tx.send(Done::Checked { conn: id, check, decision, took });
-            wake.notify();
-        });
+        if let Some(u) = self.conns.get(&id).and_then(|c| c.up.as_ref()) {
+            self.checks.ask(id, &u.st.session);
+        }
     }
 
-    fn release(&mut self, id: u64, check: CheckId, decision: Decision, took: Duration, now: Instant) {
-        let Some(c) = self.conns.get_mut(&id) else { return };
+    fn release(&mut self, a: Answer<u64>, now: Instant) {
+        let Some(c) = self.conns.get_mut(&a.id) else { return };
         let who = c.who();
         let Some(u) = c.up.as_mut() else { return };
-        if u.st.session.pending_check() != Some(check) {
+        if !a.applies_to(&u.st.session, &who) {
             return; // already released
         }
-        log!("{who}: freshness check {decision:?} in {:.3} s", took.as_secs_f64());
-        let f = u.st.release(decision, &mut self.relay, now);
+        let f = u.st.release(a.decision, &mut self.relay, now);
+        self.retr_released(a.id, f);
+    }
+
+    /// The held RETR went on (with what the client sent behind it).
+    fn retr_released(&mut self, id: u64, f: Fed) {
+        let Some(u) = self.conns.get_mut(&id).and_then(|c| c.up.as_mut()) else { return };
         u.to_server.extend_from_slice(&f.out);
         if write_some(&mut u.server, &mut u.to_server).is_err() {
             return self.close(id, "server write failed");
@@ -821,11 +823,9 @@ impl Proxy {
     }
 
     /// A held final reply goes on to the client (with what the server sent behind it).
-    fn reply_released(&mut self, id: u64, f: impl FnOnce(&mut Streams, &mut Relay, Instant) -> Fed, now: Instant) {
+    fn reply_released(&mut self, id: u64, f: Fed) {
         let Some(c) = self.conns.get_mut(&id) else { return };
-        let Some(u) = c.up.as_mut() else { return };
-        let out = f(&mut u.st, &mut self.relay, now).out;
-        c.to_client.extend_from_slice(&out);
+        c.to_client.extend_from_slice(&f.out);
         if write_some(&mut c.client, &mut c.to_client).is_err() {
             return self.close(id, "client write failed");
         }
@@ -836,10 +836,7 @@ impl Proxy {
     fn events(&mut self, id: u64) {
         let Some(c) = self.conns.get_mut(&id) else { return };
         let Some(u) = c.up.as_mut() else { return };
-        let key = (c.peer, u.addr);
-        while let Some(ev) = u.st.session.poll_event() {
-            log_event(&key, u.st.session.user(), ev);
-        }
+        log_events(&(c.peer, u.addr), &mut u.st.session);
     }
 
     fn maybe_close(&mut self, id: u64) {
@@ -863,30 +860,25 @@ impl Proxy {
         }
     }
 
-    /// Releases RETRs whose check took too long; closes idle connections.
+    /// Releases what the sessions' deadlines release ([`Streams::handle_timeout`]); closes idle
+    /// connections.
     fn expire(&mut self, now: Instant) {
-        let mut late = Vec::new();
+        let mut due = Vec::new();
         let mut idle = Vec::new();
         for (&id, c) in &self.conns {
-            if let Some(check) = c.up.as_ref().and_then(|u| u.st.session.check_timed_out(now)) {
-                late.push((id, check));
+            if c.up.as_ref().is_some_and(|u| u.st.session.poll_timeout().is_some_and(|d| d <= now)) {
+                due.push(id);
             }
             let limit = if c.up.is_some() { self.cfg.idle } else { LOGIN_IDLE };
             if now.duration_since(c.last) > limit && c.up.as_ref().is_none_or(|u| u.st.session.pending_check().is_none()) {
                 idle.push(id);
             }
         }
-        for (id, check) in late {
-            self.release(id, check, Decision::Bypass, HOLD_LIMIT, now);
-        }
-        let due: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.up.as_ref().is_some_and(|u| u.st.awaiting_data().is_some() && u.st.session.poll_timeout().is_some_and(|d| d <= now)))
-            .map(|(&id, _)| id)
-            .collect();
         for id in due {
-            self.reply_released(id, |st, dp, now| st.handle_timeout(now, dp), now);
+            let Some(u) = self.conns.get_mut(&id).and_then(|c| c.up.as_mut()) else { continue };
+            let (retr, reply) = u.st.handle_timeout(now, &mut self.relay);
+            self.retr_released(id, retr);
+            self.reply_released(id, reply);
         }
         for id in idle {
             if let Some(c) = self.conns.get_mut(&id) {

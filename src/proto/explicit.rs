@@ -348,13 +348,15 @@ impl Streams {
         self.release_reply(v, dp, now)
     }
 
-    /// Deadlines of the session (see [`Session::handle_timeout`]).
-    pub fn handle_timeout(&mut self, now: Instant, dp: &mut dyn DataPlane) -> Fed {
-        if self.held_reply.is_none() {
-            return Fed::default();
-        }
-        let v = self.session.handle_timeout(now, dp);
-        self.release_reply(v, dp, now)
+    /// Deadlines of the session (see [`Session::handle_timeout`]): what goes to the server (a
+    /// held RETR released as a bypass), and what to the client (a held final reply).
+    pub fn handle_timeout(&mut self, now: Instant, dp: &mut dyn DataPlane) -> (Fed, Fed) {
+        let r = self.session.handle_timeout(now, dp);
+        let to_server = match r.retr {
+            Some(v) => self.release_retr(Some(v), dp, now),
+            None => Fed::default(),
+        };
+        (to_server, self.release_reply(r.reply, dp, now))
     }
 
     fn release_reply(&mut self, v: Option<Verdict>, dp: &mut dyn DataPlane, now: Instant) -> Fed {
@@ -420,8 +422,16 @@ impl Streams {
 
     /// The held RETR goes on as the freshness check decided, followed by what came behind it.
     pub fn release(&mut self, decision: Decision, dp: &mut dyn DataPlane, now: Instant) -> Fed {
+        if self.held.is_none() {
+            return Fed::default();
+        }
+        let v = self.session.release(decision, dp);
+        self.release_retr(v, dp, now)
+    }
+
+    fn release_retr(&mut self, v: Option<Verdict>, dp: &mut dyn DataPlane, now: Instant) -> Fed {
         let Some((seq, bytes)) = self.held.take() else { return Fed::default() };
-        let mut out = match self.session.release(decision, dp) {
+        let mut out = match v {
             Some(v) => self.deliver(Dir::ToServer, v, seq, &bytes),
             None => Vec::new(),
         };

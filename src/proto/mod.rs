@@ -381,6 +381,29 @@ impl Session {
         self.last_seen + if self.has_length_changes() { mapped_idle } else { idle }
     }
 
+    /// When [`Session::handle_timeout`] must be called next: the earlier of the held final
+    /// reply's and the held RETR's deadlines.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let reply = self.reply_hold.as_ref().map(|h| h.deadline);
+        let check = self.hold.as_ref().map(|h| h.deadline);
+        reply.into_iter().chain(check).min()
+    }
+    /// The deadlines due at `now`: a held RETR whose freshness check did not answer within
+    /// [`HOLD_LIMIT`] goes on as a bypass; a held final reply whose data connection made no
+    /// progress for [`REPLY_HOLD_STEP`] goes to the client as the server sent it. Returns the
+    /// verdicts of the segments so released.
+    pub fn handle_timeout(&mut self, now: Instant, dp: &mut dyn DataPlane) -> Released {
+        let mut retr = None;
+        if self.hold.as_ref().is_some_and(|h| now >= h.deadline) {
+            self.events.push_back(Event::Note(format!(
+                "freshness check unanswered after {} s; the RETR goes to the server",
+                HOLD_LIMIT.as_secs()
+            )));
+            retr = self.release(Decision::Bypass, dp);
+        }
+        Released { retr, reply: self.reply_timeout(now, dp) }
+    }
+
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }

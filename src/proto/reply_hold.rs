@@ -32,17 +32,8 @@ impl Session {
     pub fn awaiting_data(&self) -> Option<DataId> {
         self.reply_hold.as_ref().map(|h| h.id)
     }
-    /// When [`Session::handle_timeout`] (a held final reply) or [`Session::check_timed_out`] (a
-    /// held RETR) must be asked next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let reply = self.reply_hold.as_ref().map(|h| h.deadline);
-        let check = self.hold.as_ref().map(|h| h.deadline);
-        reply.into_iter().chain(check).min()
-    }
-    /// Deadlines: a held final reply whose data connection made no progress for
-    /// [`REPLY_HOLD_STEP`] goes to the client as the server sent it. Returns the held
-    /// segment's verdict when it is released.
-    pub fn handle_timeout(&mut self, now: Instant, dp: &mut dyn DataPlane) -> Option<Verdict> {
+    /// The held final reply's deadline (see [`Session::handle_timeout`]).
+    pub(super) fn reply_timeout(&mut self, now: Instant, dp: &mut dyn DataPlane) -> Option<Verdict> {
         let h = self.reply_hold.as_mut()?;
         if now < h.deadline {
             return None;

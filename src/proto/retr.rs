@@ -131,15 +131,10 @@ impl Session {
     }
 
     /// The freshness check the held RETR waits for (after [`Verdict::Hold`]): ask the server
-    /// and answer with [`Session::release`] if this is still the pending check then.
+    /// and answer with [`Session::release`] if this is still the pending check then (past its
+    /// deadline [`Session::handle_timeout`] releases it).
     pub fn pending_check(&self) -> Option<CheckId> {
         self.hold.as_ref().map(|h| h.check)
-    }
-
-    /// The pending check whose time ([`HOLD_LIMIT`]) is up at `now`: release it as
-    /// [`Decision::Bypass`].
-    pub fn check_timed_out(&self, now: Instant) -> Option<CheckId> {
-        self.hold.as_ref().filter(|h| now >= h.deadline).map(|h| h.check)
     }
 
     /// Resolves a held RETR with the freshness check's answer; returns the held segment's

@@ -137,9 +137,8 @@ impl Pair {
                 // the freshness check answers; then the held segment goes out
                 let decision = self.answer.pop_front().expect("held without an answer queued");
                 // the session owns the check's deadline
-                let check = self.s.pending_check().expect("held without a pending check");
-                assert_eq!(self.s.check_timed_out(self.now), None);
-                assert_eq!(self.s.check_timed_out(self.now + crate::proto::HOLD_LIMIT), Some(check));
+                assert!(self.s.pending_check().is_some(), "held without a pending check");
+                assert_eq!(self.s.handle_timeout(self.now, &mut self.dp), crate::proto::Released::default());
                 assert!(self.s.poll_timeout().is_some_and(|d| d <= self.now + crate::proto::HOLD_LIMIT));
                 let released = self.s.release(decision, &mut self.dp);
                 assert_eq!(self.s.pending_check(), None, "answered, still pending");
@@ -481,6 +480,24 @@ fn stale_or_unconfirmed_retr_goes_out_unchanged() {
         };
         assert_eq!(p.dp.transfers, want, "{d:?}");
     }
+}
+
+#[test]
+fn unanswered_check_releases_the_retr_at_its_deadline_as_a_bypass() {
+    let mut p = cache_session(&[]);
+    let (seq, ack) = (p.c.snd_nxt, p.c.rcv_nxt);
+    let now = p.now;
+    assert_eq!(p.s.handle_segment(Dir::ToServer, &seg(seq, ack, b"RETR f.bin\r\n"), &mut p.dp, now), Verdict::Hold);
+    assert!(p.s.pending_check().is_some());
+    let d = p.s.poll_timeout().expect("a held RETR has a deadline");
+    assert!(d <= now + crate::proto::HOLD_LIMIT);
+    assert_eq!(p.s.handle_timeout(d - Duration::from_millis(1), &mut p.dp), Released::default());
+    let Released { retr: Some(Verdict::Edit(e)), reply: None } = p.s.handle_timeout(d, &mut p.dp) else { panic!("not released") };
+    assert_eq!(e.payload.as_deref(), Some(&b"RETR f.bin\r\n"[..]));
+    assert_eq!(p.s.pending_check(), None);
+    assert!(p.dp.transfers.is_empty(), "a bypass neither serves nor captures: {:?}", p.dp.transfers);
+    let evs: Vec<_> = std::iter::from_fn(|| p.s.poll_event()).collect();
+    assert!(evs.iter().any(|e| matches!(e, Event::Note(n) if n.contains("unanswered"))), "{evs:?}");
 }
 
 #[test]
@@ -854,14 +871,14 @@ fn stalled_data_connection_releases_the_reply_at_its_deadline() {
     let now = p.now;
     assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq, ack, b"226 done\r\n"), &mut p.dp, now), Verdict::Hold);
     let d = p.s.poll_timeout().unwrap();
-    assert_eq!(p.s.handle_timeout(d - Duration::from_millis(1), &mut p.dp), None);
+    assert_eq!(p.s.handle_timeout(d - Duration::from_millis(1), &mut p.dp), Released::default());
     // progress extends the hold
     p.dp.state = Some(DataState::Busy { moved: 1000 });
-    assert_eq!(p.s.handle_timeout(d, &mut p.dp), None);
+    assert_eq!(p.s.handle_timeout(d, &mut p.dp), Released::default());
     let d2 = p.s.poll_timeout().unwrap();
     assert!(d2 > d);
     // none since: the server's reply goes on unchanged
-    let Some(Verdict::Edit(e)) = p.s.handle_timeout(d2, &mut p.dp) else { panic!("not released") };
+    let Released { retr: None, reply: Some(Verdict::Edit(e)) } = p.s.handle_timeout(d2, &mut p.dp) else { panic!("not released") };
     assert_eq!(e.payload.as_deref(), Some(&b"226 done\r\n"[..]));
 }
 

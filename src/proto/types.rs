@@ -28,6 +28,16 @@ pub struct Segment<'a> {
     pub payload: &'a [u8],
 }
 
+/// What [`Session::handle_timeout`](super::Session::handle_timeout) released: the verdicts of
+/// the held segments whose deadline passed, by the hold they were in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Released {
+    /// The held RETR (its freshness check unanswered: it goes to the server as a bypass).
+    pub retr: Option<Verdict>,
+    /// The held final reply.
+    pub reply: Option<Verdict>,
+}
+
 /// What to do with a segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {

@@ -40,7 +40,7 @@ use crate::cache::{decide, settled, Answer, Decision, Key, Login, Meta};
 use crate::log;
 use crate::metrics;
 use crate::nft;
-use crate::proto::{DataId, DataOutcome, DataPlane, OpenError, DataRequest, DataState, Described, Mode, Opened, Session, Transfer};
+use crate::proto::{DataId, DataOutcome, DataPlane, OpenError, DataRequest, DataState, Described, Mode, Opened, Transfer};
 use crate::xferlog;
 
 #[derive(Clone, Debug)]
@@ -89,26 +89,6 @@ impl CacheCtx {
             self.store.remove(entry);
         }
         decision
-    }
-}
-
-/// Checks the RETR `session` holds on a thread of its own and calls `answer` there with the
-/// decision and the time it took — at once with `Bypass` when there is no cache, no login or
-/// no thread to ask with. The control loops pass an `answer` that queues the result and wakes
-/// them.
-pub fn check_held(session: &Session, cache: Option<&Arc<CacheCtx>>, answer: impl Fn(Decision, Duration) + Send + Sync + 'static) {
-    let (Some(cache), Some(login), Some(entry)) = (cache.cloned(), session.login(), session.held_key().cloned()) else {
-        return answer(Decision::Bypass, Duration::ZERO);
-    };
-    let answer = Arc::new(answer);
-    let from_thread = answer.clone();
-    let spawned = std::thread::Builder::new().name("ftpgate-check".into()).spawn(move || {
-        let t = Instant::now();
-        let decision = cache.freshness(&login, &entry);
-        from_thread(decision, t.elapsed());
-    });
-    if spawned.is_err() {
-        answer(Decision::Bypass, Duration::ZERO);
     }
 }
 
