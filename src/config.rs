@@ -23,6 +23,7 @@ pub struct Options {
     pub mark: Option<u32>,
     pub table: Option<u32>,
     pub cache_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
     pub data_timeout: Option<u64>,
     pub idle_timeout: Option<u64>,
     #[serde(default, deserialize_with = "size")]
@@ -195,7 +196,7 @@ impl Options {
             ($($f:ident),*) => { Options { $($f: self.$f.or(file.$f)),* } };
         }
         pick!(
-            queue, fail_closed, mark, table, cache_dir, data_timeout, idle_timeout, cache_max_bytes, cache_settle, cache_write_buffer,
+            queue, fail_closed, mark, table, cache_dir, state_dir, data_timeout, idle_timeout, cache_max_bytes, cache_settle, cache_write_buffer,
             check_timeout, check_connections, queue_priority, data_nice, data_priority, no_cache, no_refetch, data_forwarding, max_sessions, max_data, listen, proxy_users, allow_from, allow_dest,
             connect_timeout, metrics, xferlog, drain_timeout, log
         )
@@ -215,6 +216,7 @@ fail-closed = true
 mark = "0x20000"
 table = 99
 cache-dir = "/var/cache/ftpgate"
+state-dir = "/var/lib/ftpgate"
 cache-max-bytes = "2G"
 cache-write-buffer = "32M"
 data-nice = 12

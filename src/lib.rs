@@ -10,6 +10,7 @@
 //! - [`relay`]: accepts the data connections the rewritten lines announced and splices bytes to
 //!   the real peer.
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod conntrack;
 pub mod driver;
@@ -24,6 +25,7 @@ pub mod proto;
 pub mod proxy;
 pub mod wire;
 pub mod relay;
+pub mod settings;
 pub mod status;
 pub mod xferlog;
 

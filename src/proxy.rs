@@ -33,6 +33,12 @@ const MAX_BUFFERED: usize = 256 << 10;
 /// Proxy users: `name:hash` a line, the hash an Argon2 PHC string (`ftpgate proxy-passwd`).
 pub struct Users(HashMap<String, String>);
 
+impl core::fmt::Debug for Users {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Users({} names)", self.0.len()) // never the hashes
+    }
+}
+
 impl Users {
     pub fn load(path: &Path) -> Result<Users> {
         let text = std::fs::read_to_string(path).with_context(|| format!("--proxy-users {}: cannot read", path.display()))?;

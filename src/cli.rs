@@ -1,0 +1,254 @@
+//! The command line's definitions (clap): `ftpgate rules|run|cache|status|check-config|
+//! proxy-passwd`. Each command's options become [`Options`], merged over the configuration file
+//! and resolved in [`crate::settings`]. The manual pages are generated from these
+//! (`cargo run --example man -- man`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{parse_hex, parse_size, Forwarding, Options};
+use crate::proto::explicit::Cidr;
+
+#[derive(Parser)]
+#[command(name = "ftpgate", version, about = "Transparent FTP gateway for Linux routers")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once, at start
+pub enum Cmd {
+    /// Install, remove or print the iptables/ip-rule set-up (idempotent)
+    Rules {
+        #[command(subcommand)]
+        op: RulesOp,
+    },
+    /// Run the gateway in the foreground until SIGTERM
+    Run(RunArgs),
+    /// Inspect or empty the download cache
+    Cache {
+        #[command(subcommand)]
+        op: CacheOp,
+    },
+    /// Print a `--proxy-users` line for NAME; reads the password from standard input
+    ProxyPasswd { name: String },
+    /// Validate the configuration file (and what it names) without starting
+    CheckConfig {
+        /// Configuration file [default: /etc/ftpgate/ftpgate.toml]
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Show the running gateway's sessions and transfers in flight
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The running gateway's cache dir (where its status socket is)
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CacheOp {
+    /// One line per entry: server, login, type, size, MDTM, path
+    List(CacheDirArg),
+    /// Delete every entry (stop `run` first)
+    Clear(CacheDirArg),
+}
+
+#[derive(Args)]
+pub struct CacheDirArg {
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum RulesOp {
+    Apply(RuleArgs),
+    Remove(RuleArgs),
+    /// Print the rules in iptables-save form; touch nothing
+    Show(RuleArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct RuleArgs {
+    /// Configuration file [default: /etc/ftpgate/ftpgate.toml if it exists]
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// NFQUEUE number [default: 2121]
+    #[arg(long)]
+    pub queue: Option<u16>,
+    /// Drop control traffic while no ftpgate runs (default: pass it unrewritten)
+    #[arg(long)]
+    pub fail_closed: bool,
+    /// Packet mark for the relay's transparent sockets [default: 0x10000]
+    #[arg(long, value_parser = parse_hex)]
+    pub mark: Option<u32>,
+    /// Routing table for marked packets [default: 2121]
+    #[arg(long)]
+    pub table: Option<u32>,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Configuration file [default: /etc/ftpgate/ftpgate.toml if it exists]
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// NFQUEUE number [default: 2121]
+    #[arg(long)]
+    pub queue: Option<u16>,
+    /// Cache directory, also for the status socket (required here or in the file)
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Where the session state (sequence offsets a restart resumes) is kept [default: systemd's
+    /// $STATE_DIRECTORY (/var/lib/ftpgate) when the unit runs ftpgate, else the cache dir]
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Seconds an announced data port waits for its peer [default: 30]
+    #[arg(long)]
+    pub data_timeout: Option<u64>,
+    /// Seconds without progress before a data connection is closed [default: 300]
+    #[arg(long)]
+    pub idle_timeout: Option<u64>,
+    /// Drop control traffic while no ftpgate runs (default: pass it unrewritten)
+    #[arg(long)]
+    pub fail_closed: bool,
+    /// Cache size limit, least recently used entries go first [default: 1G]
+    #[arg(long, value_parser = parse_size)]
+    pub cache_max_bytes: Option<u64>,
+    /// Files modified less than this many seconds before their download are not cached [default: 3]
+    #[arg(long)]
+    pub cache_settle: Option<u64>,
+    /// How far a download's copy into the cache may fall behind the client before it is
+    /// abandoned (not kept: cache disk too slow); the client never waits for the cache disk
+    /// [default: 16M]
+    #[arg(long, value_parser = parse_size)]
+    pub cache_write_buffer: Option<u64>,
+    /// Seconds to wait for the server's MDTM/SIZE answers [default: 3]
+    #[arg(long)]
+    pub check_timeout: Option<u64>,
+    /// Connections of ftpgate's own (freshness checks) at once per server and login; idle ones
+    /// close after 2 s, none opens for 10 s after a 421 [default: 2]
+    #[arg(long)]
+    pub check_connections: Option<usize>,
+    /// Turn the cache off (relay only)
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Do not fetch a file again (on a connection of ftpgate's own, at the cache disk's pace)
+    /// after its capture was abandoned because the disk could not keep up with the client
+    #[arg(long)]
+    pub no_refetch: bool,
+    /// Who moves the bytes of data connections that need neither capture nor serving (with
+    /// --no-cache: all of them): `kernel` forwards them under a single-use permission ftpgate
+    /// gives for exactly the expected peer and endpoint (needs the nftables table `rules apply`
+    /// loads; otherwise they are relayed), `relay` splices them through ftpgate [default: kernel]
+    #[arg(long, value_enum)]
+    pub data_forwarding: Option<Forwarding>,
+    /// Control sessions at once; more get 421 [default: 1024]
+    #[arg(long)]
+    pub max_sessions: Option<usize>,
+    /// Real-time (SCHED_FIFO) priority of the queue thread, so the control path never queues
+    /// behind the data path; 0 leaves it at normal priority (needs CAP_SYS_NICE) [default: 10]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=99))]
+    pub queue_priority: Option<u8>,
+    /// Real-time (SCHED_FIFO) priority of the data relay's threads, below the queue thread's
+    /// (like the kernel's own forwarding, which runs above every task); 0 = normal priority
+    /// (SCHED_BATCH at --data-nice) [default: half of --queue-priority]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=98))]
+    pub data_priority: Option<u8>,
+    /// Nice value of the data relay's threads when they are not at real-time priority; below 0
+    /// needs CAP_SYS_NICE [default: 0]
+    #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i8).range(-20..=19))]
+    pub data_nice: Option<i8>,
+    /// Data connections at once; more PASV/PORT get 425 [default: 512]
+    #[arg(long)]
+    pub max_data: Option<usize>,
+    /// Explicit FTP proxy listener, ADDR:PORT (repeatable), beside transparent interception
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<std::net::SocketAddrV4>,
+    /// Explicit proxy users, `name:argon2-hash` a line (`ftpgate proxy-passwd NAME`); makes a proxy login mandatory
+    #[arg(long, value_name = "FILE")]
+    pub proxy_users: Option<PathBuf>,
+    /// Networks allowed to use the explicit proxy (repeatable; without --proxy-users, required)
+    #[arg(long, value_name = "CIDR")]
+    pub allow_from: Vec<Cidr>,
+    /// Networks the explicit proxy may connect to (repeatable) [default: any but the gateway itself]
+    #[arg(long, value_name = "CIDR")]
+    pub allow_dest: Vec<Cidr>,
+    /// Seconds the explicit proxy waits for a server to accept and greet [default: 10]
+    #[arg(long)]
+    pub connect_timeout: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Append a classic xferlog line per file transfer to FILE
+    #[arg(long, value_name = "FILE")]
+    pub xferlog: Option<PathBuf>,
+    /// Seconds SIGTERM waits for data transfers in progress [default: 10]
+    #[arg(long)]
+    pub drain_timeout: Option<u64>,
+    /// Log filter (RUST_LOG syntax: info, debug, ftpgate=debug, …) [default: info; RUST_LOG wins]
+    #[arg(long)]
+    pub log: Option<String>,
+}
+
+pub(crate) fn vec_opt<T>(v: &[T]) -> Option<Vec<T>>
+where
+    T: Clone,
+{
+    (!v.is_empty()).then(|| v.to_vec())
+}
+
+impl RunArgs {
+    pub fn options(&self) -> Options {
+        Options {
+            queue: self.queue,
+            fail_closed: self.fail_closed.then_some(true),
+            mark: None,
+            table: None,
+            cache_dir: self.cache_dir.clone(),
+            state_dir: self.state_dir.clone(),
+            data_timeout: self.data_timeout,
+            idle_timeout: self.idle_timeout,
+            cache_max_bytes: self.cache_max_bytes,
+            cache_settle: self.cache_settle,
+            cache_write_buffer: self.cache_write_buffer,
+            check_timeout: self.check_timeout,
+            check_connections: self.check_connections,
+            queue_priority: self.queue_priority,
+            data_nice: self.data_nice,
+            data_priority: self.data_priority,
+            no_cache: self.no_cache.then_some(true),
+            no_refetch: self.no_refetch.then_some(true),
+            data_forwarding: self.data_forwarding,
+            max_sessions: self.max_sessions,
+            max_data: self.max_data,
+            listen: vec_opt(&self.listen),
+            proxy_users: self.proxy_users.clone(),
+            allow_from: vec_opt(&self.allow_from),
+            allow_dest: vec_opt(&self.allow_dest),
+            connect_timeout: self.connect_timeout,
+            metrics: self.metrics,
+            xferlog: self.xferlog.clone(),
+            drain_timeout: self.drain_timeout,
+            log: self.log.clone(),
+        }
+    }
+}
+
+impl RuleArgs {
+    pub fn options(&self) -> Options {
+        Options {
+            queue: self.queue,
+            fail_closed: self.fail_closed.then_some(true),
+            mark: self.mark,
+            table: self.table,
+            ..Default::default()
+        }
+    }
+}
+
