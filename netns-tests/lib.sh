@@ -1,13 +1,21 @@
-# Shared helpers for the netns tests. Source it; set P (namespace prefix) first if you like.
+# Shared helpers for the netns tests (in the form of the kernel selftests' lib.sh). A scenario
+# script (t-*.sh) sources it, calls `setup nat|routed` for each topology it runs in, and ends with
+# `summary`. Namespaces, interfaces and the work directory are named after P, by default unique
+# to the process, so two runs can share a machine; everything is torn down at exit (the work
+# directory is kept when a case failed, or with KEEP=1).
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 BIN=${FTPGATE_BIN:-$ROOT/target/release/ftpgate}
-P=${P:-fgt}
+P=${P:-f$$}
 C=$P-cli R=$P-rtr S=$P-srv
 WORK=${WORK:-/tmp/ftpgate-tests-$P}
 SRV_IP=10.0.2.2 CLI_IP=10.0.1.2
 SYSPY=/usr/bin/python3
+OUT=$WORK/dl/out
+PY="$SYSPY $HERE/ftpclient.py"
+# the topologies a scenario runs in: its own list, or TOPO=nat|routed for one
+topos() { echo "${TOPO:-$*}"; }
 inC() { ip netns exec "$C" "$@"; }
 inR() { ip netns exec "$R" "$@"; }
 inS() { ip netns exec "$S" "$@"; }
@@ -16,11 +24,36 @@ PASSED=0 FAILED=0
 FAILS=()
 pass() { PASSED=$((PASSED + 1)); echo "PASS: $*"; }
 fail() { FAILED=$((FAILED + 1)); FAILS+=("$*"); echo "FAIL: $*"; }
+skip() { echo "SKIP: $*"; }
 summary() {
+  if grep -q "panicked" "$WORK/ftpgate.log" 2>/dev/null; then fail "ftpgate panicked: $(grep -m1 panicked "$WORK/ftpgate.log")"; fi
   for f in "${FAILS[@]}"; do echo "  failed: $f"; done
   echo "$PASSED passed, $FAILED failed"
   [[ $FAILED == 0 ]]
 }
+# need CMD...: the scenario skips (and says which tool is missing) unless every CMD exists
+need() {
+  local c
+  for c; do
+    command -v "$c" >/dev/null 2>&1 || [[ -x $c ]] || { skip "$(basename "$0" .sh): $c is not installed"; summary; exit 0; }
+  done
+}
+[[ $(id -u) == 0 ]] || { echo "run as root"; exit 1; }
+
+# setup TOPO: fresh namespaces in topology nat|routed, the test files, no ftpgate yet
+setup() {
+  [[ -x $BIN ]] || { echo "missing $BIN (cargo build --release)"; exit 1; }
+  cleanup_topo
+  topo_up "$1"
+  rm -rf "$WORK/dl" "$WORK/cache"
+  make_files
+}
+cleanup_topo() { gate_stop; server_stop; topo_down; }
+cleanup() {
+  cleanup_topo
+  if [[ $FAILED == 0 && -z ${KEEP:-} ]]; then rm -rf "$WORK"; else echo "work directory kept: $WORK"; fi
+}
+trap cleanup EXIT
 
 # busywait TIMEOUT_MS CMD...: retry until CMD succeeds (kernel selftests' lib.sh style)
 busywait() {
@@ -38,8 +71,10 @@ make_files() {
   [[ -f $WORK/pub/big.bin ]] || head -c 20971520 /dev/urandom >"$WORK/pub/big.bin"
   printf 'hello through ftpgate\r\nsecond line\n' >"$WORK/pub/small.txt"
   cp "$WORK/pub/small.txt" "$WORK/pub/big.bin" "$WORK/home/" 2>/dev/null
+  # one system user for every run; vsftpd's local_root (not the passwd home) puts each run's
+  # sessions in its own $WORK/home
   id ftpuser >/dev/null 2>&1 || useradd -M -d "$WORK/home" -s /bin/bash ftpuser
-  usermod -d "$WORK/home" ftpuser
+  [[ -d ~ftpuser ]] || usermod -d "$WORK/home" ftpuser
   echo ftpuser:ftppass | chpasswd
   chown -R ftpuser "$WORK/home"
   # settled files: the cache keeps nothing modified within seconds of its download
@@ -58,6 +93,7 @@ anon_root=$WORK/pub
 no_anon_password=YES
 local_enable=YES
 write_enable=YES
+local_root=$WORK/home
 local_umask=022
 max_clients=5000
 max_per_ip=${VSFTPD_MAX_PER_IP:-5000}
@@ -150,11 +186,10 @@ slowdisk_down() {
   rm -rf "$WORK/slowroot" "$WORK/cache"
 }
 
-server_stop() {
-  [[ -f $WORK/server.pid ]] && kill "$(cat "$WORK/server.pid")" 2>/dev/null
-  inS pkill -f vsftpd 2>/dev/null; pkill -f "vsftpd $WORK" 2>/dev/null
-  pkill -f "pyftpd.py $SRV_IP" 2>/dev/null; pkill -f "proftpd -n -c $WORK/" 2>/dev/null
-  rm -f "$WORK/server.pid"; sleep 0.2
+server_stop() { # every process in the server's namespace (this run's only), then its port is free
+  ip netns pids "$S" 2>/dev/null | xargs -r kill 2>/dev/null
+  busywait 3000 bash -c "[[ -z \$(ip netns pids $S 2>/dev/null) ]]" || ip netns pids "$S" 2>/dev/null | xargs -r kill -9 2>/dev/null
+  rm -f "$WORK/server.pid"
 }
 
 gate_start() { # extra run args...
@@ -187,3 +222,90 @@ logmark() { wc -l <"$WORK/ftpgate.log"; }
 logsince() { tail -n +$(($1 + 1)) "$WORK/ftpgate.log" | grep -Eq "$2"; }
 
 relayed() { local n; n=$(grep -c "bytes to client" "$WORK/ftpgate.log" 2>/dev/null); echo "${n:-0}"; }
+
+# dl NAME FILE [norelay] -- CMD...: CMD must write $OUT identical to the server's FILE, and the
+# transfer must have gone through ftpgate's relay (unless "norelay").
+dl() {
+  local name=$1 file=$2 relay=yes; shift 2
+  [[ $1 == norelay ]] && { relay=no; shift; }
+  [[ $1 == -- ]] && shift
+  rm -f "$OUT"
+  local before; before=$(relayed)
+  if ! timeout 60 "$@" >"$WORK/case.log" 2>&1; then
+    fail "$name (exit $?: $(tail -c 300 "$WORK/case.log" | tr '\n' ' '))"; return
+  fi
+  if ! cmp -s "$OUT" "$WORK/pub/$file"; then fail "$name (file differs)"; return; fi
+  if [[ $relay == yes ]]; then
+    busywait 3000 bash -c "(( \$(grep -c 'bytes to client' '$WORK/ftpgate.log') > $before ))" ||
+      { fail "$name (not relayed by ftpgate)"; return; }
+  fi
+  pass "$name"
+}
+
+# cdl NAME WANT FILE -- CMD...: CMD writes $OUT identical to FILE (a path), the log shows the
+# download's cache outcome WANT (hit, miss, stale, gone), and a hit moved < 1 % of the file over
+# the router's WAN interface. A miss must then be kept (or, with WANT "miss-notkept", not).
+cdl() {
+  local name=$1 want=$2 src=$3; shift 3
+  [[ $1 == -- ]] && shift
+  rm -f "$OUT"
+  local mark w0 w size
+  mark=$(logmark); w0=$(wan_rx)
+  if ! timeout 60 "$@" >"$WORK/case.log" 2>&1; then
+    fail "$name (exit $?: $(tail -c 300 "$WORK/case.log" | tr '\n' ' '))"; return
+  fi
+  w=$(($(wan_rx) - w0)); size=$(stat -c %s "$src")
+  cmp -s "$OUT" "$src" || { fail "$name (file differs)"; return; }
+  case $want in
+    hit)
+      busywait 3000 logsince "$mark" "cache hit .* bytes sent from the cache" || { fail "$name (no cache hit logged)"; return; }
+      ((w * 100 < size)) || { fail "$name (hit moved $w WAN bytes for a $size-byte file)"; return; } ;;
+    miss|stale)
+      logsince "$mark" "RETR [^ ]+: $want\$" || { fail "$name (no '$want' logged)"; return; }
+      busywait 5000 logsince "$mark" "(cache miss|cache refetch) .*; kept" || { fail "$name (not kept: $(tail -n +$((mark + 1)) "$WORK/ftpgate.log" | grep -o 'not kept.*'))"; return; } ;;
+    miss-notkept)
+      busywait 5000 logsince "$mark" "not kept" || { fail "$name (no 'not kept' logged)"; return; } ;;
+  esac
+  echo "INFO: $name: $(tail -n +$((mark + 1)) "$WORK/ftpgate.log" | grep -Eo '(bytes relayed|sent from the cache) in [0-9.]+ s' | head -1), WAN $w bytes"
+  pass "$name"
+}
+
+listed() { inR "$BIN" cache list --cache-dir "$WORK/cache" | grep -c "$1"; }
+
+# third_party_start / third_party_count: the listener on 10.0.4.2 (behind the server)
+third_party_start() {
+  : >"$WORK/third.log"
+  ip netns exec $P-3rd "$SYSPY" "$HERE/listener.py" "$WORK/third.log" 10.0.4.2 25 7000 8080 >/dev/null 2>&1 &
+  echo $! >"$WORK/third.pid"
+  busywait 3000 inS bash -c "exec 3<>/dev/tcp/10.0.4.2/8080" 2>/dev/null  # reachable from the server
+  busywait 3000 grep -q 8080 "$WORK/third.log"; : >"$WORK/third.log"
+}
+third_party_stop() { kill "$(cat "$WORK/third.pid")" 2>/dev/null; }
+
+metric() { awk -v k="$2" '$1 == k { v = $2 } END { print v + 0 }' "$1"; }
+scrape() { inR curl -sS -m 5 http://127.0.0.1:9121/metrics >"$1"; }
+
+# repeat N NAME FILE -- CMD...: runs CMD N times; each must exit 0 and write $OUT identical to
+# FILE. Prints the number of failures (the first failure's output goes to $WORK/repeat.log).
+repeat() {
+  local n=$1 src=$2 bad=0 i; shift 2; [[ $1 == -- ]] && shift
+  : >"$WORK/repeat.log"
+  for ((i = 0; i < n; i++)); do
+    rm -f "$OUT"
+    if ! timeout 30 "$@" >"$WORK/case.log" 2>&1 || ! cmp -s "$OUT" "$src"; then
+      bad=$((bad + 1)); [[ -s $WORK/repeat.log ]] || { echo "run $i:"; cat "$WORK/case.log"; } >"$WORK/repeat.log"
+    fi
+  done
+  echo $bad
+}
+
+ops() { # topology label: upload and file operations as ftpuser
+  local t=$1
+  rm -rf "$WORK/home/sub"
+  if timeout 60 ip netns exec $C $PY ops $SRV_IP "$WORK/pub/big.bin" >"$WORK/case.log" 2>&1 &&
+     cmp -s "$WORK/home/sub/moved.bin" "$WORK/pub/big.bin"; then
+    pass "$t STOR, LIST, CWD, PWD, MKD, RNFR/RNTO, DELE"
+  else
+    fail "$t STOR, LIST, CWD, PWD, MKD, RNFR/RNTO, DELE ($(tail -c 300 "$WORK/case.log" | tr '\n' ' '))"
+  fi
+}

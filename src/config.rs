@@ -233,7 +233,7 @@ log = "info"
         assert_eq!(o.mark, Some(0x20000));
         assert_eq!(o.cache_max_bytes, Some(2 << 30));
         assert_eq!((o.cache_write_buffer, o.data_nice), (Some(32 << 20), Some(12)));
-        assert_eq!(o.allow_from.unwrap()[0].len, 24);
+        assert_eq!(o.allow_from.unwrap()[0].0.prefix_len(), 24);
         assert_eq!(o.listen.unwrap()[0], "192.168.77.1:2121".parse().unwrap());
     }
 

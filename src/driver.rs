@@ -132,7 +132,7 @@ pub fn log_event(key: &(SocketAddrV4, SocketAddrV4), user: Option<&str>, ev: Eve
             if ok { "completed" } else { "failed" }
         ),
         Event::Cache { path, outcome } => {
-            crate::metrics::m().cache(outcome.split(' ').next().unwrap_or("other"));
+            crate::metrics::m().cache(outcome.label());
             log!("{who}: RETR {path}: {outcome}")
         }
         Event::CheckFresh(k) => log!("{who}: RETR {}: cached; asking the server whether it changed", k.path),

@@ -464,20 +464,25 @@ impl Streams {
     }
 }
 
-/// An IPv4 network, `a.b.c.d/len` (a bare address is a /32).
+/// A network, `a.b.c.d/len` or `2001:db8::/32` (a bare address is one host), as the
+/// ecosystem's [`ipnet::IpNet`] has it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    pub net: Ipv4Addr,
-    pub len: u8,
-}
+pub struct Cidr(pub ipnet::IpNet);
 
 impl core::str::FromStr for Cidr {
     type Err = BadCidr;
     fn from_str(s: &str) -> Result<Cidr, BadCidr> {
-        let (a, l) = s.split_once('/').unwrap_or((s, "32"));
-        let net: Ipv4Addr = a.trim().parse().map_err(|_| BadCidr::Network(s.to_string()))?;
-        let len: u8 = l.trim().parse().ok().filter(|&l| l <= 32).ok_or_else(|| BadCidr::PrefixLength(s.to_string()))?;
-        Ok(Cidr { net, len })
+        let (a, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: core::net::IpAddr = a.trim().parse().map_err(|_| BadCidr::Network(s.to_string()))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(l) => l.trim().parse::<u8>().map_err(|_| BadCidr::PrefixLength(s.to_string()))?,
+        };
+        ipnet::IpNet::new(addr, len).map(Cidr).map_err(|_| BadCidr::PrefixLength(s.to_string()))
     }
 }
 
@@ -491,7 +496,7 @@ pub enum BadCidr {
 impl core::fmt::Display for BadCidr {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            BadCidr::Network(s) => write!(f, "bad network {s:?} (expected a.b.c.d/len)"),
+            BadCidr::Network(s) => write!(f, "bad network {s:?} (expected a.b.c.d/len or an IPv6 network)"),
             BadCidr::PrefixLength(s) => write!(f, "bad prefix length in {s:?}"),
         }
     }
@@ -500,9 +505,8 @@ impl core::fmt::Display for BadCidr {
 impl std::error::Error for BadCidr {}
 
 impl Cidr {
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - self.len) };
-        u32::from(ip) & mask == u32::from(self.net) & mask
+    pub fn contains(&self, ip: impl Into<core::net::IpAddr>) -> bool {
+        self.0.contains(&ip.into())
     }
 }
 
@@ -670,9 +674,12 @@ mod tests {
     #[test]
     fn access_rules() {
         let c: Cidr = "10.0.1.0/24".parse().unwrap();
-        assert!(c.contains("10.0.1.77".parse().unwrap()) && !c.contains("10.0.2.1".parse().unwrap()));
-        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(c.contains(Ipv4Addr::new(10, 0, 1, 77)) && !c.contains(Ipv4Addr::new(10, 0, 2, 1)));
+        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains(Ipv4Addr::new(8, 8, 8, 8)));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err() && "x/8".parse::<Cidr>().is_err());
+        assert!("10.0.1.9".parse::<Cidr>().unwrap().contains(Ipv4Addr::new(10, 0, 1, 9)));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(!v6.contains(Ipv4Addr::new(10, 0, 1, 9)) && v6.contains("2001:db8::1".parse::<core::net::IpAddr>().unwrap()));
         let none = Access::default();
         assert!(none.client("10.0.1.2".parse().unwrap()).is_err(), "never an open relay by default");
         let auth = Access { auth: true, ..Default::default() };

@@ -85,12 +85,12 @@ impl Session {
             Ok(k) => k,
             Err(why) => {
                 let path = self.resolve(name).unwrap_or_else(|| name.to_string());
-                self.events.push_back(Event::Cache { path, outcome: format!("bypass ({why})") });
+                self.events.push_back(Event::Cache { path, outcome: CacheOutcome::Bypass(why) });
                 return false;
             }
         };
-        let bypass = |s: &mut Self, why: &str| {
-            s.events.push_back(Event::Cache { path: key.path.clone(), outcome: format!("bypass ({why})") });
+        let bypass = |s: &mut Self, why: &'static str| {
+            s.events.push_back(Event::Cache { path: key.path.clone(), outcome: CacheOutcome::Bypass(why) });
             false
         };
         let Some(id) = id else { return bypass(self, "no data connection prepared") };
@@ -111,21 +111,18 @@ impl Session {
         if offset > 0 {
             return bypass(self, "resumed download");
         }
-        self.capture(key, id, "miss", dp);
+        self.capture(key, id, Fetch::Miss, dp);
         false
     }
 
-    pub(super) fn capture(&mut self, key: Key, id: DataId, outcome: &str, dp: &mut dyn DataPlane) {
+    pub(super) fn capture(&mut self, key: Key, id: DataId, fetch: Fetch, dp: &mut dyn DataPlane) {
         let path = key.path.clone();
-        let outcome = match self.login() {
-            Some(login) => {
-                if dp.transfer(id, Transfer::Capture { key, login }) {
-                    outcome.to_string()
-                } else {
-                    format!("{outcome}, not captured (cache busy or unwritable)")
-                }
-            }
-            None => format!("{outcome}, not captured (login unknown)"),
+        let captured = self.login().map(|login| dp.transfer(id, Transfer::Capture { key, login }));
+        let outcome = match (captured, fetch) {
+            (Some(true), Fetch::Miss) => CacheOutcome::Miss,
+            (Some(true), Fetch::Stale) => CacheOutcome::Stale,
+            (Some(false), _) => CacheOutcome::NotCaptured(fetch, NotCaptured::CacheBusy),
+            (None, _) => CacheOutcome::NotCaptured(fetch, NotCaptured::LoginUnknown),
         };
         self.events.push_back(Event::Cache { path, outcome });
     }
@@ -150,18 +147,18 @@ impl Session {
                 if dp.transfer(h.id, Transfer::Serve { key: h.key.clone(), offset: h.offset }) {
                     new = [format!("REST {}\r\n", h.size).as_bytes(), &h.line].concat();
                     self.cmds.push_back(Cmd::Hidden);
-                    self.events.push_back(Event::Cache { path, outcome: "hit".into() });
+                    self.events.push_back(Event::Cache { path, outcome: CacheOutcome::Hit });
                 } else {
-                    self.events.push_back(Event::Cache { path, outcome: "bypass (entry unavailable)".into() });
+                    self.events.push_back(Event::Cache { path, outcome: CacheOutcome::Bypass("entry unavailable") });
                 }
             }
             Decision::Stale if h.offset == 0 => {
-                self.capture(h.key.clone(), h.id, "stale", dp);
+                self.capture(h.key.clone(), h.id, Fetch::Stale, dp);
             }
-            Decision::Stale => self.events.push_back(Event::Cache { path, outcome: "stale, resumed: not captured".into() }),
-            Decision::Gone => self.events.push_back(Event::Cache { path, outcome: "gone".into() }),
+            Decision::Stale => self.events.push_back(Event::Cache { path, outcome: CacheOutcome::StaleResumed }),
+            Decision::Gone => self.events.push_back(Event::Cache { path, outcome: CacheOutcome::Gone }),
             Decision::Bypass => {
-                self.events.push_back(Event::Cache { path, outcome: "bypass (server did not confirm the file)".into() })
+                self.events.push_back(Event::Cache { path, outcome: CacheOutcome::Bypass("server did not confirm the file") })
             }
         }
         self.cmds.push_back(Cmd::Retr(h.name, Some(h.id)));

@@ -522,13 +522,19 @@ fn miss_is_captured_and_uncacheable_downloads_bypass() {
         p.send(Dir::ToClient, reply, &[]);
     }
     assert_eq!(p.dp.transfers.len(), 1);
-    let outcomes: Vec<String> = std::iter::from_fn(|| p.s.poll_event())
+    let outcomes: Vec<CacheOutcome> = std::iter::from_fn(|| p.s.poll_event())
         .filter_map(|e| match e {
             Event::Cache { outcome, .. } => Some(outcome),
             _ => None,
         })
         .collect();
-    assert_eq!(outcomes, ["miss", "bypass (ASCII transfer)", "bypass (resumed download)", "bypass (no data connection prepared)"]);
+    use CacheOutcome::{Bypass, Miss};
+    assert_eq!(outcomes, [Miss, Bypass("ASCII transfer"), Bypass("resumed download"), Bypass("no data connection prepared")]);
+    let text: Vec<String> = outcomes.iter().map(ToString::to_string).collect();
+    assert_eq!(text, ["miss", "bypass (ASCII transfer)", "bypass (resumed download)", "bypass (no data connection prepared)"]);
+    assert_eq!(outcomes.iter().map(CacheOutcome::label).collect::<Vec<_>>(), ["miss", "bypass", "bypass", "bypass"]);
+    let busy = CacheOutcome::NotCaptured(Fetch::Stale, NotCaptured::CacheBusy);
+    assert_eq!((busy.to_string().as_str(), busy.label()), ("stale, not captured (cache busy or unwritable)", "stale"));
     // changes invalidate
     p.send(Dir::ToServer, b"DELE x\r\nSTOR /pub/y\r\n", &[]);
     assert_eq!(p.dp.invalidated, ["/home/alice/x", "/pub/y"]);

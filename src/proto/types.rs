@@ -274,8 +274,8 @@ pub enum Event {
     /// A download the server accepted (final reply `226`/`250`) or refused/aborted; `path` is
     /// absolute when the working directory is known.
     Retr { path: Option<String>, binary: bool, ok: bool },
-    /// What the cache does with a download: `hit`, `miss`, `stale`, `gone` or `bypass (why)`.
-    Cache { path: String, outcome: String },
+    /// What the cache does with a download.
+    Cache { path: String, outcome: CacheOutcome },
     /// A RETR of a cached file is held ([`Verdict::Hold`]): ask the server whether the file is
     /// unchanged (with [`Session::login`](super::Session::login)) and call [`Session::release`](super::Session::release) with the answer.
     CheckFresh(Key),
@@ -347,4 +347,70 @@ pub enum Decision {
     Gone,
     /// The server could not confirm: no hit, keep the entry.
     Bypass,
+}
+
+/// What the cache does with one download. `Display` is the log's wording; [`CacheOutcome::label`]
+/// the metric's `outcome` label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Served from the cache.
+    Hit,
+    /// Not in the cache: captured as it passes.
+    Miss,
+    /// Changed on the server since it was kept: fetched anew and captured.
+    Stale,
+    /// Changed, and the client resumes: passed, not captured.
+    StaleResumed,
+    /// Deleted on the server: the entry is dropped, the client gets the server's answer.
+    Gone,
+    /// A miss or a stale download that is not captured: which, and why.
+    NotCaptured(Fetch, NotCaptured),
+    /// Neither served from nor kept in the cache: why.
+    Bypass(&'static str),
+}
+
+/// A download that would have been captured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fetch {
+    Miss,
+    Stale,
+}
+
+/// Why a download that should have been captured is not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotCaptured {
+    /// The data plane refused the capture (too many at once, or the cache cannot be written).
+    CacheBusy,
+    /// The session's login is not known (it started before ftpgate saw it).
+    LoginUnknown,
+}
+
+impl CacheOutcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss | CacheOutcome::NotCaptured(Fetch::Miss, _) => "miss",
+            CacheOutcome::Stale | CacheOutcome::StaleResumed | CacheOutcome::NotCaptured(Fetch::Stale, _) => "stale",
+            CacheOutcome::Gone => "gone",
+            CacheOutcome::Bypass(_) => "bypass",
+        }
+    }
+}
+
+impl core::fmt::Display for CacheOutcome {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CacheOutcome::StaleResumed => f.write_str("stale, resumed: not captured"),
+            CacheOutcome::NotCaptured(fetch, why) => {
+                let fetch = if *fetch == Fetch::Miss { "miss" } else { "stale" };
+                let why = match why {
+                    NotCaptured::CacheBusy => "cache busy or unwritable",
+                    NotCaptured::LoginUnknown => "login unknown",
+                };
+                write!(f, "{fetch}, not captured ({why})")
+            }
+            CacheOutcome::Bypass(why) => write!(f, "bypass ({why})"),
+            o => f.write_str(o.label()),
+        }
+    }
 }

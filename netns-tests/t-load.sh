@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Load (issue 13): session and data-connection limits, 200 sessions with cache hits, ftpgate's own
+# connections never costing a client its server slot, bursts of separate client processes
+# against vsftpd's stock per-address limit.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need vsftpd curl
+
+limits_and_load() { # topology label; vsftpd runs, ftpgate not
+  local t=$1
+  gate_start --max-sessions 3 --max-data 2
+  local mark; mark=$(logmark)
+  if timeout 60 ip netns exec $C $PY limits $SRV_IP 3 2 >"$WORK/case.log" 2>&1 &&
+     busywait 5000 bash -c "(( \$(tail -n +$((mark + 1)) '$WORK/ftpgate.log' | grep -c 'data passive') >= 2 ))"; then
+    pass "$t limits: 4th session gets 421, 3rd pending data connection gets 425 ($(tr '\n' ';' <"$WORK/case.log"))"
+  else
+    fail "$t limits ($(tail -c 300 "$WORK/case.log" | tr '\n' ' '))"
+  fi
+  dl "$t limits: a download works once sessions are gone" big.bin -- ip netns exec $C curl -sS -o "$OUT" ftp://$SRV_IP/big.bin
+  gate_stop
+  head -c 1048576 /dev/urandom >"$WORK/pub/load.bin"; touch -d '1 hour ago' "$WORK/pub/load.bin"
+  rm -rf "$WORK/cache"; gate_start
+  local pid; pid=$(cat "$WORK/gate.pid")
+  if timeout 240 ip netns exec $C $PY load $SRV_IP load.bin "$WORK/pub/load.bin" 200 3 >"$WORK/case.log" 2>&1; then
+    pass "$t load: $(head -1 "$WORK/case.log"), peak RSS $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
+  else
+    fail "$t load ($(tail -c 400 "$WORK/case.log" | tr '\n' ' '))"
+  fi
+  echo "INFO: $t load: ftpgate peak RSS $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status), $(grep -c 'RETR .*: hit$' "$WORK/ftpgate.log") hits"
+  gate_stop
+}
+
+# issue 13: ftpgate's own connections to a server (freshness checks, post-download checks) never
+# cost a client its session: vsftpd with max_per_ip=3 (behind NAT every LAN host and ftpgate
+# share one address), three sequential cache hits, then three concurrent sessions.
+server_slots() { # topology label; vsftpd runs, ftpgate not
+  local t=$1 U=ftp://$SRV_IP n
+  server_stop; VSFTPD_MAX_PER_IP=3 vsftpd_start
+  head -c 1048576 /dev/urandom >"$WORK/pub/slot.bin"; touch -d '1 hour ago' "$WORK/pub/slot.bin"
+  rm -rf "$WORK/cache"; gate_start
+  cdl "$t server slots: miss" miss "$WORK/pub/slot.bin" -- ip netns exec $C curl -sS -o "$OUT" $U/slot.bin
+  for m in "-P - --disable-eprt" "--disable-epsv" ""; do
+    cdl "$t server slots: sequential hit (curl $m)" hit "$WORK/pub/slot.bin" -- ip netns exec $C curl -sS $m -o "$OUT" $U/slot.bin
+  done
+  if busywait 5000 bash -c "[[ \$(ip netns exec $S ss -Htn state established '( sport = :21 )' | wc -l) == 0 ]]"; then
+    pass "$t server slots: ftpgate's idle check connections closed within seconds"
+  else
+    fail "$t server slots: $(inS ss -Htn state established '( sport = :21 )' | wc -l) sessions still open at the server"
+  fi
+  if timeout 120 ip netns exec $C $PY load $SRV_IP slot.bin "$WORK/pub/slot.bin" 3 0 >"$WORK/case.log" 2>&1; then
+    pass "$t server slots: then 3 concurrent sessions at max_per_ip=3 all log in and download ($(head -1 "$WORK/case.log"))"
+  else
+    fail "$t server slots: 3 concurrent sessions at max_per_ip=3 ($(tail -c 300 "$WORK/case.log" | tr '\n' ' '))"
+  fi
+  gate_stop; server_stop; vsftpd_start
+}
+
+burst_stock() { # topology label; vsftpd runs, ftpgate not. Issue 13: 100 separate client
+  # processes at once against vsftpd's stock per-address limit (50; behind NAT every LAN host
+  # shares one address), ftpgate with its default settings (cache on): none fails, none stalls
+  local t=$1 r
+  server_stop; VSFTPD_MAX_PER_IP=50 vsftpd_start
+  head -c 1048576 /dev/urandom >"$WORK/pub/m1.bin"; touch -d '1 hour ago' "$WORK/pub/m1.bin"
+  rm -rf "$WORK/cache"; gate_start
+  for round in miss hit; do
+    inC timeout 200 $SYSPY "$HERE/burst.py" $SRV_IP m1.bin "$WORK/pub/m1.bin" 100 30 >"$WORK/case.log" 2>&1
+    r=$(grep '^RESULT' "$WORK/case.log")
+    if [[ $r == "RESULT failed 0 stalled 0 "* ]]; then
+      pass "$t burst of 100 client processes at max_per_ip=50 ($round): none failed or stalled (session p50/p90 ms: $(awk '{ print $19 "/" $20 }' <<<"$r"))"
+    else
+      fail "$t burst of 100 at max_per_ip=50 ($round): $(grep -E '^sessions|^  [0-9]+ x|stalled:' "$WORK/case.log" | head -4 | tr '\n' ' ')"
+    fi
+  done
+  grep -q "cache hit" "$WORK/ftpgate.log" && pass "$t burst: the second burst was served from the cache" ||
+    fail "$t burst: no cache hit in the second burst"
+  gate_stop; server_stop; vsftpd_start
+}
+
+for topo in $(topos nat); do
+  setup $topo
+  vsftpd_start
+  server_slots "$topo vsftpd"
+  burst_stock "$topo vsftpd"
+  limits_and_load "$topo vsftpd"
+done
+summary
