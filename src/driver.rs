@@ -5,7 +5,7 @@
 //! I/O: which packets or bytes a verdict applies to.
 
 use core::net::SocketAddrV4;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +32,9 @@ impl Wake {
     /// The end to poll for reading.
     pub fn fd(&self) -> RawFd {
         self.r.as_raw_fd()
+    }
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.r.as_fd()
     }
     pub fn notify(&self) {
         // a full pipe already wakes the loop: EAGAIN is fine
@@ -140,9 +143,16 @@ pub fn log_event(key: &(SocketAddrV4, SocketAddrV4), user: Option<&str>, ev: Eve
     }
 }
 
-/// Drains `session`'s events into the log.
-pub fn log_events(key: &(SocketAddrV4, SocketAddrV4), session: &mut Session) {
+/// Drains `session`'s events: logs each, and asks for the freshness check an
+/// [`Event::CheckFresh`] calls for (`id`: the shell's name for the session, which the answer
+/// carries back).
+pub fn handle_events<I: Copy + Send + Sync + 'static>(key: &(SocketAddrV4, SocketAddrV4), session: &mut Session, checks: &Checks<I>, id: I) {
+    let mut ask = false;
     while let Some(ev) = session.poll_event() {
+        ask |= matches!(ev, Event::CheckFresh(_));
         log_event(key, session.user(), ev);
+    }
+    if ask {
+        checks.ask(id, session);
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nfq::{Message, Queue, Verdict as NfVerdict};
 
-use crate::driver::{log_events, Checks, Wake};
+use crate::driver::{handle_events, Checks, Wake};
 use crate::log;
 use crate::proto::{released_timestamps, DataId, Dir, Segment, Seq, SeqState, Session, Verdict};
 use crate::relay::forward::Flagged;
@@ -291,9 +291,10 @@ impl Helper {
                 // only possible when a dead connection's segment is still held: drop it
                 self.stale.push(old.msg);
             }
-            match self.sessions.get(&key) {
-                Some(s) if s.pending_check().is_some() => self.checks.ask(key, s),
-                _ => self.wake.notify(), // (never) nothing to ask: released at once
+            // its check was asked for with the session's events (Event::CheckFresh); without
+            // one (never) release_ready drops it at once
+            if self.sessions.get(&key).is_none_or(|s| s.pending_check().is_none()) {
+                self.wake.notify();
             }
             return None;
         }
@@ -303,7 +304,7 @@ impl Helper {
 
     fn drain_events(&mut self, key: Key) {
         if let Some(session) = self.sessions.get_mut(&key) {
-            log_events(&key, session);
+            handle_events(&key, session, &self.checks, key);
         }
     }
 

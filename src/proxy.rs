@@ -11,16 +11,17 @@ use core::net::{Ipv4Addr, SocketAddrV4};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::log;
-use crate::driver::{log_events, Answer, Checks, Wake};
+use crate::driver::{handle_events, Answer, Checks, Wake};
 use crate::proto::explicit::{Access, Denied, Fed, Handoff, ProxyLogin, Step, Streams, Target, MAX_LOGIN_LINE};
 use crate::proto::{Dir, Via};
 use crate::relay::{transparent_listener, CacheCtx, Relay};
@@ -393,61 +394,63 @@ impl Proxy {
         loop {
             self.apply_reload();
             let now = Instant::now();
-            let mut fds: Vec<libc::pollfd> = Vec::new();
+            let mut fds: Vec<PollFd> = Vec::new();
             let mut what: Vec<Ready> = Vec::new();
-            fds.push(libc::pollfd { fd: self.wake.fd(), events: libc::POLLIN, revents: 0 });
+            fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
             what.push(Ready::Wake);
             for (i, l) in self.listeners.iter().enumerate() {
-                fds.push(libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
                 what.push(Ready::Listener(i));
             }
             let mut timeout = crate::status::PUBLISH_EVERY; // the status board stays current
             for (&id, c) in &self.conns {
-                let mut ev = 0;
+                let mut ev = PollFlags::empty();
                 let reading = !c.closing
                     && !c.login.waiting()
                     && c.up.as_ref().is_none_or(|u| u.st.session.pending_check().is_none() && !u.client_eof && u.to_server.len() < MAX_BUFFERED);
                 if reading {
-                    ev |= libc::POLLIN;
+                    ev |= PollFlags::POLLIN;
                 }
                 if !c.to_client.is_empty() {
-                    ev |= libc::POLLOUT;
+                    ev |= PollFlags::POLLOUT;
                 }
-                fds.push(libc::pollfd { fd: c.client.as_raw_fd(), events: ev, revents: 0 });
+                fds.push(PollFd::new(c.client.as_fd(), ev));
                 what.push(Ready::Client(id));
                 if let Some(u) = &c.up {
-                    let mut ev = 0;
+                    let mut ev = PollFlags::empty();
                     if !u.server_eof && c.to_client.len() < MAX_BUFFERED {
-                        ev |= libc::POLLIN;
+                        ev |= PollFlags::POLLIN;
                     }
                     if !u.to_server.is_empty() {
-                        ev |= libc::POLLOUT;
+                        ev |= PollFlags::POLLOUT;
                     }
-                    fds.push(libc::pollfd { fd: u.server.as_raw_fd(), events: ev, revents: 0 });
+                    fds.push(PollFd::new(u.server.as_fd(), ev));
                     what.push(Ready::Server(id));
                     if let Some(deadline) = u.st.session.poll_timeout() {
                         timeout = timeout.min(deadline.saturating_duration_since(now));
                     }
                 }
             }
-            // SAFETY: poll over a live array of pollfds.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout.as_millis() as i32 + 1) };
-            if n < 0 {
-                continue;
+            let ms = u16::try_from(timeout.as_millis() + 1).unwrap_or(u16::MAX);
+            if poll(&mut fds, PollTimeout::from(ms)).is_err() {
+                continue; // EINTR
             }
+            let ready: Vec<(Ready, PollFlags)> = fds
+                .iter()
+                .zip(&what)
+                .filter_map(|(p, &r)| p.revents().filter(|e| !e.is_empty()).map(|e| (r, e)))
+                .collect();
+            drop(fds);
             let now = Instant::now();
-            for (pfd, &ready) in fds.iter().zip(&what) {
-                if pfd.revents == 0 {
-                    continue;
-                }
-                match ready {
+            for (r, revents) in ready {
+                match r {
                     Ready::Wake => {
                         self.wake.drain();
                         self.reports(now);
                     }
                     Ready::Listener(i) => self.accept(i, now),
-                    Ready::Client(id) => self.client_ready(id, pfd.revents, now),
-                    Ready::Server(id) => self.server_ready(id, pfd.revents, now),
+                    Ready::Client(id) => self.client_ready(id, revents, now),
+                    Ready::Server(id) => self.server_ready(id, revents, now),
                 }
             }
             self.expire(now);
@@ -544,12 +547,12 @@ impl Proxy {
         }
     }
 
-    fn client_ready(&mut self, id: u64, revents: i16, now: Instant) {
+    fn client_ready(&mut self, id: u64, revents: PollFlags, now: Instant) {
         let Some(c) = self.conns.get_mut(&id) else { return };
-        if revents & libc::POLLOUT != 0 && write_some(&mut c.client, &mut c.to_client).is_err() {
+        if revents.contains(PollFlags::POLLOUT) && write_some(&mut c.client, &mut c.to_client).is_err() {
             return self.close(id, "client write failed");
         }
-        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
+        if !revents.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             return self.maybe_close(id);
         }
         let got = match read_some(&mut c.client) {
@@ -584,9 +587,6 @@ impl Proxy {
         let Some(u) = c.up.as_mut() else { return };
         let f = u.st.feed(Dir::ToServer, bytes, false, &mut self.relay, now);
         u.to_server.extend_from_slice(&f.out);
-        if f.held {
-            self.hold(id);
-        }
         if let Some(u) = self.conns.get_mut(&id).and_then(|c| c.up.as_mut()) {
             if write_some(&mut u.server, &mut u.to_server).is_err() {
                 return self.close(id, "server write failed");
@@ -595,10 +595,10 @@ impl Proxy {
         self.events(id);
     }
 
-    fn server_ready(&mut self, id: u64, revents: i16, now: Instant) {
+    fn server_ready(&mut self, id: u64, revents: PollFlags, now: Instant) {
         let Some(c) = self.conns.get_mut(&id) else { return };
         let Some(u) = c.up.as_mut() else { return };
-        if revents & libc::POLLOUT != 0 {
+        if revents.contains(PollFlags::POLLOUT) {
             if write_some(&mut u.server, &mut u.to_server).is_err() {
                 return self.close(id, "server write failed");
             }
@@ -606,7 +606,7 @@ impl Proxy {
                 let _ = u.server.shutdown(Shutdown::Write);
             }
         }
-        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
+        if !revents.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             return;
         }
         let got = match read_some(&mut u.server) {
@@ -796,13 +796,6 @@ impl Proxy {
         self.login_lines(id, now);
     }
 
-    /// A RETR waits for its freshness check; reading from the client stops meanwhile.
-    fn hold(&mut self, id: u64) {
-        if let Some(u) = self.conns.get(&id).and_then(|c| c.up.as_ref()) {
-            self.checks.ask(id, &u.st.session);
-        }
-    }
-
     fn release(&mut self, a: Answer<u64>, now: Instant) {
         let Some(c) = self.conns.get_mut(&a.id) else { return };
         let who = c.who();
@@ -821,10 +814,7 @@ impl Proxy {
         if write_some(&mut u.server, &mut u.to_server).is_err() {
             return self.close(id, "server write failed");
         }
-        self.events(id);
-        if f.held {
-            self.hold(id); // another RETR came behind it
-        }
+        self.events(id); // (another RETR that came behind it asks for its check)
         // bytes the client sent meanwhile wait in its socket: reading resumes
     }
 
@@ -842,7 +832,7 @@ impl Proxy {
     fn events(&mut self, id: u64) {
         let Some(c) = self.conns.get_mut(&id) else { return };
         let Some(u) = c.up.as_mut() else { return };
-        log_events(&(c.peer, u.addr), &mut u.st.session);
+        handle_events(&(c.peer, u.addr), &mut u.st.session, &self.checks, id);
     }
 
     fn maybe_close(&mut self, id: u64) {

@@ -277,7 +277,9 @@ pub enum Event {
     /// What the cache does with a download.
     Cache { path: String, outcome: CacheOutcome },
     /// A RETR of a cached file is held ([`Verdict::Hold`]): ask the server whether the file is
-    /// unchanged (with [`Session::login`](super::Session::login)) and call [`Session::release`](super::Session::release) with the answer.
+    /// unchanged (with [`Session::login`](super::Session::login); the shells' driver does) and
+    /// call [`Session::release`](super::Session::release) with the answer, unless
+    /// [`Session::handle_timeout`](super::Session::handle_timeout) released it first.
     CheckFresh(Key),
     Note(String),
 }
