@@ -117,9 +117,8 @@ pub fn log_event(key: &(SocketAddrV4, SocketAddrV4), user: Option<&str>, ev: Eve
     let who = format!("session {} -> {} ({})", key.0, key.1, user.unwrap_or("-"));
     match ev {
         Event::User(u) => log!("{who}: login as {u:?}"),
-        Event::Rewrote { from, to, .. } => {
-            let kind = from.split([' ', '-']).next().unwrap_or("other").to_ascii_uppercase();
-            crate::metrics::m().rewrite(&kind);
+        Event::Rewrote { kind, from, to, .. } => {
+            crate::metrics::m().rewrite(kind.label());
             log!("{who}: rewrote {from:?} -> {to:?}")
         }
         Event::Refused { kind, reason } => {

@@ -25,7 +25,10 @@ pub mod proto;
 pub mod proxy;
 pub mod wire;
 pub mod relay;
+pub mod sched;
+pub mod state;
 pub mod settings;
+pub mod signals;
 pub mod status;
 pub mod xferlog;
 

@@ -4,11 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
-use nix::sys::signal::{SigSet, Signal};
 
 use ftpgate::cache::fresh::{Checker, Limits};
 use ftpgate::cache::store::{self, Store};
@@ -19,6 +18,7 @@ use ftpgate::nfq_loop::{self, Helper, LoopConfig};
 use ftpgate::proxy::{self, ProxyConfig};
 use ftpgate::relay::{CacheCtx, Relay};
 use ftpgate::settings::{rule_set, Settings};
+use ftpgate::signals;
 use ftpgate::status::{self, Board};
 
 /// The command line over the configuration file.
@@ -45,50 +45,11 @@ fn init_logging(filter: Option<&str>) {
     let _ = tracing_subscriber::fmt().with_env_filter(f).with_writer(std::io::stderr).with_ansi(false).with_target(false).try_init();
 }
 
-/// Blocks the signals `run` handles, before any thread starts (threads inherit the mask), so
-/// only the signal thread receives them.
-fn block_signals() -> Result<SigSet> {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGHUP);
-    set.thread_block().context("cannot block signals")?;
-    Ok(set)
-}
-
-/// SIGTERM: wait for transfers in progress (up to `drain`), then exit. SIGINT: exit now.
-/// SIGHUP: re-read the configuration and the proxy users; apply what is safe to change.
-fn handle_signals(set: SigSet, relay: Relay, drain: Duration, reload: impl Fn() + Send + 'static) -> Result<()> {
-    std::thread::Builder::new().name("ftpgate-signals".into()).spawn(move || loop {
-        let Ok(sig) = set.wait() else { continue };
-        match sig {
-            Signal::SIGHUP => reload(),
-            Signal::SIGTERM => {
-                let n = relay.transferring();
-                if n > 0 {
-                    log!("SIGTERM received; letting {n} data transfers finish (up to {} s)", drain.as_secs());
-                    let end = Instant::now() + drain;
-                    while relay.transferring() > 0 && Instant::now() < end {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-                log!("SIGTERM received; exiting ({} transfers still open)", relay.transferring());
-                std::process::exit(0);
-            }
-            _ => {
-                log!("{sig:?} received; exiting");
-                std::process::exit(0);
-            }
-        }
-    })?;
-    Ok(())
-}
-
 fn run(a: RunArgs) -> Result<()> {
     let config_file = a.config.clone();
     let s = settings(merged(a.options(), config_file.as_deref())?)?;
     init_logging(s.log.as_deref());
-    let signals = block_signals()?;
+    let signals = signals::block()?;
     check_cache_dir(&s.cache_dir)?;
     if s.state_dir != s.cache_dir {
         std::fs::create_dir_all(&s.state_dir).with_context(|| format!("state dir {}: cannot create", s.state_dir.display()))?;
@@ -166,7 +127,7 @@ fn run(a: RunArgs) -> Result<()> {
             Err(e) => ftpgate::warn!("SIGHUP: configuration not reloaded: {e:#}"),
         }
     };
-    handle_signals(signals, relay.handle(), drain, reload)?;
+    signals::handle(signals, relay.handle(), drain, reload)?;
     let mut helper = Helper::new(
         relay,
         cache,

@@ -145,6 +145,26 @@ impl Socket {
     }
 }
 
+/// The file descriptors of this process's NETLINK_NETFILTER sockets.
+pub fn netfilter_sockets() -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return out };
+    for e in dir.flatten() {
+        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let get = |opt| {
+            let mut v: libc::c_int = 0;
+            let mut len = core::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt into a live int; fails harmlessly on non-sockets.
+            let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut v as *mut libc::c_int).cast(), &mut len) };
+            (r == 0).then_some(v)
+        };
+        if get(libc::SO_DOMAIN) == Some(libc::AF_NETLINK) && get(libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER) {
+            out.push(fd);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

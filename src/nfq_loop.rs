@@ -15,9 +15,10 @@ use nfq::{Message, Queue, Verdict as NfVerdict};
 
 use crate::driver::{handle_events, Checks, Wake};
 use crate::log;
-use crate::proto::{released_timestamps, DataId, Dir, Segment, Seq, SeqState, Session, Verdict};
+use crate::proto::{released_timestamps, DataId, Dir, Segment, Seq, Session, Verdict};
 use crate::relay::forward::Flagged;
 use crate::relay::{CacheCtx, Relay};
+use crate::state;
 use crate::wire::{Packet, WireError};
 
 pub const FTP_PORT: u16 = 21;
@@ -37,28 +38,6 @@ pub struct LoopConfig {
     pub max_sessions: usize,
     /// SCHED_FIFO priority of the queue thread (0: normal scheduling).
     pub rt_priority: u8,
-}
-
-/// Runs the queue thread at real-time priority: every control packet of every session is
-/// forwarded in its context (the verdict re-injects it), and behind relay threads on the same
-/// cores a burst of sessions took twice as long as through the kernel ALG. The loop blocks in
-/// `poll`, and the kernel's RT throttling keeps 5 % of each core for others.
-fn raise_priority(prio: u8) {
-    if prio == 0 {
-        return;
-    }
-    let p = libc::sched_param { sched_priority: prio.into() };
-    // SCHED_RESET_ON_FORK: the threads this one starts (the relay's, the freshness checks')
-    // run at normal priority; inheriting real time, a busy relay could starve the machine
-    // SAFETY: sets the calling thread's own scheduling policy with a live parameter.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &p) } == 0 {
-        log!("queue thread at real-time priority {prio} (SCHED_FIFO)");
-    } else {
-        log!(
-            "queue thread stays at normal priority ({}; needs CAP_SYS_NICE, or --queue-priority 0)",
-            std::io::Error::last_os_error()
-        );
-    }
 }
 
 type Key = (SocketAddrV4, SocketAddrV4);
@@ -109,39 +88,6 @@ pub struct Helper {
     last_publish: Instant,
 }
 
-/// Saves the session state on a thread of its own: the newest text handed over wins. The file
-/// is rewritten in place (a header naming the length, then the lines; a longer earlier text's
-/// tail is ignored), with no new file and no rename per save: it lives in the page cache and
-/// survives the process (`kill -9`), which is what resuming needs — after a reboot conntrack's
-/// state is gone anyway. Saving after every change then costs a `pwrite`, where writing a
-/// temporary file and renaming it kept a core a quarter busy in a 200-session burst.
-fn state_writer(f: PathBuf) -> Option<Sender<String>> {
-    use std::os::unix::fs::FileExt;
-    let file = match std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&f) {
-        Ok(file) => file,
-        Err(e) => {
-            crate::warn!("cannot save session state to {}: {e}", f.display());
-            return None;
-        }
-    };
-    let (tx, rx) = channel::<String>();
-    let spawned = std::thread::Builder::new().name("ftpgate-state".into()).spawn(move || {
-        while let Ok(mut text) = rx.recv() {
-            while let Ok(newer) = rx.try_recv() {
-                text = newer;
-            }
-            let out = format!("{STATE_HEADER}{}\n{text}", text.len());
-            if let Err(e) = file.write_all_at(out.as_bytes(), 0) {
-                crate::warn!("cannot save session state to {}: {e}", f.display());
-            }
-        }
-    });
-    spawned.ok().map(|_| tx)
-}
-
-/// The first line of the state file: this, then the length of the lines that follow.
-const STATE_HEADER: &str = "#ftpgate-state ";
-
 impl Helper {
     pub fn new(mut relay: Relay, cache: Option<Arc<CacheCtx>>, cfg: LoopConfig) -> Result<Helper> {
         let wake = Arc::new(Wake::new().context("cannot create a pipe")?);
@@ -154,14 +100,14 @@ impl Helper {
         let now = Instant::now();
         let mut sessions = HashMap::new();
         if let Some(f) = &cfg.state_file {
-            for (key, st) in load_state(f) {
+            for (key, st) in state::load(f) {
                 sessions.insert(key, Session::resume(key.0, key.1, st, now));
             }
             if !sessions.is_empty() {
                 log!("resumed {} sessions with changed lengths from {}", sessions.len(), f.display());
             }
         }
-        let state_writer = cfg.state_file.clone().and_then(state_writer);
+        let state_writer = cfg.state_file.clone().and_then(state::writer);
         Ok(Helper {
             sessions,
             relay,
@@ -424,13 +370,7 @@ impl Helper {
     /// (which writes, then renames): the queue loop never waits for the disk.
     fn save_state(&self) {
         let Some(w) = &self.state_writer else { return };
-        let mut text = String::new();
-        for (k, s) in &self.sessions {
-            if let Some(st) = s.seq_state() {
-                text.push_str(&format!("{} {} {} {} {} {}\n", k.0, k.1, st.c2s.0, st.c2s.1.raw(), st.s2c.0, st.s2c.1.raw()));
-            }
-        }
-        let _ = w.send(text);
+        let _ = w.send(state::render(self.sessions.iter().filter_map(|(k, s)| Some((*k, s.seq_state()?)))));
     }
 
     pub fn sessions(&self) -> usize {
@@ -459,65 +399,16 @@ fn apply(msg: &mut Message, verdict: Verdict, edited: Option<Result<Vec<u8>, Wir
     }
 }
 
-/// Reads what [`Helper::save_state`] wrote; damaged lines are skipped.
-fn load_state(f: &std::path::Path) -> Vec<(Key, SeqState)> {
-    let Ok(text) = std::fs::read_to_string(f) else { return Vec::new() };
-    state_lines(&text)
-}
-
-/// The saved lines of a state file's text: after the header, as many bytes as it names (an
-/// earlier, longer save's tail follows them); a file without the header is all lines.
-fn state_lines(text: &str) -> Vec<(Key, SeqState)> {
-    let body = match text.strip_prefix(STATE_HEADER).and_then(|r| r.split_once('\n')) {
-        Some((len, rest)) => match len.parse::<usize>() {
-            Ok(n) => rest.get(..n).unwrap_or(""),
-            Err(_) => "",
-        },
-        None => text,
-    };
-    body.lines()
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            let [c, s, cd, cs, sd, ss] = w[..] else { return None };
-            let key = (c.parse().ok()?, s.parse().ok()?);
-            let st = SeqState {
-                c2s: (cd.parse().ok()?, Seq::new(cs.parse().ok()?)),
-                s2c: (sd.parse().ok()?, Seq::new(ss.parse().ok()?)),
-            };
-            Some((key, st))
-        })
-        .collect()
-}
-
-/// The file descriptors of this process's NETLINK_NETFILTER sockets.
-fn netfilter_sockets() -> Vec<i32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return out };
-    for e in dir.flatten() {
-        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let get = |opt| {
-            let mut v: libc::c_int = 0;
-            let mut len = core::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            // SAFETY: getsockopt into a live int; fails harmlessly on non-sockets.
-            let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut v as *mut libc::c_int).cast(), &mut len) };
-            (r == 0).then_some(v)
-        };
-        if get(libc::SO_DOMAIN) == Some(libc::AF_NETLINK) && get(libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER) {
-            out.push(fd);
-        }
-    }
-    out
-}
 
 
 /// Binds the queue and runs until the process is stopped.
 pub fn run(mut helper: Helper) -> Result<()> {
     let q = helper.cfg.queue;
-    let before = netfilter_sockets();
+    let before = crate::netlink::netfilter_sockets();
     let mut queue = Queue::open().context("cannot open an NFQUEUE netlink socket (need CAP_NET_ADMIN)")?;
     // the nfq crate does not expose its socket; it is the one NETLINK_NETFILTER socket that
     // open() added, and the loop polls it together with the check-answer pipe
-    let qfd = match netfilter_sockets().into_iter().filter(|f| !before.contains(f)).collect::<Vec<_>>()[..] {
+    let qfd = match crate::netlink::netfilter_sockets().into_iter().filter(|f| !before.contains(f)).collect::<Vec<_>>()[..] {
         [fd] => fd,
         _ => anyhow::bail!("cannot find the NFQUEUE socket"),
     };
@@ -543,7 +434,7 @@ pub fn run(mut helper: Helper) -> Result<()> {
         }
     }
     log!("bound NFQUEUE {q} ({})", if helper.cfg.fail_open { "fail-open" } else { "fail-closed" });
-    raise_priority(helper.cfg.rt_priority);
+    crate::sched::raise_priority(helper.cfg.rt_priority);
     match &helper.cache {
         Some(c) => {
             let (entries, bytes) = c.store.totals();
@@ -597,27 +488,5 @@ pub fn run(mut helper: Helper) -> Result<()> {
         }
         helper.maybe_save_state();
         helper.maybe_publish(now);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn state_file_rewritten_in_place_reads_only_the_newest_lines() {
-        let older = "10.0.1.2:1 10.0.2.2:21 3 100 0 200\n10.0.1.2:2 10.0.2.2:21 -2 300 0 400\n";
-        let newer = "10.0.1.2:3 10.0.2.2:21 5 500 1 600\n";
-        // a longer save, then a shorter one over it: the header's length ends the lines
-        let mut file = format!("{STATE_HEADER}{}\n{older}", older.len()).into_bytes();
-        let second = format!("{STATE_HEADER}{}\n{newer}", newer.len()).into_bytes();
-        file[..second.len()].copy_from_slice(&second);
-        let got = state_lines(std::str::from_utf8(&file).unwrap());
-        let key: Key = ("10.0.1.2:3".parse().unwrap(), "10.0.2.2:21".parse().unwrap());
-        assert_eq!(got, vec![(key, SeqState { c2s: (5, Seq::new(500)), s2c: (1, Seq::new(600)) })]);
-        // a file of an earlier version (lines only) still loads
-        assert_eq!(state_lines(older).len(), 2);
-        // a damaged header loads nothing rather than stale lines
-        assert!(state_lines(&format!("{STATE_HEADER}x\n{older}")).is_empty());
     }
 }

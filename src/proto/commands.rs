@@ -125,7 +125,7 @@ impl Session {
 
     pub(super) fn rewrite(&mut self, dir: Dir, line: &[u8], ep: &ftp::Endpoint, to: SocketAddrV4) -> Vec<u8> {
         let new = ftp::emit(line, ep, to);
-        self.events.push_back(Event::Rewrote { dir, from: show(line), to: show(&new) });
+        self.events.push_back(Event::Rewrote { dir, kind: ep.kind, from: show(line), to: show(&new) });
         new
     }
 

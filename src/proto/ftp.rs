@@ -29,6 +29,18 @@ pub enum Kind {
     Epsv229,
 }
 
+impl Kind {
+    /// The metric's `kind` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Port => "PORT",
+            Kind::Eprt => "EPRT",
+            Kind::Pasv227 => "227",
+            Kind::Epsv229 => "229",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParseError {
     /// `EPRT` with a protocol other than 1 (IPv4).

@@ -267,7 +267,7 @@ pub struct Described {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     User(String),
-    Rewrote { dir: Dir, from: String, to: String },
+    Rewrote { dir: Dir, kind: super::ftp::Kind, from: String, to: String },
     Refused { kind: Refusal, reason: String },
     Malformed { dir: Dir, line: String, why: String },
     TlsStarted,

@@ -26,101 +26,16 @@ use crate::proto::explicit::{Access, Denied, Fed, Handoff, ProxyLogin, Step, Str
 use crate::proto::{Dir, Via};
 use crate::relay::{transparent_listener, CacheCtx, Relay};
 
+mod connect;
+mod users;
+use connect::{connect, ConnectError};
+pub use users::{hash_password, Reload, Users};
+use users::Throttle;
+
 /// A connection that has not reached its server within this long is closed.
 const LOGIN_IDLE: Duration = Duration::from_secs(120);
 /// Bytes buffered for one side before reading from the other stops.
 const MAX_BUFFERED: usize = 256 << 10;
-
-/// Proxy users: `name:hash` a line, the hash an Argon2 PHC string (`ftpgate proxy-passwd`).
-pub struct Users(HashMap<String, String>);
-
-impl core::fmt::Debug for Users {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "Users({} names)", self.0.len()) // never the hashes
-    }
-}
-
-impl Users {
-    pub fn load(path: &Path) -> Result<Users> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("--proxy-users {}: cannot read", path.display()))?;
-        let mut m = HashMap::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((name, hash)) = line.split_once(':') else {
-                bail!("{}:{}: expected name:hash", path.display(), i + 1);
-            };
-            if let Err(e) = argon2::PasswordHash::new(hash) {
-                bail!("{}:{}: user {name}: not a password hash ({e}); make one with `ftpgate proxy-passwd {name}`", path.display(), i + 1);
-            }
-            m.insert(name.to_string(), hash.to_string());
-        }
-        if m.is_empty() {
-            bail!("--proxy-users {}: no users", path.display());
-        }
-        Ok(Users(m))
-    }
-
-    /// Checks a password. An unknown user costs the same hash as a known one.
-    pub fn verify(&self, name: &str, pass: &str) -> bool {
-        use argon2::PasswordVerifier;
-        const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$DneBu+QE4f7kie95ZETfYA$Co347uPdm0DghuNkTYbBP75LQOOqo3vA3rpx+ua3Px4";
-        let (hash, known) = match self.0.get(name) {
-            Some(h) => (h.as_str(), true),
-            None => (DUMMY, false),
-        };
-        let ok = argon2::PasswordHash::new(hash)
-            .map(|h| argon2::Argon2::default().verify_password(pass.as_bytes(), &h).is_ok())
-            .unwrap_or(false);
-        ok && known
-    }
-}
-
-/// An Argon2id hash of `pass` with a fresh salt, for the `--proxy-users` file.
-pub fn hash_password(pass: &str) -> Result<String> {
-    use argon2::password_hash::{PasswordHasher, SaltString};
-    let mut raw = [0u8; 16];
-    // SAFETY: getrandom(2) fills the live buffer it is given.
-    if unsafe { libc::getrandom(raw.as_mut_ptr().cast(), raw.len(), 0) } != raw.len() as isize {
-        bail!("cannot get random bytes for a salt");
-    }
-    let salt = SaltString::encode_b64(&raw).map_err(|e| anyhow::anyhow!("cannot make a salt: {e}"))?;
-    argon2::Argon2::default()
-        .hash_password(pass.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| anyhow::anyhow!("cannot hash: {e}"))
-}
-
-/// Failed proxy logins per client address: from the third in a row on, each answer waits
-/// twice as long as the one before (2 s, 4 s, … 32 s).
-#[derive(Default)]
-struct Throttle(Mutex<HashMap<Ipv4Addr, (u32, Instant)>>);
-
-impl Throttle {
-    const FORGET: Duration = Duration::from_secs(900);
-    fn delay(&self, ip: Ipv4Addr) -> Duration {
-        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match m.get(&ip) {
-            Some(&(n, at)) if n >= 2 && at.elapsed() < Self::FORGET => Duration::from_secs(1 << (n - 1).min(5)),
-            _ => Duration::ZERO,
-        }
-    }
-    fn record(&self, ip: Ipv4Addr, ok: bool) {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        m.retain(|_, (_, at)| at.elapsed() < Self::FORGET);
-        if ok {
-            m.remove(&ip);
-        } else {
-            let e = m.entry(ip).or_insert((0, Instant::now()));
-            *e = (e.0 + 1, Instant::now());
-        }
-    }
-}
-
-/// Proxy users and access rules re-read on SIGHUP, waiting for the proxy loop to take them.
-pub type Reload = Arc<Mutex<Option<(Option<Users>, Access)>>>;
 
 pub struct ProxyConfig {
     pub listen: Vec<SocketAddrV4>,
@@ -236,125 +151,6 @@ pub fn spawn(mut cfg: ProxyConfig, mut relay: Relay, cache: Option<Arc<CacheCtx>
     }
     std::thread::Builder::new().name("ftpgate-proxy".into()).spawn(move || p.run())?;
     Ok(())
-}
-
-/// The gateway's own IPv4 addresses: never a destination.
-fn local_addrs() -> Vec<Ipv4Addr> {
-    let mut out = vec![Ipv4Addr::LOCALHOST];
-    if let Ok(ifs) = nix::ifaddrs::getifaddrs() {
-        for i in ifs {
-            if let Some(a) = i.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
-                out.push(a.ip());
-            }
-        }
-    }
-    out
-}
-
-/// Resolves, checks and connects, then reads the server's greeting (up to its final line).
-/// Why the proxy could not reach the server a client named; its `Display` is the reply the
-/// client gets (`421`, or `530` for a destination the access rules refuse).
-#[derive(Debug)]
-enum ConnectError {
-    UnknownHost(String),
-    NoIpv4(String),
-    NotAllowed { host: String, why: Denied },
-    Refused { host: String, addr: SocketAddrV4 },
-    TimedOut { host: String, addr: SocketAddrV4 },
-    Io { host: String, addr: SocketAddrV4, source: io::Error },
-    ClosedBeforeGreeting { host: String, addr: SocketAddrV4 },
-    NoGreeting { host: String, addr: SocketAddrV4, within: Duration },
-}
-
-impl core::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            ConnectError::UnknownHost(h) => write!(f, "421 Unknown host {h}"),
-            ConnectError::NoIpv4(h) => write!(f, "421 Host {h} has no IPv4 address"),
-            ConnectError::NotAllowed { host, why } => write!(f, "530 Not allowed to connect to {host}: {why}"),
-            ConnectError::Refused { host, addr } => write!(f, "421 Connection to {host} ({addr}) refused"),
-            ConnectError::TimedOut { host, addr } => write!(f, "421 Connection to {host} ({addr}) timed out"),
-            ConnectError::Io { host, addr, source } => write!(f, "421 Cannot connect to {host} ({addr}): {source}"),
-            ConnectError::ClosedBeforeGreeting { host, addr } => {
-                write!(f, "421 {host} ({addr}) closed the connection before greeting")
-            }
-            ConnectError::NoGreeting { host, addr, within } => write!(f, "421 {host} ({addr}) sent no greeting within {within:?}"),
-        }
-    }
-}
-
-impl std::error::Error for ConnectError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ConnectError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
-
-fn connect(target: &Target, access: &Access, timeout: Duration) -> Result<(TcpStream, Vec<u8>), ConnectError> {
-    let addrs: Vec<SocketAddrV4> = match (target.host.as_str(), target.port).to_socket_addrs() {
-        Ok(it) => it
-            .filter_map(|a| match a {
-                std::net::SocketAddr::V4(a) => Some(a),
-                _ => None,
-            })
-            .collect(),
-        Err(_) => return Err(ConnectError::UnknownHost(target.host.clone())),
-    };
-    if addrs.is_empty() {
-        return Err(ConnectError::NoIpv4(target.host.clone()));
-    }
-    let local = local_addrs();
-    let mut refusal = None;
-    let addr = addrs.iter().copied().find(|a| match access.dest(*a.ip(), &local) {
-        Ok(()) => true,
-        Err(e) => {
-            refusal.get_or_insert(e);
-            false
-        }
-    });
-    let Some(addr) = addr else {
-        return Err(ConnectError::NotAllowed { host: target.host.clone(), why: refusal.unwrap_or(Denied::NotAHost(*addrs[0].ip())) });
-    };
-    let s = match TcpStream::connect_timeout(&addr.into(), timeout) {
-        Ok(s) => s,
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            return Err(ConnectError::Refused { host: target.host.clone(), addr })
-        }
-        Err(e) if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock => {
-            return Err(ConnectError::TimedOut { host: target.host.clone(), addr })
-        }
-        Err(source) => return Err(ConnectError::Io { host: target.host.clone(), addr, source }),
-    };
-    let _ = s.set_read_timeout(Some(timeout));
-    let _ = s.set_nodelay(true);
-    let mut greeting = Vec::new();
-    let mut buf = [0u8; 2048];
-    let mut r = &s;
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => return Err(ConnectError::ClosedBeforeGreeting { host: target.host.clone(), addr }),
-            Ok(n) => greeting.extend_from_slice(&buf[..n]),
-            Err(_) => return Err(ConnectError::NoGreeting { host: target.host.clone(), addr, within: timeout }),
-        }
-        if final_reply(&greeting) || greeting.len() > 16 << 10 {
-            break;
-        }
-    }
-    let _ = s.set_read_timeout(None);
-    Ok((s, greeting))
-}
-
-/// Whether `buf` ends with a reply's final line (`ddd text\r\n`).
-fn final_reply(buf: &[u8]) -> bool {
-    if buf.last() != Some(&b'\n') {
-        return false;
-    }
-    let body = &buf[..buf.len() - 1];
-    let start = body.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
-    let l = &body[start..];
-    l.len() >= 4 && l[..3].iter().all(u8::is_ascii_digit) && l[3] == b' '
 }
 
 fn write_some(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
