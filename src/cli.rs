@@ -242,13 +242,6 @@ impl RunArgs {
 
 impl RuleArgs {
     pub fn options(&self) -> Options {
-        Options {
-            queue: self.queue,
-            fail_closed: self.fail_closed.then_some(true),
-            mark: self.mark,
-            table: self.table,
-            ..Default::default()
-        }
+        Options { queue: self.queue, fail_closed: self.fail_closed.then_some(true), mark: self.mark, table: self.table, ..Default::default() }
     }
 }
-

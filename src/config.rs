@@ -75,10 +75,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some((i, 'T' | 't')) => (&t[..i], 1 << 40),
         _ => (t, 1),
     };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("bad size {s:?} (expected bytes, optionally with K, M, G or T)"))
+    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(|| format!("bad size {s:?} (expected bytes, optionally with K, M, G or T)"))
 }
 
 /// Parses `0x10000` or `65536`.
@@ -116,7 +113,10 @@ fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Cidr>>, D::Error>
 /// What is wrong with a configuration file; reads `FILE:LINE: KEY: what is wrong`.
 #[derive(Debug)]
 pub enum ConfigError {
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     Invalid {
         /// `None` for text that came from no file.
         path: Option<PathBuf>,
@@ -196,9 +196,36 @@ impl Options {
             ($($f:ident),*) => { Options { $($f: self.$f.or(file.$f)),* } };
         }
         pick!(
-            queue, fail_closed, mark, table, cache_dir, state_dir, data_timeout, idle_timeout, cache_max_bytes, cache_settle, cache_write_buffer,
-            check_timeout, check_connections, queue_priority, data_nice, data_priority, no_cache, no_refetch, data_forwarding, max_sessions, max_data, listen, proxy_users, allow_from, allow_dest,
-            connect_timeout, metrics, xferlog, drain_timeout, log
+            queue,
+            fail_closed,
+            mark,
+            table,
+            cache_dir,
+            state_dir,
+            data_timeout,
+            idle_timeout,
+            cache_max_bytes,
+            cache_settle,
+            cache_write_buffer,
+            check_timeout,
+            check_connections,
+            queue_priority,
+            data_nice,
+            data_priority,
+            no_cache,
+            no_refetch,
+            data_forwarding,
+            max_sessions,
+            max_data,
+            listen,
+            proxy_users,
+            allow_from,
+            allow_dest,
+            connect_timeout,
+            metrics,
+            xferlog,
+            drain_timeout,
+            log
         )
     }
 }

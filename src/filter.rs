@@ -64,9 +64,7 @@ impl RuleSet {
                 table: "raw",
                 chain: "PREROUTING",
                 first: false,
-                spec: words(&format!(
-                    "-p tcp --dport 21 -m addrtype ! --dst-type LOCAL {c} -j NFQUEUE --queue-num {q}{bypass}"
-                )),
+                spec: words(&format!("-p tcp --dport 21 -m addrtype ! --dst-type LOCAL {c} -j NFQUEUE --queue-num {q}{bypass}")),
             },
             Rule {
                 table: "mangle",
@@ -81,12 +79,7 @@ impl RuleSet {
                 // a kernel-forwarded data connection never needs the per-packet socket lookup
                 spec: words(&format!("-p tcp -m connmark ! --mark {pass:#x} -m socket --transparent {c} -j MARK --set-xmark {m}")),
             },
-            Rule {
-                table: "filter",
-                chain: "INPUT",
-                first: true,
-                spec: words(&format!("-p tcp -m mark --mark {m} {c} -j ACCEPT")),
-            },
+            Rule { table: "filter", chain: "INPUT", first: true, spec: words(&format!("-p tcp -m mark --mark {m} {c} -j ACCEPT")) },
             Rule {
                 table: "mangle",
                 chain: "FORWARD",
@@ -146,11 +139,7 @@ impl RuleSet {
             if iptables(r.table, "-C", r.chain, &r.spec, None)? {
                 continue;
             }
-            let ok = if r.first {
-                iptables(r.table, "-I", r.chain, &r.spec, Some("1"))?
-            } else {
-                iptables(r.table, "-A", r.chain, &r.spec, None)?
-            };
+            let ok = if r.first { iptables(r.table, "-I", r.chain, &r.spec, Some("1"))? } else { iptables(r.table, "-A", r.chain, &r.spec, None)? };
             if !ok {
                 bail!("iptables refused: -t {} -A {} {}", r.table, r.chain, r.spec.join(" "));
             }
@@ -230,10 +219,7 @@ fn iptables(table: &str, op: &str, chain: &str, spec: &[String], pos: Option<&st
     match out.status.code() {
         Some(0) => Ok(true),
         Some(1) => Ok(false),
-        _ => bail!(
-            "iptables -t {table} {op} {chain} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
+        _ => bail!("iptables -t {table} {op} {chain} failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
     }
 }
 
@@ -309,7 +295,8 @@ mod tests {
         let empty = "table ip raw {\n\tchain PREROUTING {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t}\n}\n";
         assert!(holds_nothing(empty));
         assert!(!holds_nothing(&empty.replace("policy accept", "policy drop")));
-        let ruled = "table ip raw {\n\tchain PREROUTING {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\ttcp dport 21 counter\n\t}\n}\n";
+        let ruled =
+            "table ip raw {\n\tchain PREROUTING {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\ttcp dport 21 counter\n\t}\n}\n";
         assert!(!holds_nothing(ruled));
     }
 

@@ -171,12 +171,7 @@ pub fn seqmap(data: &[u8]) {
 /// parses re-emits to a line that parses to the new endpoint.
 pub fn parsers(data: &[u8]) {
     let to: SocketAddrV4 = "10.0.2.1:5000".parse().unwrap();
-    for (parse, _) in [
-        (ftp::parse_port as fn(&[u8]) -> _, "PORT"),
-        (ftp::parse_eprt, "EPRT"),
-        (ftp::parse_227, "227"),
-        (ftp::parse_229, "229"),
-    ] {
+    for (parse, _) in [(ftp::parse_port as fn(&[u8]) -> _, "PORT"), (ftp::parse_eprt, "EPRT"), (ftp::parse_227, "227"), (ftp::parse_229, "229")] {
         if let Ok(ep) = parse(data) {
             let line = ftp::emit(data, &ep, to);
             let again = parse(&line).expect("emitted line parses");

@@ -15,21 +15,21 @@ pub mod config;
 pub mod conntrack;
 pub mod driver;
 pub mod filter;
-pub mod metrics;
-pub mod netlink;
-pub mod nft;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod metrics;
+pub mod netlink;
 pub mod nfq_loop;
+pub mod nft;
 pub mod proto;
 pub mod proxy;
-pub mod wire;
 pub mod relay;
 pub mod sched;
-pub mod state;
 pub mod settings;
 pub mod signals;
+pub mod state;
 pub mod status;
+pub mod wire;
 pub mod xferlog;
 
 /// One log event (level INFO) through `tracing`; `ftpgate run` prints each on one stderr line.

@@ -77,9 +77,13 @@ fn run(a: RunArgs) -> Result<()> {
     let mut relay = Relay::new(s.relay.clone(), ftpgate::conntrack::server_side_client_addr, cache.clone());
     if s.forwarding == Forwarding::Kernel {
         match relay.enable_forwarding() {
-            Ok(()) if cache.is_none() => log!("data connections are forwarded by the kernel (single-use permissions in nftables table ip {})", ftpgate::nft::TABLE),
+            Ok(()) if cache.is_none() => {
+                log!("data connections are forwarded by the kernel (single-use permissions in nftables table ip {})", ftpgate::nft::TABLE)
+            }
             Ok(()) => {}
-            Err(e) => log!("kernel forwarding of data connections unavailable (nftables table ip {}: {e}); the relay moves them", ftpgate::nft::TABLE),
+            Err(e) => {
+                log!("kernel forwarding of data connections unavailable (nftables table ip {}: {e}); the relay moves them", ftpgate::nft::TABLE)
+            }
         }
     }
     let board = Arc::new(Board::default());
@@ -173,15 +177,7 @@ fn cache_cmd(op: CacheOp) -> Result<()> {
             let total: u64 = entries.iter().map(|l| l.meta.size).sum();
             for l in &entries {
                 let m = &l.meta;
-                println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}",
-                    m.key.server,
-                    m.key.user,
-                    if m.key.binary { "I" } else { "A" },
-                    m.size,
-                    m.mdtm,
-                    m.key.path
-                );
+                println!("{}\t{}\t{}\t{}\t{}\t{}", m.key.server, m.key.user, if m.key.binary { "I" } else { "A" }, m.size, m.mdtm, m.key.path);
             }
             println!("{} entries, {total} bytes", entries.len());
         }
@@ -218,9 +214,7 @@ fn main() -> ExitCode {
         Cmd::Cache { op } => cache_cmd(op),
         Cmd::ProxyPasswd { name } => proxy_passwd(&name),
         Cmd::CheckConfig { config } => check_config(config),
-        Cmd::Status { config, cache_dir } => {
-            cache_dir_of(config.as_deref(), cache_dir).and_then(|d| status::query(&d)).map(|t| print!("{t}"))
-        }
+        Cmd::Status { config, cache_dir } => cache_dir_of(config.as_deref(), cache_dir).and_then(|d| status::query(&d)).map(|t| print!("{t}")),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

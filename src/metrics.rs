@@ -198,8 +198,8 @@ pub fn serve(addr: std::net::SocketAddr, queue: u16, gauges: impl Fn() -> Gauges
                 m.queue_drops.get_or_create(&ReasonL { reason: "queue_full".into() }).set(full as i64);
                 m.queue_drops.get_or_create(&ReasonL { reason: "socket_full".into() }).set(user as i64);
             }
-            let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4; charset=utf-8"[..])
-                .expect("static header");
+            let header =
+                tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4; charset=utf-8"[..]).expect("static header");
             let _ = req.respond(tiny_http::Response::from_string(m.render()).with_header(header));
         }
     })?;

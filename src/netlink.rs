@@ -96,12 +96,7 @@ pub struct Socket {
 
 impl Socket {
     pub fn open(timeout: Duration) -> io::Result<Socket> {
-        let fd = socket::socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkNetFilter,
-        )?;
+        let fd = socket::socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkNetFilter)?;
         let tv = nix::sys::time::TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64);
         socket::setsockopt(&fd, socket::sockopt::ReceiveTimeout, &tv)?;
         Ok(Socket { fd, buf: vec![0u8; 16384] })

@@ -153,11 +153,7 @@ impl Helper {
             msg.set_verdict(if self.relay.observe(&seg) { NfVerdict::Accept } else { NfVerdict::Drop });
             return Some(msg);
         }
-        let (dir, key) = if pkt.dst().port() == FTP_PORT {
-            (Dir::ToServer, (pkt.src(), pkt.dst()))
-        } else {
-            (Dir::ToClient, (pkt.dst(), pkt.src()))
-        };
+        let (dir, key) = if pkt.dst().port() == FTP_PORT { (Dir::ToServer, (pkt.src(), pkt.dst())) } else { (Dir::ToClient, (pkt.dst(), pkt.src())) };
         let flags = pkt.flags();
         let seg = Segment { seq: pkt.seq(), ack: pkt.ack(), flags, sack: &pkt.sack, payload: pkt.payload };
         if self.sessions.get(&key).is_some_and(|s| s.is_later_connection(dir, &seg)) {
@@ -175,11 +171,7 @@ impl Helper {
         }
         if !self.sessions.contains_key(&key) {
             // counting is O(sessions): only needed once that many are tracked at all
-            let live = if self.sessions.len() < self.cfg.max_sessions {
-                0
-            } else {
-                self.sessions.values().filter(|s| s.is_live()).count()
-            };
+            let live = if self.sessions.len() < self.cfg.max_sessions { 0 } else { self.sessions.values().filter(|s| s.is_live()).count() };
             if self.sessions.len() >= 4 * self.cfg.max_sessions.max(1) {
                 // refused sessions are tracked too, until they close; past this, not even that
                 msg.set_verdict(NfVerdict::Accept);
@@ -332,12 +324,7 @@ impl Helper {
             .sessions
             .values()
             .filter(|s| s.is_live())
-            .map(|s| crate::status::SessionLine {
-                client: s.client(),
-                server: s.server(),
-                user: s.user().map(str::to_string),
-                state: s.state(),
-            })
+            .map(|s| crate::status::SessionLine { client: s.client(), server: s.server(), user: s.user().map(str::to_string), state: s.state() })
             .collect();
         board.publish(false, lines);
     }
@@ -399,8 +386,6 @@ fn apply(msg: &mut Message, verdict: Verdict, edited: Option<Result<Vec<u8>, Wir
     }
 }
 
-
-
 /// Binds the queue and runs until the process is stopped.
 pub fn run(mut helper: Helper) -> Result<()> {
     let q = helper.cfg.queue;
@@ -445,10 +430,8 @@ pub fn run(mut helper: Helper) -> Result<()> {
     loop {
         let now = Instant::now();
         let wait = helper.next_deadline().map_or(1000, |d| d.saturating_duration_since(now).as_millis().min(1000) as i32);
-        let mut pfds = [
-            libc::pollfd { fd: qfd, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: helper.wake.fd(), events: libc::POLLIN, revents: 0 },
-        ];
+        let mut pfds =
+            [libc::pollfd { fd: qfd, events: libc::POLLIN, revents: 0 }, libc::pollfd { fd: helper.wake.fd(), events: libc::POLLIN, revents: 0 }];
         // SAFETY: two valid pollfds.
         if unsafe { libc::poll(pfds.as_mut_ptr(), 2, wait) } < 0 {
             let e = std::io::Error::last_os_error();

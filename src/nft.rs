@@ -238,11 +238,7 @@ mod tests {
 
     #[test]
     fn a_grant_is_one_batch_translation_first() {
-        let g = Grant {
-            peer: Ipv4Addr::new(10, 0, 2, 2),
-            at: "10.0.2.1:40001".parse().unwrap(),
-            dnat: Some("10.0.1.2:40001".parse().unwrap()),
-        };
+        let g = Grant { peer: Ipv4Addr::new(10, 0, 2, 2), at: "10.0.2.1:40001".parse().unwrap(), dnat: Some("10.0.1.2:40001".parse().unwrap()) };
         let (req, last) = grant_request(&g, Duration::from_secs(30), 100);
         let msgs: Vec<_> = messages(&req).collect();
         assert_eq!(msgs.len(), 5);

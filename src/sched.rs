@@ -17,10 +17,7 @@ pub fn raise_priority(prio: u8) {
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &p) } == 0 {
         crate::log!("queue thread at real-time priority {prio} (SCHED_FIFO)");
     } else {
-        crate::log!(
-            "queue thread stays at normal priority ({}; needs CAP_SYS_NICE, or --queue-priority 0)",
-            std::io::Error::last_os_error()
-        );
+        crate::log!("queue thread stays at normal priority ({}; needs CAP_SYS_NICE, or --queue-priority 0)", std::io::Error::last_os_error());
     }
 }
 

@@ -86,11 +86,17 @@ pub enum SettingsError {
     ZeroDataTimeout,
     DataNice(i8),
     QueuePriority(u8),
-    DataPriority { data: u8, queue: u8 },
+    DataPriority {
+        data: u8,
+        queue: u8,
+    },
     ProxyOptionsWithoutListener,
-    /// The proxy users file (its path, and why).
-    Users(PathBuf, String),
-    LogFilter { filter: String, why: String },
+    /// The proxy users file.
+    Users(crate::proxy::UsersError),
+    LogFilter {
+        filter: String,
+        why: String,
+    },
 }
 
 impl fmt::Display for SettingsError {
@@ -100,14 +106,13 @@ impl fmt::Display for SettingsError {
             SettingsError::ZeroDataTimeout => write!(f, "--data-timeout must be at least 1 second"),
             SettingsError::DataNice(n) => write!(f, "data-nice {n} is out of range (-20 to 19)"),
             SettingsError::QueuePriority(p) => write!(f, "queue-priority {p} is out of range (0 to 99)"),
-            SettingsError::DataPriority { data, queue } => write!(
-                f,
-                "data-priority {data} must be below queue-priority ({queue}): the control path must not queue behind the data path"
-            ),
+            SettingsError::DataPriority { data, queue } => {
+                write!(f, "data-priority {data} must be below queue-priority ({queue}): the control path must not queue behind the data path")
+            }
             SettingsError::ProxyOptionsWithoutListener => {
                 write!(f, "--proxy-users, --allow-from and --allow-dest need an explicit proxy listener (--listen ADDR:PORT)")
             }
-            SettingsError::Users(p, why) => write!(f, "proxy users {}: {why}", p.display()),
+            SettingsError::Users(e) => e.fmt(f),
             SettingsError::LogFilter { filter, why } => write!(f, "log filter {filter:?}: {why}"),
         }
     }
@@ -151,12 +156,11 @@ impl Settings {
             return Err(SettingsError::ProxyOptionsWithoutListener);
         }
         let users = match &o.proxy_users {
-            Some(p) => Some(Users::load(p).map_err(|e| SettingsError::Users(p.clone(), format!("{e:#}")))?),
+            Some(p) => Some(Users::load(p).map_err(SettingsError::Users)?),
             None => None,
         };
         if let Some(f) = &o.log {
-            tracing_subscriber::EnvFilter::try_new(f)
-                .map_err(|e| SettingsError::LogFilter { filter: f.clone(), why: e.to_string() })?;
+            tracing_subscriber::EnvFilter::try_new(f).map_err(|e| SettingsError::LogFilter { filter: f.clone(), why: e.to_string() })?;
         }
         let cache = (!o.no_cache.unwrap_or(false)).then(|| CacheSettings {
             max_bytes: o.cache_max_bytes.unwrap_or(d::CACHE_MAX_BYTES),
@@ -176,11 +180,7 @@ impl Settings {
             users,
             connect_timeout: secs(o.connect_timeout, d::CONNECT_TIMEOUT_S),
         });
-        let state_dir = o
-            .state_dir
-            .clone()
-            .or_else(|| std::env::var_os(d::STATE_DIR_ENV).map(PathBuf::from))
-            .unwrap_or_else(|| cache_dir.clone());
+        let state_dir = o.state_dir.clone().or_else(|| std::env::var_os(d::STATE_DIR_ENV).map(PathBuf::from)).unwrap_or_else(|| cache_dir.clone());
         Ok(Settings {
             rules: rule_set(&o),
             state_dir,
@@ -245,6 +245,6 @@ mod tests {
             o.listen = Some(vec!["127.0.0.1:2121".parse().unwrap()]);
             o.proxy_users = Some("/nonexistent/users".into());
         })
-        .starts_with("proxy users /nonexistent/users"));
+        .starts_with("--proxy-users /nonexistent/users: cannot read"));
     }
 }

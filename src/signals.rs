@@ -47,4 +47,3 @@ pub fn handle(set: SigSet, relay: Relay, drain: Duration, reload: impl Fn() + Se
     })?;
     Ok(())
 }
-

@@ -52,7 +52,6 @@ pub fn writer(f: PathBuf) -> Option<Sender<String>> {
 /// The first line of the state file: this, then the length of the lines that follow.
 const STATE_HEADER: &str = "#ftpgate-state ";
 
-
 /// Reads what [`writer`] wrote; damaged lines are skipped.
 pub fn load(f: &Path) -> Vec<(Key, SeqState)> {
     let Ok(text) = std::fs::read_to_string(f) else { return Vec::new() };
@@ -74,15 +73,11 @@ fn state_lines(text: &str) -> Vec<(Key, SeqState)> {
             let w: Vec<&str> = l.split_whitespace().collect();
             let [c, s, cd, cs, sd, ss] = w[..] else { return None };
             let key = (c.parse().ok()?, s.parse().ok()?);
-            let st = SeqState {
-                c2s: (cd.parse().ok()?, Seq::new(cs.parse().ok()?)),
-                s2c: (sd.parse().ok()?, Seq::new(ss.parse().ok()?)),
-            };
+            let st = SeqState { c2s: (cd.parse().ok()?, Seq::new(cs.parse().ok()?)), s2c: (sd.parse().ok()?, Seq::new(ss.parse().ok()?)) };
             Some((key, st))
         })
         .collect()
 }
-
 
 #[cfg(test)]
 mod tests {

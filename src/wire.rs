@@ -17,7 +17,10 @@ pub enum WireError {
     Fragment,
     Truncated,
     /// A header that does not parse, or a field that does not fit after an edit.
-    Header { what: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
+    Header {
+        what: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl WireError {

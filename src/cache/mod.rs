@@ -146,12 +146,7 @@ impl Index {
         self.entries.insert(name.clone(), meta);
         let mut evicted = Vec::new();
         while self.total > self.max {
-            let victim = self
-                .entries
-                .iter()
-                .filter(|(n, _)| **n != name)
-                .min_by_key(|(_, m)| m.last_used)
-                .map(|(n, _)| n.clone());
+            let victim = self.entries.iter().filter(|(n, _)| **n != name).min_by_key(|(_, m)| m.last_used).map(|(n, _)| n.clone());
             let Some(v) = victim else { break };
             if let Some(m) = self.entries.remove(&v) {
                 self.total -= m.size;

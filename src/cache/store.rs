@@ -114,7 +114,7 @@ impl Store {
         let meta = inner.index.get(key)?.clone();
         let name = key.file_name();
         match File::open(self.data_path(&name)) {
-            Ok(f) if f.metadata().map(|m| m.len()) .ok() == Some(meta.size) => {
+            Ok(f) if f.metadata().map(|m| m.len()).ok() == Some(meta.size) => {
                 inner.index.touch(key, now_millis());
                 let _ = File::options().write(true).open(self.meta_path(&name)).and_then(|m| m.set_modified(SystemTime::now()));
                 Some((f, meta))
@@ -252,11 +252,8 @@ pub fn list(dir: &Path) -> io::Result<Vec<Listed>> {
             continue;
         }
         let data = p.with_extension("data");
-        let used = fs::metadata(&p)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as u64);
+        let used =
+            fs::metadata(&p).and_then(|m| m.modified()).ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as u64);
         let meta = fs::read_to_string(&p).ok().and_then(|t| parse_meta(&t, used));
         match (meta, fs::metadata(&data)) {
             (Some(m), Ok(d)) if d.len() == m.size && p.file_stem().and_then(|s| s.to_str()) == Some(&m.key.file_name()) => {
@@ -275,7 +272,13 @@ pub fn list(dir: &Path) -> io::Result<Vec<Listed>> {
             let _ = fs::remove_file(&p);
         }
     }
-    out.sort_by(|a, b| (&a.meta.key.server.to_string(), &a.meta.key.user, &a.meta.key.path).cmp(&(&b.meta.key.server.to_string(), &b.meta.key.user, &b.meta.key.path)));
+    out.sort_by(|a, b| {
+        (&a.meta.key.server.to_string(), &a.meta.key.user, &a.meta.key.path).cmp(&(
+            &b.meta.key.server.to_string(),
+            &b.meta.key.user,
+            &b.meta.key.path,
+        ))
+    });
     Ok(out)
 }
 

@@ -98,9 +98,7 @@ pub fn parse_target(s: &str) -> Result<Target, BadTarget> {
         Some((h, p)) => (h, p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| BadTarget::Port(p.to_string()))?),
         None => (s, 21),
     };
-    let ok = !host.is_empty()
-        && host.len() <= 253
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    let ok = !host.is_empty() && host.len() <= 253 && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
     if !ok {
         return Err(BadTarget::Host(host.to_string()));
     }
@@ -193,11 +191,8 @@ impl ProxyLogin {
                 None if self.authed.is_none() => {
                     self.user = Some(arg.to_string());
                     self.then = None;
-                    let text = if self.auth {
-                        format!("Password for proxy user {arg}")
-                    } else {
-                        "No proxy login needed here; any password".to_string()
-                    };
+                    let text =
+                        if self.auth { format!("Password for proxy user {arg}") } else { "No proxy login needed here; any password".to_string() };
                     vec![reply(331, &text)]
                 }
                 None => vec![reply(530, "Name the server first: SITE host, OPEN host or USER user@host")],

@@ -159,16 +159,9 @@ pub fn parse_eprt(line: &[u8]) -> Result<Endpoint, ParseError> {
         return Err(ParseError::Malformed("EPRT needs |proto|addr|port|"));
     }
     if fields[1] != b"1" {
-        return Err(if fields[1] == b"2" {
-            ParseError::UnsupportedProtocol
-        } else {
-            ParseError::Malformed("unknown EPRT protocol")
-        });
+        return Err(if fields[1] == b"2" { ParseError::UnsupportedProtocol } else { ParseError::Malformed("unknown EPRT protocol") });
     }
-    let ip: Ipv4Addr = core::str::from_utf8(fields[2])
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(ParseError::Malformed("bad EPRT address"))?;
+    let ip: Ipv4Addr = core::str::from_utf8(fields[2]).ok().and_then(|s| s.parse().ok()).ok_or(ParseError::Malformed("bad EPRT address"))?;
     let port = port_number(fields[3])?;
     Ok(Endpoint { kind: Kind::Eprt, ip: Some(ip), port, span: a..b.len(), delim: d })
 }
@@ -180,11 +173,7 @@ pub fn parse_227(line: &[u8]) -> Result<Endpoint, ParseError> {
     if b.len() < 4 || &b[..4] != b"227 " {
         return Err(ParseError::Malformed("not a 227 reply"));
     }
-    let first = b[4..]
-        .iter()
-        .position(u8::is_ascii_digit)
-        .ok_or(ParseError::Malformed("227 without numbers"))?
-        + 4;
+    let first = b[4..].iter().position(u8::is_ascii_digit).ok_or(ParseError::Malformed("227 without numbers"))? + 4;
     let (ip, port, used) = six_numbers(&b[first..])?;
     if b.get(first + used).is_some_and(u8::is_ascii_digit) {
         return Err(ParseError::Malformed("number above 255"));
@@ -202,8 +191,7 @@ pub fn parse_229(line: &[u8]) -> Result<Endpoint, ParseError> {
         return Err(ParseError::Malformed("not a 229 reply"));
     }
     let open = b.iter().position(|&c| c == b'(').ok_or(ParseError::Malformed("229 without '('"))?;
-    let close = open
-        + b[open..].iter().position(|&c| c == b')').ok_or(ParseError::Malformed("229 without ')'"))?;
+    let close = open + b[open..].iter().position(|&c| c == b')').ok_or(ParseError::Malformed("229 without ')'"))?;
     let inner = &b[open + 1..close];
     let d = *inner.first().ok_or(ParseError::Malformed("229 empty"))?;
     let fields: Vec<&[u8]> = inner.split(|&c| c == d).collect();
@@ -288,10 +276,7 @@ mod tests {
         let l = b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n";
         let e = parse_227(l).unwrap();
         assert_eq!((e.ip, e.port), (Some(Ipv4Addr::new(10, 0, 2, 2)), 30000));
-        assert_eq!(
-            emit(l, &e, sa("10.0.2.2:30001")),
-            b"227 Entering Passive Mode (10,0,2,2,117,49).\r\n"
-        );
+        assert_eq!(emit(l, &e, sa("10.0.2.2:30001")), b"227 Entering Passive Mode (10,0,2,2,117,49).\r\n");
         // no parentheses (RFC 1123 says clients must scan for the first digit)
         let e = parse_227(b"227 =10,0,2,2,4,1\r\n").unwrap();
         assert_eq!(e.port, 1025);

@@ -53,17 +53,8 @@ impl Session {
                     // hold the segment up to the end of this reply until the data connection
                     // is done; what followed it is left for the server to send again
                     let now = self.last_seen;
-                    self.reply_hold = Some(ReplyHold {
-                        id,
-                        start,
-                        len,
-                        at: p,
-                        deadline: now + REPLY_HOLD_STEP,
-                        moved: 0,
-                        code,
-                        mapped: held_before,
-                        packet: None,
-                    });
+                    self.reply_hold =
+                        Some(ReplyHold { id, start, len, at: p, deadline: now + REPLY_HOLD_STEP, moved: 0, code, mapped: held_before, packet: None });
                     let st = self.stream(dir);
                     st.next = start.add(len);
                     return (emit_from, out);

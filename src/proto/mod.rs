@@ -37,35 +37,34 @@
 //! - [`path`]: names resolved against the working directory; [`ftp`]: line syntax;
 //!   [`seqmap`]: the per-direction map of rewritten regions; [`explicit`]: proxy mode's streams.
 
+mod commands;
 pub mod explicit;
 pub mod ftp;
-pub mod policy;
-pub mod seqmap;
-mod commands;
 mod line;
 pub mod path;
+pub mod policy;
 mod reply_hold;
 mod retr;
 mod segment;
+pub mod seqmap;
 mod types;
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use reply_hold::ReplyHold;
 pub use reply_hold::REPLY_HOLD_STEP;
 pub use retr::{CheckId, HOLD_LIMIT};
+use retr::{HeldPacket, Hold};
 pub use segment::released_timestamps;
 pub use seqmap::Seq;
-pub use types::*;
 use seqmap::SeqMap;
-use reply_hold::ReplyHold;
-use retr::{HeldPacket, Hold};
+pub use types::*;
 
 /// Lines longer than this are passed through without being parsed (a valid PORT/EPRT/227/229 is
 /// far shorter; OpenBSD ftp-proxy uses 500). Memory per direction is bounded by it.
 pub const LINE_CAP: usize = 512;
-
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Cmd {
@@ -274,9 +273,7 @@ impl Session {
     pub fn is_later_connection(&self, dir: Dir, seg: &Segment) -> bool {
         if seg.flags.syn {
             return match (dir, seg.flags.ack) {
-                (Dir::ToServer, false) => {
-                    !self.c2s.synced || self.resumed_unseen || self.is_closed() || self.c2s.first != seg.seq.add(1)
-                }
+                (Dir::ToServer, false) => !self.c2s.synced || self.resumed_unseen || self.is_closed() || self.c2s.first != seg.seq.add(1),
                 (Dir::ToClient, true) => self.c2s.synced && !self.resumed_unseen && self.c2s.first != seg.ack,
                 _ => false,
             };
@@ -395,10 +392,7 @@ impl Session {
     pub fn handle_timeout(&mut self, now: Instant, dp: &mut dyn DataPlane) -> Released {
         let mut retr = None;
         if self.hold.as_ref().is_some_and(|h| now >= h.deadline) {
-            self.events.push_back(Event::Note(format!(
-                "freshness check unanswered after {} s; the RETR goes to the server",
-                HOLD_LIMIT.as_secs()
-            )));
+            self.events.push_back(Event::Note(format!("freshness check unanswered after {} s; the RETR goes to the server", HOLD_LIMIT.as_secs())));
             retr = self.release(Decision::Bypass, dp);
         }
         Released { retr, reply: self.reply_timeout(now, dp) }

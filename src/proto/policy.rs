@@ -44,9 +44,7 @@ pub fn check_active(client: Ipv4Addr, named: SocketAddrV4) -> Result<(), Bounce>
 pub fn passive_target(server: Ipv4Addr, named_ip: Option<Ipv4Addr>, port: u16) -> (SocketAddrV4, Option<String>) {
     let target = SocketAddrV4::new(server, port);
     match named_ip {
-        Some(ip) if ip != server => {
-            (target, Some(format!("server named {ip} in its reply; using the control server {server}")))
-        }
+        Some(ip) if ip != server => (target, Some(format!("server named {ip} in its reply; using the control server {server}"))),
         _ => (target, None),
     }
 }

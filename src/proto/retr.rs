@@ -69,15 +69,7 @@ impl Session {
 
     /// Decides what the cache does with a RETR. Returns true when the line is held for a
     /// freshness check.
-    pub(super) fn plan_retr(
-        &mut self,
-        name: &str,
-        id: Option<DataId>,
-        offset: u64,
-        line: &[u8],
-        whole: bool,
-        dp: &mut dyn DataPlane,
-    ) -> bool {
+    pub(super) fn plan_retr(&mut self, name: &str, id: Option<DataId>, offset: u64, line: &[u8], whole: bool, dp: &mut dyn DataPlane) -> bool {
         if !dp.cache_enabled() {
             return false;
         }
@@ -157,9 +149,7 @@ impl Session {
             }
             Decision::Stale => self.events.push_back(Event::Cache { path, outcome: CacheOutcome::StaleResumed }),
             Decision::Gone => self.events.push_back(Event::Cache { path, outcome: CacheOutcome::Gone }),
-            Decision::Bypass => {
-                self.events.push_back(Event::Cache { path, outcome: CacheOutcome::Bypass("server did not confirm the file") })
-            }
+            Decision::Bypass => self.events.push_back(Event::Cache { path, outcome: CacheOutcome::Bypass("server did not confirm the file") }),
         }
         self.cmds.push_back(Cmd::Retr(h.name, Some(h.id)));
         let len = h.line.len();

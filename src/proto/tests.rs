@@ -121,9 +121,7 @@ impl Pair {
         let (oseq, payload) = match v {
             Verdict::Pass => (seq, data.to_vec()),
             Verdict::Drop => return,
-            Verdict::Edit(e) => {
-                (e.seq, e.payload.unwrap_or_else(|| data.to_vec()))
-            }
+            Verdict::Edit(e) => (e.seq, e.payload.unwrap_or_else(|| data.to_vec())),
             Verdict::Hold if dir == Dir::ToClient => {
                 // a final reply waits for its data connection; it ends, then the reply goes out
                 let outcome = self.dp.ends_as.clone().expect("final reply held without an outcome queued");
@@ -215,8 +213,7 @@ fn active_session(sizes: &[usize]) -> Pair {
     p
 }
 
-const ACTIVE_SEEN_BY_SERVER: &str =
-    "USER anonymous\r\nPASS x\r\nTYPE I\r\nPORT 10,0,2,1,19,136\r\nRETR f\r\nQUIT\r\n";
+const ACTIVE_SEEN_BY_SERVER: &str = "USER anonymous\r\nPASS x\r\nTYPE I\r\nPORT 10,0,2,1,19,136\r\nRETR f\r\nQUIT\r\n";
 
 #[test]
 fn a_data_command_after_login_announces_the_transfer_ahead() {
@@ -374,8 +371,7 @@ fn sack_blocks_are_mapped_and_dsack_removed() {
     let blocks = [(ack.add(10), ack.add(20)), (ack.sub(1), ack)];
     let flags = Flags { ack: true, ..Default::default() };
     let seg = Segment { seq: p.v.snd_nxt, ack, flags, sack: &blocks, payload: &[] };
-    let delta = ACTIVE_SEEN_BY_SERVER.len() as i64
-        - "USER anonymous\r\nPASS x\r\nTYPE I\r\nPORT 10,0,1,2,156,64\r\nRETR f\r\nQUIT\r\n".len() as i64;
+    let delta = ACTIVE_SEEN_BY_SERVER.len() as i64 - "USER anonymous\r\nPASS x\r\nTYPE I\r\nPORT 10,0,1,2,156,64\r\nRETR f\r\nQUIT\r\n".len() as i64;
     match p.s.handle_segment(Dir::ToClient, &seg, &mut p.dp, p.now) {
         Verdict::Edit(e) => {
             assert_eq!(e.ack, ack.offset(-delta));
@@ -687,10 +683,7 @@ fn teardown_acks_after_fin_pass() {
             for (dir, seq, a) in [(Dir::ToServer, c.add(1), v.add(1)), (Dir::ToClient, v.add(1), c.add(1))] {
                 let seg = Segment { seq, ack: a, flags: ack, sack: &[], payload: &[] };
                 let out = p.s.handle_segment(dir, &seg, &mut p.dp, p.now);
-                assert!(
-                    matches!(out, Verdict::Pass | Verdict::Edit(_)),
-                    "last ACK {dir:?} (edit {with_edit}, server first {server_first}): {out:?}"
-                );
+                assert!(matches!(out, Verdict::Pass | Verdict::Edit(_)), "last ACK {dir:?} (edit {with_edit}, server first {server_first}): {out:?}");
             }
             assert!(p.s.is_closed());
         }

@@ -267,15 +267,34 @@ pub struct Described {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     User(String),
-    Rewrote { dir: Dir, kind: super::ftp::Kind, from: String, to: String },
-    Refused { kind: Refusal, reason: String },
-    Malformed { dir: Dir, line: String, why: String },
+    Rewrote {
+        dir: Dir,
+        kind: super::ftp::Kind,
+        from: String,
+        to: String,
+    },
+    Refused {
+        kind: Refusal,
+        reason: String,
+    },
+    Malformed {
+        dir: Dir,
+        line: String,
+        why: String,
+    },
     TlsStarted,
     /// A download the server accepted (final reply `226`/`250`) or refused/aborted; `path` is
     /// absolute when the working directory is known.
-    Retr { path: Option<String>, binary: bool, ok: bool },
+    Retr {
+        path: Option<String>,
+        binary: bool,
+        ok: bool,
+    },
     /// What the cache does with a download.
-    Cache { path: String, outcome: CacheOutcome },
+    Cache {
+        path: String,
+        outcome: CacheOutcome,
+    },
     /// A RETR of a cached file is held ([`Verdict::Hold`]): ask the server whether the file is
     /// unchanged (with [`Session::login`](super::Session::login); the shells' driver does) and
     /// call [`Session::release`](super::Session::release) with the answer, unless

@@ -84,9 +84,7 @@ pub(super) fn connect(target: &Target, access: &Access, timeout: Duration) -> Re
     };
     let s = match TcpStream::connect_timeout(&addr.into(), timeout) {
         Ok(s) => s,
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            return Err(ConnectError::Refused { host: target.host.clone(), addr })
-        }
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(ConnectError::Refused { host: target.host.clone(), addr }),
         Err(e) if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock => {
             return Err(ConnectError::TimedOut { host: target.host.clone(), addr })
         }
@@ -121,4 +119,3 @@ pub(super) fn final_reply(buf: &[u8]) -> bool {
     let l = &body[start..];
     l.len() >= 4 && l[..3].iter().all(u8::is_ascii_digit) && l[3] == b' '
 }
-

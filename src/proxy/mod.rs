@@ -2,7 +2,7 @@
 //!
 //! One thread polls every listener and every connection. The login dialogue is
 //! [`ProxyLogin`]'s; once the server is connected, the two byte streams are fed to an ordinary
-//! [`Session`] as in-order segments, so PORT/EPRT/PASV/EPSV go through the same relay, the same
+//! [`Session`](crate::proto::Session) as in-order segments, so PORT/EPRT/PASV/EPSV go through the same relay, the same
 //! cache and the same security rules as intercepted sessions. What would block (a slow password
 //! hash, name resolution and connect, a freshness check) runs on a short-lived thread and
 //! answers through a channel and a self-pipe.
@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::log;
 use crate::driver::{handle_events, Answer, Checks, Wake};
+use crate::log;
 use crate::proto::explicit::{Access, Denied, Fed, Handoff, ProxyLogin, Step, Streams, Target, MAX_LOGIN_LINE};
 use crate::proto::{Dir, Via};
 use crate::relay::{transparent_listener, CacheCtx, Relay};
@@ -29,8 +29,8 @@ use crate::relay::{transparent_listener, CacheCtx, Relay};
 mod connect;
 mod users;
 use connect::{connect, ConnectError};
-pub use users::{hash_password, Reload, Users};
 use users::Throttle;
+pub use users::{hash_password, BadLine, Reload, Users, UsersError};
 
 /// A connection that has not reached its server within this long is closed.
 const LOGIN_IDLE: Duration = Duration::from_secs(120);
@@ -62,10 +62,19 @@ enum Ready {
 
 /// What the helper threads report.
 enum Done {
-    Verified { conn: u64, ok: bool },
-    Connected { conn: u64, target: Target, r: Result<(TcpStream, Vec<u8>), ConnectError> },
+    Verified {
+        conn: u64,
+        ok: bool,
+    },
+    Connected {
+        conn: u64,
+        target: Target,
+        r: Result<(TcpStream, Vec<u8>), ConnectError>,
+    },
     /// A data connection ended (a held final reply may go on).
-    DataEnded { id: crate::proto::DataId },
+    DataEnded {
+        id: crate::proto::DataId,
+    },
 }
 
 /// The server side of a connected session, and the session between.
@@ -231,11 +240,8 @@ impl Proxy {
             if poll(&mut fds, PollTimeout::from(ms)).is_err() {
                 continue; // EINTR
             }
-            let ready: Vec<(Ready, PollFlags)> = fds
-                .iter()
-                .zip(&what)
-                .filter_map(|(p, &r)| p.revents().filter(|e| !e.is_empty()).map(|e| (r, e)))
-                .collect();
+            let ready: Vec<(Ready, PollFlags)> =
+                fds.iter().zip(&what).filter_map(|(p, &r)| p.revents().filter(|e| !e.is_empty()).map(|e| (r, e))).collect();
             drop(fds);
             let now = Instant::now();
             for (r, revents) in ready {
@@ -306,17 +312,7 @@ impl Proxy {
             let _ = s.set_nonblocking(true);
             let _ = s.set_nodelay(true);
             let login = ProxyLogin::new(self.users.is_some());
-            let mut c = Conn {
-                client: s,
-                peer,
-                local,
-                login,
-                buf: Vec::new(),
-                to_client: Vec::new(),
-                up: None,
-                closing: false,
-                last: now,
-            };
+            let mut c = Conn { client: s, peer, local, login, buf: Vec::new(), to_client: Vec::new(), up: None, closing: false, last: now };
             if let Err(why) = self.cfg.access.client(*peer.ip()) {
                 crate::metrics::m().refusal("proxy_client");
                 crate::warn!("proxy {peer}: refused: {why}");
@@ -577,9 +573,9 @@ impl Proxy {
                     let f = up.st.feed(Dir::ToServer, line.as_bytes(), false, &mut self.relay, now);
                     up.to_server.extend_from_slice(&f.out);
                 }
-                Some(Handoff::LoginNext) => c.to_client.extend_from_slice(
-                    format!("230 Connected to {target}; now log in to the server (USER, PASS)\r\n").as_bytes(),
-                ),
+                Some(Handoff::LoginNext) => {
+                    c.to_client.extend_from_slice(format!("230 Connected to {target}; now log in to the server (USER, PASS)\r\n").as_bytes())
+                }
                 Some(Handoff::Greeting) | None => c.to_client.extend_from_slice(&greeting_out),
             }
         }
@@ -611,7 +607,7 @@ impl Proxy {
             return self.close(id, "server write failed");
         }
         self.events(id); // (another RETR that came behind it asks for its check)
-        // bytes the client sent meanwhile wait in its socket: reading resumes
+                         // bytes the client sent meanwhile wait in its socket: reading resumes
     }
 
     /// A held final reply goes on to the client (with what the server sent behind it).

@@ -1,6 +1,8 @@
 //! The explicit proxy's users (`name:argon2-hash` a line) and the throttle that slows down
 //! password guessing from one address.
 
+use std::path::PathBuf;
+
 use super::*;
 
 /// Proxy users: `name:hash` a line, the hash an Argon2 PHC string (`ftpgate proxy-passwd`).
@@ -13,24 +15,23 @@ impl core::fmt::Debug for Users {
 }
 
 impl Users {
-    pub fn load(path: &Path) -> Result<Users> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("--proxy-users {}: cannot read", path.display()))?;
+    pub fn load(path: &Path) -> Result<Users, UsersError> {
+        let text = std::fs::read_to_string(path).map_err(|e| UsersError::Read(path.to_path_buf(), e.to_string()))?;
         let mut m = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let Some((name, hash)) = line.split_once(':') else {
-                bail!("{}:{}: expected name:hash", path.display(), i + 1);
-            };
+            let bad = |why| UsersError::Line { path: path.to_path_buf(), line: i + 1, why };
+            let Some((name, hash)) = line.split_once(':') else { return Err(bad(BadLine::NoColon)) };
             if let Err(e) = argon2::PasswordHash::new(hash) {
-                bail!("{}:{}: user {name}: not a password hash ({e}); make one with `ftpgate proxy-passwd {name}`", path.display(), i + 1);
+                return Err(bad(BadLine::NotAHash { name: name.to_string(), why: e.to_string() }));
             }
             m.insert(name.to_string(), hash.to_string());
         }
         if m.is_empty() {
-            bail!("--proxy-users {}: no users", path.display());
+            return Err(UsersError::Empty(path.to_path_buf()));
         }
         Ok(Users(m))
     }
@@ -43,9 +44,7 @@ impl Users {
             Some(h) => (h.as_str(), true),
             None => (DUMMY, false),
         };
-        let ok = argon2::PasswordHash::new(hash)
-            .map(|h| argon2::Argon2::default().verify_password(pass.as_bytes(), &h).is_ok())
-            .unwrap_or(false);
+        let ok = argon2::PasswordHash::new(hash).map(|h| argon2::Argon2::default().verify_password(pass.as_bytes(), &h).is_ok()).unwrap_or(false);
         ok && known
     }
 }
@@ -59,10 +58,7 @@ pub fn hash_password(pass: &str) -> Result<String> {
         bail!("cannot get random bytes for a salt");
     }
     let salt = SaltString::encode_b64(&raw).map_err(|e| anyhow::anyhow!("cannot make a salt: {e}"))?;
-    argon2::Argon2::default()
-        .hash_password(pass.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| anyhow::anyhow!("cannot hash: {e}"))
+    argon2::Argon2::default().hash_password(pass.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| anyhow::anyhow!("cannot hash: {e}"))
 }
 
 /// Failed proxy logins per client address: from the third in a row on, each answer waits
@@ -94,3 +90,34 @@ impl Throttle {
 /// Proxy users and access rules re-read on SIGHUP, waiting for the proxy loop to take them.
 pub type Reload = Arc<Mutex<Option<(Option<Users>, Access)>>>;
 
+/// A proxy users file that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UsersError {
+    Read(PathBuf, String),
+    Line { path: PathBuf, line: usize, why: BadLine },
+    Empty(PathBuf),
+}
+
+/// What is wrong with one line of a proxy users file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BadLine {
+    NoColon,
+    NotAHash { name: String, why: String },
+}
+
+impl core::fmt::Display for UsersError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            UsersError::Read(p, e) => write!(f, "--proxy-users {}: cannot read: {e}", p.display()),
+            UsersError::Line { path, line, why: BadLine::NoColon } => write!(f, "{}:{line}: expected name:hash", path.display()),
+            UsersError::Line { path, line, why: BadLine::NotAHash { name, why } } => write!(
+                f,
+                "{}:{line}: user {name}: not a password hash ({why}); make one with `ftpgate proxy-passwd {name}`",
+                path.display()
+            ),
+            UsersError::Empty(p) => write!(f, "--proxy-users {}: no users", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for UsersError {}

@@ -245,6 +245,9 @@ mod tests {
         assert!(matches!(t.observe(&seg("10.0.4.2:999", "10.0.2.1:41000", 1, 0, "S")), Seen::Theft { id: 3, .. }));
         assert_eq!(t.observe(&seg("10.0.2.2:20", "10.0.1.2:40001", 100, 0, "S")), Seen::Opened(3));
         assert_eq!(t.observe(&seg("10.0.1.2:40001", "10.0.2.2:20", 500, 0, "SA")), Seen::Progress(3));
-        assert_eq!(t.observe(&seg("10.0.2.2:20", "10.0.1.2:40001", 100 + 1 + 4096, 0, "RA")), Seen::Closed { id: 3, peer_port: 20, from_peer: 4096, to_peer: 0, reset: true });
+        assert_eq!(
+            t.observe(&seg("10.0.2.2:20", "10.0.1.2:40001", 100 + 1 + 4096, 0, "RA")),
+            Seen::Closed { id: 3, peer_port: 20, from_peer: 4096, to_peer: 0, reset: true }
+        );
     }
 }

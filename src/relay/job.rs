@@ -61,11 +61,7 @@ impl ForwardJob {
             Some(e) => {
                 // beyond 4 GiB a direction, conntrack's byte counters tell how often it wrapped
                 let counted = crate::conntrack::counters(SocketAddrV4::new(self.peer, e.peer_port), self.grant.at);
-                (
-                    forward::unwrap_bytes(e.from_peer, counted.map(|c| c.0)),
-                    forward::unwrap_bytes(e.to_peer, counted.map(|c| c.1)),
-                    e.reset,
-                )
+                (forward::unwrap_bytes(e.from_peer, counted.map(|c| c.0)), forward::unwrap_bytes(e.to_peer, counted.map(|c| c.1)), e.reset)
             }
             None => (0, 0, true),
         };
@@ -255,11 +251,7 @@ impl Job {
         let secs = started.elapsed().as_secs_f64();
         match (&down, &up) {
             (Ok(d), Ok(u)) => log!("{name}: {d} bytes to client, {u} bytes to server, {secs:.3} s, ok"),
-            _ => log!(
-                "{name}: failed after {secs:.3} s: to client {}, to server {}",
-                show(&down),
-                show(&up)
-            ),
+            _ => log!("{name}: failed after {secs:.3} s: to client {}, to server {}", show(&down), show(&up)),
         }
         let ok = down.is_ok() && up.is_ok();
         let (d, u) = (*down.as_ref().unwrap_or(&0), *up.as_ref().unwrap_or(&0));
@@ -376,11 +368,7 @@ impl Job {
         }
         let finished = {
             let st = self.slot.lock();
-            let (st, _) = self
-                .slot
-                .cv
-                .wait_timeout_while(st, Duration::from_secs(30), |s| s.finished.is_none())
-                .unwrap_or_else(|e| e.into_inner());
+            let (st, _) = self.slot.cv.wait_timeout_while(st, Duration::from_secs(30), |s| s.finished.is_none()).unwrap_or_else(|e| e.into_inner());
             st.finished
         };
         match finished {
@@ -456,4 +444,3 @@ pub(super) fn show(r: &io::Result<u64>) -> String {
         Err(e) => e.to_string(),
     }
 }
-

@@ -22,10 +22,10 @@ mod job;
 mod sockets;
 pub mod splice;
 
+use crate::sched::lower_priority;
 use job::{ForwardJob, Job};
 pub use sockets::transparent_listener;
 use sockets::{connect_from, local_port, reserve_port};
-use crate::sched::lower_priority;
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 use std::collections::HashMap;
@@ -45,7 +45,7 @@ use crate::cache::{decide, settled, Answer, Decision, Key, Login, Meta};
 use crate::log;
 use crate::metrics;
 use crate::nft;
-use crate::proto::{DataId, DataOutcome, DataPlane, OpenError, DataRequest, DataState, Described, Mode, Opened, Transfer};
+use crate::proto::{DataId, DataOutcome, DataPlane, DataRequest, DataState, Described, Mode, OpenError, Opened, Transfer};
 use crate::xferlog;
 
 #[derive(Clone, Debug)]
@@ -100,8 +100,16 @@ impl CacheCtx {
 /// What one data connection carries, once known.
 enum Plan {
     /// `buffer`: how far the copy may fall behind the client ([`CacheCtx::write_buffer`]).
-    Capture { cap: Capture, login: Login, buffer: usize },
-    Serve { file: File, meta: Meta, offset: u64 },
+    Capture {
+        cap: Capture,
+        login: Login,
+        buffer: usize,
+    },
+    Serve {
+        file: File,
+        meta: Meta,
+        offset: u64,
+    },
 }
 
 #[derive(Default)]
@@ -247,16 +255,7 @@ pub struct Forwarder {
 
 impl Relay {
     pub fn new(cfg: RelayConfig, nat: NatLookup, cache: Option<Arc<CacheCtx>>) -> Relay {
-        Relay {
-            cfg,
-            nat,
-            cache,
-            slots: Arc::default(),
-            ended: Arc::default(),
-            next_id: Arc::new(AtomicU64::new(1)),
-            notify: None,
-            forward: None,
-        }
+        Relay { cfg, nat, cache, slots: Arc::default(), ended: Arc::default(), next_id: Arc::new(AtomicU64::new(1)), notify: None, forward: None }
     }
 
     /// Lets the kernel forward the data connections that need neither capture nor serving
@@ -616,4 +615,3 @@ impl DataPlane for Relay {
         Ok(Opened { announce, id })
     }
 }
-

@@ -25,7 +25,6 @@ pub(super) fn reserve_port(ip: Ipv4Addr, port: u16) -> io::Result<OwnedFd> {
     try_bind(port).or_else(|_| try_bind(0))
 }
 
-
 /// A TCP socket with IP_TRANSPARENT and SO_REUSEADDR, bound to `at` (which need not be local).
 pub(super) fn transparent_socket(at: SocketAddrV4) -> io::Result<OwnedFd> {
     let fd = socket::socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;

@@ -81,19 +81,13 @@ impl std::fmt::Display for CopyError {
 }
 
 /// Like [`pump`], and also copies every byte into `file`: `tee(2)` into an empty copy pipe (one
-/// of [`COPY_PIPES`], each as large as the relay's pipe, so a tee always fits whole), which a
+/// of `COPY_PIPES`, each as large as the relay's pipe, so a tee always fits whole), which a
 /// writer thread `splice(2)`s into the file while the relay goes on — no userspace copy, and the
 /// disk write overlaps the network. The relay never waits for the disk: when the copy would fall
 /// more than `buffer` bytes behind what the client has been sent, or a write fails (disk full),
 /// the copy stops and the transfer goes on. Returns the bytes moved and whether the copy is
 /// complete.
-pub fn pump_tee(
-    src: &TcpStream,
-    dst: &TcpStream,
-    file: &File,
-    moved: &AtomicU64,
-    buffer: usize,
-) -> io::Result<(u64, Result<(), CopyError>)> {
+pub fn pump_tee(src: &TcpStream, dst: &TcpStream, file: &File, moved: &AtomicU64, buffer: usize) -> io::Result<(u64, Result<(), CopyError>)> {
     use std::sync::mpsc::{channel, sync_channel, TryRecvError};
     let pipe = Pipe::new()?;
     let (free_tx, free_rx) = channel::<Pipe>();
