@@ -3,7 +3,7 @@
 //! cached file) keeps its verdict until the freshness check, run on a thread of its own, answers
 //! or [`HOLD_LIMIT`](crate::proto::HOLD_LIMIT) passes; the loop polls the queue socket and the answers' pipe together.
 
-use core::net::SocketAddrV4;
+use core::net::{SocketAddr, SocketAddrV4};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -137,12 +137,17 @@ impl Helper {
                 return Some(msg);
             }
         };
-        if pkt.src().port() != FTP_PORT && pkt.dst().port() != FTP_PORT {
+        let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (pkt.src(), pkt.dst()) else {
+            // IPv6 sessions are not followed yet: passed as they are
+            msg.set_verdict(NfVerdict::Accept);
+            return Some(msg);
+        };
+        if src.port() != FTP_PORT && dst.port() != FTP_PORT {
             // a data connection's segment: a kernel-forwarded one's SYN/FIN/RST, or a thief's SYN
             let f = pkt.flags();
             let seg = Flagged {
-                src: pkt.src(),
-                dst: pkt.dst(),
+                src,
+                dst,
                 seq: pkt.seq().raw(),
                 len: pkt.payload.len() as u32,
                 syn: f.syn,
@@ -153,7 +158,7 @@ impl Helper {
             msg.set_verdict(if self.relay.observe(&seg) { NfVerdict::Accept } else { NfVerdict::Drop });
             return Some(msg);
         }
-        let (dir, key) = if pkt.dst().port() == FTP_PORT { (Dir::ToServer, (pkt.src(), pkt.dst())) } else { (Dir::ToClient, (pkt.dst(), pkt.src())) };
+        let (dir, key) = if dst.port() == FTP_PORT { (Dir::ToServer, (src, dst)) } else { (Dir::ToClient, (dst, src)) };
         let flags = pkt.flags();
         let seg = Segment { seq: pkt.seq(), ack: pkt.ack(), flags, sack: &pkt.sack, payload: pkt.payload };
         if self.sessions.get(&key).is_some_and(|s| s.is_later_connection(dir, &seg)) {

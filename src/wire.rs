@@ -1,20 +1,29 @@
-//! IPv4/TCP packets as NFQUEUE delivers them (starting at the IP header): decode the fields the
-//! helper needs, and re-serialise a packet after an [`Edit`] with lengths and checksums fixed.
+//! IPv4/TCP and IPv6/TCP packets as NFQUEUE delivers them (starting at the IP header): decode
+//! the fields the helper needs, and re-serialise a packet after an [`Edit`] with lengths and
+//! checksums fixed.
 //!
-//! A mangled NFQUEUE payload gets no checksum offload, so both the IPv4 header checksum and the
-//! TCP checksum are recomputed over the addresses as they are at this hook (NAT fixes them later).
+//! A mangled NFQUEUE payload gets no checksum offload, so the IPv4 header checksum and the TCP
+//! checksum are recomputed over the addresses as they are at this hook (NAT fixes them later);
+//! over IPv6 the TCP checksum covers the IPv6 pseudo-header. IPv6 extension headers before TCP
+//! (hop-by-hop, destination options, authentication) are passed through byte for byte; a
+//! fragment is refused, and so is a routing header (the pseudo-header would have to name the
+//! final destination): such packets pass unchanged.
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{IpAddr, SocketAddr};
 
-use etherparse::{Ipv4Header, TcpHeader};
+use etherparse::{IpNumber, Ipv4Header, Ipv6Extensions, Ipv6Header, TcpHeader};
 
 use crate::proto::{Edit, Flags, Seq};
 
 /// Why a queued packet cannot be decoded or re-serialised (it is then passed unchanged).
 #[derive(Debug)]
 pub enum WireError {
+    /// Neither IPv4 nor IPv6.
+    NotIp,
     NotTcp,
     Fragment,
+    /// An IPv6 routing header (segment routing): not rewritten.
+    Routing,
     Truncated,
     /// A header that does not parse, or a field that does not fit after an edit.
     Header {
@@ -32,9 +41,11 @@ impl WireError {
 impl core::fmt::Display for WireError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
+            WireError::NotIp => f.write_str("neither IPv4 nor IPv6"),
             WireError::NotTcp => f.write_str("not TCP"),
             WireError::Fragment => f.write_str("IP fragment"),
-            WireError::Truncated => f.write_str("truncated IPv4 payload"),
+            WireError::Routing => f.write_str("IPv6 routing header"),
+            WireError::Truncated => f.write_str("truncated IP payload"),
             WireError::Header { what, source } => write!(f, "{what}: {source}"),
         }
     }
@@ -54,9 +65,17 @@ const TIMESTAMP: u8 = 8;
 const NOP: u8 = 1;
 const EOL: u8 = 0;
 
+/// The network layer of a packet.
+#[derive(Debug)]
+enum Ip<'a> {
+    V4(Ipv4Header),
+    /// The fixed header, and the extension headers' bytes between it and TCP.
+    V6(Ipv6Header, &'a [u8]),
+}
+
 #[derive(Debug)]
 pub struct Packet<'a> {
-    ip: Ipv4Header,
+    ip: Ip<'a>,
     tcp: TcpHeader,
     pub payload: &'a [u8],
     pub sack: Vec<(Seq, Seq)>,
@@ -65,28 +84,57 @@ pub struct Packet<'a> {
 }
 
 impl<'a> Packet<'a> {
-    /// Parses an IPv4 packet carrying TCP. Fragments and other protocols are refused.
+    /// Parses an IPv4 or IPv6 packet carrying TCP. Fragments and other protocols are refused.
     pub fn parse(buf: &'a [u8]) -> Result<Packet<'a>, WireError> {
-        let (ip, rest) = Ipv4Header::from_slice(buf).map_err(WireError::header("IPv4 header"))?;
-        if ip.protocol != etherparse::IpNumber::TCP {
-            return Err(WireError::NotTcp);
-        }
-        if ip.is_fragmenting_payload() {
-            return Err(WireError::Fragment);
-        }
-        let ip_payload_len = ip.payload_len().map_err(WireError::header("IPv4 length"))? as usize;
-        let rest = rest.get(..ip_payload_len).ok_or(WireError::Truncated)?;
+        let (ip, rest) = match buf.first().map(|b| b >> 4) {
+            Some(4) => {
+                let (ip, rest) = Ipv4Header::from_slice(buf).map_err(WireError::header("IPv4 header"))?;
+                if ip.protocol != IpNumber::TCP {
+                    return Err(WireError::NotTcp);
+                }
+                if ip.is_fragmenting_payload() {
+                    return Err(WireError::Fragment);
+                }
+                let len = ip.payload_len().map_err(WireError::header("IPv4 length"))? as usize;
+                (Ip::V4(ip), rest.get(..len).ok_or(WireError::Truncated)?)
+            }
+            Some(6) => {
+                let (ip, rest) = Ipv6Header::from_slice(buf).map_err(WireError::header("IPv6 header"))?;
+                // payload length 0 is a jumbogram's (hop-by-hop option): never FTP control
+                let rest = rest.get(..usize::from(ip.payload_length)).filter(|r| !r.is_empty()).ok_or(WireError::Truncated)?;
+                let (exts, next, after) =
+                    Ipv6Extensions::from_slice(ip.next_header, rest).map_err(WireError::header("IPv6 extension headers"))?;
+                if exts.fragment.is_some() {
+                    return Err(WireError::Fragment);
+                }
+                if exts.routing.is_some() {
+                    return Err(WireError::Routing);
+                }
+                if next != IpNumber::TCP {
+                    return Err(WireError::NotTcp);
+                }
+                let ext = &rest[..rest.len() - after.len()];
+                (Ip::V6(ip, ext), after)
+            }
+            _ => return Err(WireError::NotIp),
+        };
         let (tcp, payload) = TcpHeader::from_slice(rest).map_err(WireError::header("TCP header"))?;
         let sack = sack_blocks(tcp.options.as_slice());
         let ts = timestamps(tcp.options.as_slice());
         Ok(Packet { ip, tcp, payload, sack, ts })
     }
 
-    pub fn src(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::from(self.ip.source), self.tcp.source_port)
+    fn addrs(&self) -> (IpAddr, IpAddr) {
+        match &self.ip {
+            Ip::V4(h) => (IpAddr::from(h.source), IpAddr::from(h.destination)),
+            Ip::V6(h, _) => (IpAddr::from(h.source), IpAddr::from(h.destination)),
+        }
     }
-    pub fn dst(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::from(self.ip.destination), self.tcp.destination_port)
+    pub fn src(&self) -> SocketAddr {
+        SocketAddr::new(self.addrs().0, self.tcp.source_port)
+    }
+    pub fn dst(&self) -> SocketAddr {
+        SocketAddr::new(self.addrs().1, self.tcp.destination_port)
     }
     pub fn seq(&self) -> Seq {
         Seq::new(self.tcp.sequence_number)
@@ -102,7 +150,6 @@ impl<'a> Packet<'a> {
     /// timestamp option's values (a segment held back must not carry a timestamp older than
     /// ones the receiver has seen since, or PAWS drops it).
     pub fn edited(&self, e: &Edit, ts: Option<(u32, u32)>) -> Result<Vec<u8>, WireError> {
-        let mut ip = self.ip.clone();
         let mut tcp = self.tcp.clone();
         tcp.sequence_number = e.seq.raw();
         tcp.acknowledgment_number = e.ack.raw();
@@ -117,11 +164,23 @@ impl<'a> Packet<'a> {
             tcp.set_options_raw(&opts).map_err(WireError::header("TCP options"))?;
         }
         let payload: &[u8] = e.payload.as_deref().unwrap_or(self.payload);
-        ip.set_payload_len(tcp.header_len() + payload.len()).map_err(WireError::header("IPv4 length"))?;
-        ip.header_checksum = ip.calc_header_checksum();
-        tcp.checksum = tcp.calc_checksum_ipv4(&ip, payload).map_err(WireError::header("TCP checksum"))?;
-        let mut out = Vec::with_capacity(ip.header_len() + tcp.header_len() + payload.len());
-        out.extend_from_slice(&ip.to_bytes());
+        let mut out = Vec::with_capacity(60 + tcp.header_len() + payload.len());
+        match &self.ip {
+            Ip::V4(ip) => {
+                let mut ip = ip.clone();
+                ip.set_payload_len(tcp.header_len() + payload.len()).map_err(WireError::header("IPv4 length"))?;
+                ip.header_checksum = ip.calc_header_checksum();
+                tcp.checksum = tcp.calc_checksum_ipv4(&ip, payload).map_err(WireError::header("TCP checksum"))?;
+                out.extend_from_slice(&ip.to_bytes());
+            }
+            Ip::V6(ip, ext) => {
+                let mut ip = ip.clone();
+                ip.set_payload_length(ext.len() + tcp.header_len() + payload.len()).map_err(WireError::header("IPv6 length"))?;
+                tcp.checksum = tcp.calc_checksum_ipv6(&ip, payload).map_err(WireError::header("TCP checksum"))?;
+                out.extend_from_slice(&ip.to_bytes());
+                out.extend_from_slice(ext);
+            }
+        }
         out.extend_from_slice(&tcp.to_bytes());
         out.extend_from_slice(payload);
         Ok(out)
@@ -271,6 +330,71 @@ mod tests {
         let q = p.edited(&e, Some((70, 80))).unwrap();
         let q = Packet::parse(&q).unwrap();
         assert_eq!((q.ts, q.payload), (Some((70, 80)), &b"RETR f\r\n"[..]));
+    }
+
+    const C6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    const S6: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+    fn packet6(payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ipv6(C6, S6, 64).tcp(40000, 21, 1000, 64240).ack(5000);
+        let b = b.options_raw(&[NOP, NOP, SACK, 10, 0, 0, 0, 7, 0, 0, 0, 9]).unwrap();
+        let mut out = Vec::new();
+        b.write(&mut out, payload).unwrap();
+        out
+    }
+
+    /// `buf` with an extension header of `kind` (its 8 bytes `body`) between the IPv6 header and TCP.
+    fn with_ext(buf: &[u8], kind: u8, body: [u8; 8]) -> Vec<u8> {
+        let mut ext = body;
+        ext[0] = 6; // next header: TCP
+        let mut out = buf[..40].to_vec();
+        out[6] = kind;
+        let len = u16::from_be_bytes([out[4], out[5]]) + 8;
+        out[4..6].copy_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&ext);
+        out.extend_from_slice(&buf[40..]);
+        out
+    }
+
+    fn checksum_ok6(out: &[u8], ext_len: usize) -> Vec<u8> {
+        let (ip, rest) = Ipv6Header::from_slice(out).unwrap();
+        assert_eq!(usize::from(ip.payload_length), rest.len());
+        let (tcp, payload) = TcpHeader::from_slice(&rest[ext_len..]).unwrap();
+        assert_eq!(tcp.calc_checksum_ipv6(&ip, payload).unwrap(), tcp.checksum);
+        payload.to_vec()
+    }
+
+    #[test]
+    fn ipv6_parse_and_edit() {
+        let buf = packet6(b"EPRT |2|fd00:1::2|40001|\r\n");
+        let p = Packet::parse(&buf).unwrap();
+        assert_eq!(p.src(), "[fd00:1::2]:40000".parse().unwrap());
+        assert_eq!(p.dst(), "[fd00:2::2]:21".parse().unwrap());
+        assert_eq!((p.seq(), p.ack(), p.sack.clone()), (Seq::new(1000), Seq::new(5000), vec![(Seq::new(7), Seq::new(9))]));
+        let new = b"EPRT |2|fd00:2::1|50000|\r\n".to_vec();
+        let e = Edit { seq: Seq::new(1003), ack: Seq::new(4990), sack: Some(vec![]), payload: Some(new.clone()) };
+        let out = p.edited(&e, None).unwrap();
+        assert_eq!(checksum_ok6(&out, 0), new);
+        let q = Packet::parse(&out).unwrap();
+        assert_eq!((q.seq(), q.ack(), q.sack.len()), (Seq::new(1003), Seq::new(4990), 0));
+    }
+
+    #[test]
+    fn ipv6_extension_headers_pass_through_routing_and_fragments_refused() {
+        let buf = packet6(b"PASV\r\n");
+        // destination options (60) with a PadN option: kept byte for byte around the edit
+        let dst_opts = with_ext(&buf, 60, [0, 0, 1, 4, 0, 0, 0, 0]);
+        let p = Packet::parse(&dst_opts).unwrap();
+        assert_eq!(p.payload, b"PASV\r\n");
+        let e = Edit { seq: p.seq(), ack: p.ack(), sack: None, payload: Some(b"EPSV\r\n".to_vec()) };
+        let out = p.edited(&e, None).unwrap();
+        assert_eq!(&out[40..48], &dst_opts[40..48]);
+        assert_eq!(checksum_ok6(&out, 8), b"EPSV\r\n");
+        // a routing header (43, type 4 segment routing) and a fragment header (44) are refused
+        assert!(matches!(Packet::parse(&with_ext(&buf, 43, [0, 0, 4, 0, 0, 0, 0, 0])), Err(WireError::Routing)));
+        assert!(matches!(Packet::parse(&with_ext(&buf, 44, [0, 0, 0, 1, 0, 0, 0, 9])), Err(WireError::Fragment)));
+        // neither family
+        assert!(matches!(Packet::parse(&[0x50; 60]), Err(WireError::NotIp)));
     }
 
     #[test]
