@@ -145,16 +145,7 @@ impl Helper {
         if src.port() != FTP_PORT && dst.port() != FTP_PORT {
             // a data connection's segment: a kernel-forwarded one's SYN/FIN/RST, or a thief's SYN
             let f = pkt.flags();
-            let seg = Flagged {
-                src,
-                dst,
-                seq: pkt.seq().raw(),
-                len: pkt.payload.len() as u32,
-                syn: f.syn,
-                ack: f.ack,
-                fin: f.fin,
-                rst: f.rst,
-            };
+            let seg = Flagged { src, dst, seq: pkt.seq().raw(), len: pkt.payload.len() as u32, syn: f.syn, ack: f.ack, fin: f.fin, rst: f.rst };
             msg.set_verdict(if self.relay.observe(&seg) { NfVerdict::Accept } else { NfVerdict::Drop });
             return Some(msg);
         }

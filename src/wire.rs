@@ -102,8 +102,7 @@ impl<'a> Packet<'a> {
                 let (ip, rest) = Ipv6Header::from_slice(buf).map_err(WireError::header("IPv6 header"))?;
                 // payload length 0 is a jumbogram's (hop-by-hop option): never FTP control
                 let rest = rest.get(..usize::from(ip.payload_length)).filter(|r| !r.is_empty()).ok_or(WireError::Truncated)?;
-                let (exts, next, after) =
-                    Ipv6Extensions::from_slice(ip.next_header, rest).map_err(WireError::header("IPv6 extension headers"))?;
+                let (exts, next, after) = Ipv6Extensions::from_slice(ip.next_header, rest).map_err(WireError::header("IPv6 extension headers"))?;
                 if exts.fragment.is_some() {
                     return Err(WireError::Fragment);
                 }

@@ -156,3 +156,58 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The line machine alone (in the style of quinn's `Assembler` tests): bytes of one
+    //! direction fed in pieces, what it emits, holds and reports.
+    use super::*;
+    use crate::proto::tests::Pair;
+
+    /// Feeds `text` to the client-to-server direction in pieces of `size` bytes; returns what
+    /// came out of each feed.
+    fn feed_in_pieces(p: &mut Pair, text: &[u8], size: usize) -> Vec<Vec<u8>> {
+        text.chunks(size).map(|c| p.s.feed(Dir::ToServer, c, false, &mut p.dp).1).collect()
+    }
+
+    #[test]
+    fn lines_that_need_no_rewrite_pass_as_they_arrive() {
+        for size in [1, 2, 5, 64] {
+            let mut p = Pair::new();
+            let text = b"USER anonymous\r\nPASS x\r\nNOOP\r\nLIST\r\n";
+            let out = feed_in_pieces(&mut p, text, size);
+            assert_eq!(out.concat(), text, "piece size {size}: the same bytes, in order");
+            if size == 1 {
+                // only a start that could still become PORT/EPRT/RETR waits (here "P" of PASS,
+                // released with the next byte); every other byte goes on at once
+                let waited: Vec<usize> = out.iter().enumerate().filter(|(_, o)| o.is_empty()).map(|(i, _)| i).collect();
+                assert_eq!(waited, [16]);
+                assert_eq!(out[17], b"PA");
+            }
+        }
+    }
+
+    #[test]
+    fn a_port_line_is_absorbed_until_complete_then_emitted_whole_and_rewritten() {
+        let mut p = Pair::new();
+        // (the stream's very first line is never absorbed: nothing was acknowledged before it)
+        assert_eq!(p.s.feed(Dir::ToServer, b"NOOP\r\n", false, &mut p.dp).1, b"NOOP\r\n");
+        let out = feed_in_pieces(&mut p, b"PORT 10,0,1,2,156,64\r\n", 3);
+        let (held, last) = out.split_at(out.len() - 1);
+        assert!(held.iter().all(Vec::is_empty), "a PORT line goes nowhere until its end: {out:?}");
+        assert_eq!(last[0], b"PORT 10,0,2,1,19,136\r\n", "the whole line, rewritten once");
+        assert_eq!(p.s.feed(Dir::ToServer, b"NOOP\r\n", false, &mut p.dp).1, b"NOOP\r\n", "the next line starts fresh");
+    }
+
+    #[test]
+    fn several_lines_in_one_piece_and_an_overlong_line() {
+        let mut p = Pair::new();
+        let (_, out) = p.s.feed(Dir::ToServer, b"NOOP\r\nPORT 10,0,1,2,156,64\r\nNOOP\r\n", false, &mut p.dp);
+        assert_eq!(out, b"NOOP\r\nPORT 10,0,2,1,19,136\r\nNOOP\r\n");
+        let long = [b"PORT ".as_slice(), &vec![b'1'; LINE_CAP + 10], b"\r\n"].concat();
+        let (_, out) = p.s.feed(Dir::ToServer, &long, false, &mut p.dp);
+        assert_eq!(out, long, "a line past the cap passes through unparsed");
+        let evs: Vec<Event> = std::iter::from_fn(|| p.s.poll_event()).collect();
+        assert!(evs.iter().any(|e| matches!(e, Event::Malformed { why, .. } if why.contains("passed through unparsed"))), "{evs:?}");
+    }
+}

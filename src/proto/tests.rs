@@ -9,7 +9,7 @@ const SERVER: &str = "10.0.2.2:21";
 /// Answers every request like the NAT router does: active connections are announced on the
 /// router's WAN address, passive ones on the server's address with the port moved by one.
 #[derive(Default)]
-struct FakeDp {
+pub(super) struct FakeDp {
     opened: Vec<DataRequest>,
     fail: bool,
     /// Cached entries: path -> size.
@@ -69,9 +69,9 @@ struct End {
     received: Vec<u8>,
 }
 
-struct Pair {
-    s: Session,
-    dp: FakeDp,
+pub(super) struct Pair {
+    pub(super) s: Session,
+    pub(super) dp: FakeDp,
     c: End,
     v: End,
     now: Instant,
@@ -81,7 +81,7 @@ struct Pair {
 }
 
 impl Pair {
-    fn new() -> Pair {
+    pub(super) fn new() -> Pair {
         let now = Instant::now();
         let mut p = Pair {
             s: Session::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), now),

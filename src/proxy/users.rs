@@ -110,11 +110,9 @@ impl core::fmt::Display for UsersError {
         match self {
             UsersError::Read(p, e) => write!(f, "--proxy-users {}: cannot read: {e}", p.display()),
             UsersError::Line { path, line, why: BadLine::NoColon } => write!(f, "{}:{line}: expected name:hash", path.display()),
-            UsersError::Line { path, line, why: BadLine::NotAHash { name, why } } => write!(
-                f,
-                "{}:{line}: user {name}: not a password hash ({why}); make one with `ftpgate proxy-passwd {name}`",
-                path.display()
-            ),
+            UsersError::Line { path, line, why: BadLine::NotAHash { name, why } } => {
+                write!(f, "{}:{line}: user {name}: not a password hash ({why}); make one with `ftpgate proxy-passwd {name}`", path.display())
+            }
             UsersError::Empty(p) => write!(f, "--proxy-users {}: no users", p.display()),
         }
     }
