@@ -94,16 +94,25 @@ impl Session {
         };
         let ep = match parsed {
             Ok(ep) => ep,
-            Err(ftp::ParseError::UnsupportedProtocol) if whole => {
-                return self.refuse(522, Refusal::Family, "only IPv4 data connections are relayed, use (1)".into());
-            }
             Err(e) => {
                 self.events.push_back(Event::Malformed { dir: Dir::ToServer, line: show(line), why: format!("{e:?}") });
                 self.cmds.push_back(Cmd::Other);
                 return None;
             }
         };
-        let named = SocketAddrV4::new(ep.ip.unwrap_or(Ipv4Addr::UNSPECIFIED), ep.port);
+        let named = match ep.ip {
+            Some(IpAddr::V4(ip)) => SocketAddrV4::new(ip, ep.port),
+            // an IPv6 endpoint on an IPv4 session (EPRT |2|): not a data connection ftpgate
+            // follows; the client is told to use (1)
+            Some(IpAddr::V6(_)) if whole => {
+                return self.refuse(522, Refusal::Family, "only IPv4 data connections are relayed, use (1)".into());
+            }
+            Some(IpAddr::V6(_)) => {
+                self.cmds.push_back(Cmd::Other);
+                return None;
+            }
+            None => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ep.port),
+        };
         if !whole {
             self.events.push_back(Event::Note(format!("{} split before ftpgate saw it; not relayed", show(line))));
             self.cmds.push_back(Cmd::Other);
@@ -124,7 +133,8 @@ impl Session {
     }
 
     pub(super) fn rewrite(&mut self, dir: Dir, line: &[u8], ep: &ftp::Endpoint, to: SocketAddrV4) -> Vec<u8> {
-        let new = ftp::emit(line, ep, to);
+        // `to` is an IPv4 endpoint, which every form can name
+        let Some(new) = ftp::emit(line, ep, to.into()) else { return line.to_vec() };
         self.events.push_back(Event::Rewrote { dir, kind: ep.kind, from: show(line), to: show(&new) });
         new
     }
@@ -221,12 +231,17 @@ impl Session {
                 return None;
             }
         };
-        let (target, note) = policy::passive_target(*self.server.ip(), ep.ip, ep.port);
+        let named_ip = match ep.ip {
+            Some(IpAddr::V4(ip)) => Some(ip),
+            // a 227 is IPv4 by its form; only a 229 could name nothing else, and it names no address
+            _ => None,
+        };
+        let (target, note) = policy::passive_target(*self.server.ip(), named_ip, ep.port);
         if let Some(n) = note {
             self.events.push_back(Event::Refused { kind: Refusal::ThirdParty, reason: n });
         }
         let req = DataRequest { mode: Mode::Passive, client: self.client, server: self.server, target, via: self.via };
-        let named = SocketAddrV4::new(ep.ip.unwrap_or(*self.server.ip()), ep.port);
+        let named = SocketAddrV4::new(named_ip.unwrap_or(*self.server.ip()), ep.port);
         let opened = dp.open(&req);
         if let Ok(o) = &opened {
             self.data = Some(o.id);

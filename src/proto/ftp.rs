@@ -5,15 +5,15 @@
 //! rest of the server's or client's text is kept as it was. Numbers are checked like OpenBSD
 //! ftp-proxy's `parse_port`: every octet `< 256`, ports `< 65536`, no trailing garbage.
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use core::ops::Range;
 
 /// What a data-endpoint line names, and where in the line it says so.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     pub kind: Kind,
-    /// `None` for EPSV's `229`, which names only a port.
-    pub ip: Option<Ipv4Addr>,
+    /// `None` for EPSV's `229`, which names only a port; IPv6 only from `EPRT |2|`.
+    pub ip: Option<IpAddr>,
     pub port: u16,
     /// Byte range of the endpoint text inside the line.
     pub span: Range<usize>,
@@ -43,8 +43,6 @@ impl Kind {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParseError {
-    /// `EPRT` with a protocol other than 1 (IPv4).
-    UnsupportedProtocol,
     Malformed(&'static str),
 }
 
@@ -141,10 +139,10 @@ pub fn parse_port(line: &[u8]) -> Result<Endpoint, ParseError> {
     if port == 0 {
         return Err(ParseError::Malformed("port 0"));
     }
-    Ok(Endpoint { kind: Kind::Port, ip: Some(ip), port, span: a..b.len(), delim: b',' })
+    Ok(Endpoint { kind: Kind::Port, ip: Some(IpAddr::V4(ip)), port, span: a..b.len(), delim: b',' })
 }
 
-/// `EPRT |1|a.b.c.d|port|` (any printable delimiter, RFC 2428)
+/// `EPRT |1|a.b.c.d|port|` or `EPRT |2|ipv6|port|` (any printable delimiter, RFC 2428)
 pub fn parse_eprt(line: &[u8]) -> Result<Endpoint, ParseError> {
     let b = body(line);
     let a = args_start(b, 4);
@@ -158,10 +156,13 @@ pub fn parse_eprt(line: &[u8]) -> Result<Endpoint, ParseError> {
     if fields.len() != 5 || !fields[0].is_empty() || !fields[4].is_empty() {
         return Err(ParseError::Malformed("EPRT needs |proto|addr|port|"));
     }
-    if fields[1] != b"1" {
-        return Err(if fields[1] == b"2" { ParseError::UnsupportedProtocol } else { ParseError::Malformed("unknown EPRT protocol") });
-    }
-    let ip: Ipv4Addr = core::str::from_utf8(fields[2]).ok().and_then(|s| s.parse().ok()).ok_or(ParseError::Malformed("bad EPRT address"))?;
+    let text = core::str::from_utf8(fields[2]).ok();
+    let ip = match fields[1] {
+        b"1" => text.and_then(|s| s.parse::<Ipv4Addr>().ok()).map(IpAddr::V4),
+        b"2" => text.and_then(|s| s.parse::<Ipv6Addr>().ok()).map(IpAddr::V6),
+        _ => return Err(ParseError::Malformed("unknown EPRT protocol")),
+    };
+    let ip = ip.ok_or(ParseError::Malformed("bad EPRT address"))?;
     let port = port_number(fields[3])?;
     Ok(Endpoint { kind: Kind::Eprt, ip: Some(ip), port, span: a..b.len(), delim: d })
 }
@@ -181,7 +182,7 @@ pub fn parse_227(line: &[u8]) -> Result<Endpoint, ParseError> {
     if port == 0 {
         return Err(ParseError::Malformed("port 0"));
     }
-    Ok(Endpoint { kind: Kind::Pasv227, ip: Some(ip), port, span: first..first + used, delim: b',' })
+    Ok(Endpoint { kind: Kind::Pasv227, ip: Some(IpAddr::V4(ip)), port, span: first..first + used, delim: b',' })
 }
 
 /// `229 <text> (|||port|)`
@@ -202,17 +203,22 @@ pub fn parse_229(line: &[u8]) -> Result<Endpoint, ParseError> {
     Ok(Endpoint { kind: Kind::Epsv229, ip: None, port, span: open + 1..close, delim: d })
 }
 
-/// Rewrites `line` so that `ep` names `to` instead, keeping every other byte.
-pub fn emit(line: &[u8], ep: &Endpoint, to: SocketAddrV4) -> Vec<u8> {
-    let [a, b, c, d] = to.ip().octets();
+/// Rewrites `line` so that `ep` names `to` instead, keeping every other byte. `None` when the
+/// form cannot name `to` (`PORT` and `227` name IPv4 endpoints only).
+pub fn emit(line: &[u8], ep: &Endpoint, to: SocketAddr) -> Option<Vec<u8>> {
     let (p1, p2) = (to.port() >> 8, to.port() & 0xff);
-    let text = match ep.kind {
-        Kind::Port | Kind::Pasv227 => format!("{a},{b},{c},{d},{p1},{p2}"),
-        Kind::Eprt => {
-            let x = ep.delim as char;
-            format!("{x}1{x}{a}.{b}.{c}.{d}{x}{}{x}", to.port())
+    let text = match (ep.kind, to.ip()) {
+        (Kind::Port | Kind::Pasv227, IpAddr::V4(ip)) => {
+            let [a, b, c, d] = ip.octets();
+            format!("{a},{b},{c},{d},{p1},{p2}")
         }
-        Kind::Epsv229 => {
+        (Kind::Port | Kind::Pasv227, IpAddr::V6(_)) => return None,
+        (Kind::Eprt, ip) => {
+            let x = ep.delim as char;
+            let proto = if ip.is_ipv4() { 1 } else { 2 };
+            format!("{x}{proto}{x}{ip}{x}{}{x}", to.port())
+        }
+        (Kind::Epsv229, _) => {
             let x = ep.delim as char;
             format!("{x}{x}{x}{}{x}", to.port())
         }
@@ -221,23 +227,27 @@ pub fn emit(line: &[u8], ep: &Endpoint, to: SocketAddrV4) -> Vec<u8> {
     out.extend_from_slice(&line[..ep.span.start]);
     out.extend_from_slice(text.as_bytes());
     out.extend_from_slice(&line[ep.span.end..]);
-    out
+    Some(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sa(s: &str) -> SocketAddrV4 {
+    fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+    fn v4(a: [u8; 4]) -> Option<IpAddr> {
+        Some(IpAddr::from(a))
     }
 
     #[test]
     fn port_round_trip() {
         let l = b"PORT 10,0,1,2,156,64\r\n";
         let e = parse_port(l).unwrap();
-        assert_eq!((e.ip, e.port), (Some(Ipv4Addr::new(10, 0, 1, 2)), 40000));
-        assert_eq!(emit(l, &e, sa("10.0.2.1:1025")), b"PORT 10,0,2,1,4,1\r\n");
+        assert_eq!((e.ip, e.port), (v4([10, 0, 1, 2]), 40000));
+        assert_eq!(emit(l, &e, sa("10.0.2.1:1025")).unwrap(), b"PORT 10,0,2,1,4,1\r\n");
+        assert_eq!(emit(l, &e, sa("[fd00::1]:1025")), None, "PORT cannot name an IPv6 endpoint");
         let lower = b"port 1,2,3,4,0,21\n";
         assert_eq!(parse_port(lower).unwrap().port, 21);
     }
@@ -261,11 +271,19 @@ mod tests {
     fn eprt_round_trip_and_errors() {
         let l = b"EPRT |1|10.0.1.2|40000|\r\n";
         let e = parse_eprt(l).unwrap();
-        assert_eq!((e.ip, e.port), (Some(Ipv4Addr::new(10, 0, 1, 2)), 40000));
-        assert_eq!(emit(l, &e, sa("10.0.2.1:5000")), b"EPRT |1|10.0.2.1|5000|\r\n");
+        assert_eq!((e.ip, e.port), (v4([10, 0, 1, 2]), 40000));
+        assert_eq!(emit(l, &e, sa("10.0.2.1:5000")).unwrap(), b"EPRT |1|10.0.2.1|5000|\r\n");
         let bang = b"EPRT !1!1.2.3.4!99!\r\n";
-        assert_eq!(emit(bang, &parse_eprt(bang).unwrap(), sa("9.8.7.6:1")), b"EPRT !1!9.8.7.6!1!\r\n");
-        assert_eq!(parse_eprt(b"EPRT |2|::1|5000|\r\n"), Err(ParseError::UnsupportedProtocol));
+        assert_eq!(emit(bang, &parse_eprt(bang).unwrap(), sa("9.8.7.6:1")).unwrap(), b"EPRT !1!9.8.7.6!1!\r\n");
+        // IPv6 (RFC 2428 |2|): parsed with its family, emitted for either family
+        let l6 = b"EPRT |2|fd00:1::2|40001|\r\n";
+        let e6 = parse_eprt(l6).unwrap();
+        assert_eq!((e6.ip, e6.port), (Some("fd00:1::2".parse().unwrap()), 40001));
+        assert_eq!(emit(l6, &e6, sa("[fd00:2::1]:5000")).unwrap(), b"EPRT |2|fd00:2::1|5000|\r\n");
+        assert_eq!(emit(l6, &e6, sa("10.0.2.1:5000")).unwrap(), b"EPRT |1|10.0.2.1|5000|\r\n");
+        assert_eq!(emit(l, &e, sa("[::ffff:10.0.2.1]:7")).unwrap(), b"EPRT |2|::ffff:10.0.2.1|7|\r\n");
+        assert!(parse_eprt(b"EPRT |2|10.0.1.2|5000|\r\n").is_err(), "family and address disagree");
+        assert!(parse_eprt(b"EPRT |1|::1|5000|\r\n").is_err());
         assert!(parse_eprt(b"EPRT |3|1.2.3.4|5000|\r\n").is_err());
         assert!(parse_eprt(b"EPRT |1|1.2.3.4|65536|\r\n").is_err());
         assert!(parse_eprt(b"EPRT |1|1.2.3.400|5|\r\n").is_err());
@@ -275,8 +293,8 @@ mod tests {
     fn pasv_227_forms() {
         let l = b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n";
         let e = parse_227(l).unwrap();
-        assert_eq!((e.ip, e.port), (Some(Ipv4Addr::new(10, 0, 2, 2)), 30000));
-        assert_eq!(emit(l, &e, sa("10.0.2.2:30001")), b"227 Entering Passive Mode (10,0,2,2,117,49).\r\n");
+        assert_eq!((e.ip, e.port), (v4([10, 0, 2, 2]), 30000));
+        assert_eq!(emit(l, &e, sa("10.0.2.2:30001")).unwrap(), b"227 Entering Passive Mode (10,0,2,2,117,49).\r\n");
         // no parentheses (RFC 1123 says clients must scan for the first digit)
         let e = parse_227(b"227 =10,0,2,2,4,1\r\n").unwrap();
         assert_eq!(e.port, 1025);
@@ -289,7 +307,7 @@ mod tests {
         let l = b"229 Entering Extended Passive Mode (|||40001|)\r\n";
         let e = parse_229(l).unwrap();
         assert_eq!((e.ip, e.port), (None, 40001));
-        assert_eq!(emit(l, &e, sa("0.0.0.0:5")), b"229 Entering Extended Passive Mode (|||5|)\r\n");
+        assert_eq!(emit(l, &e, sa("[::]:5")).unwrap(), b"229 Entering Extended Passive Mode (|||5|)\r\n");
         assert!(parse_229(b"229 (|||0|)\r\n").is_err());
         assert!(parse_229(b"229 (||1|2|)\r\n").is_err());
     }

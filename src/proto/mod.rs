@@ -49,7 +49,7 @@ mod segment;
 pub mod seqmap;
 mod types;
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 

@@ -298,6 +298,21 @@ fn bounce_port_is_refused_and_server_sees_noop() {
 }
 
 #[test]
+fn ipv6_eprt_on_an_ipv4_session_gets_522_and_the_server_a_noop() {
+    let mut p = Pair::new();
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    p.send(Dir::ToServer, b"USER a\r\n", &[]);
+    p.send(Dir::ToClient, b"230 in\r\n", &[]);
+    p.send(Dir::ToServer, b"EPRT |2|fd00:1::2|6000|\r\n", &[3]);
+    p.send(Dir::ToClient, b"200 NOOP ok.\r\n", &[]);
+    assert_eq!(p.received(Dir::ToServer), "USER a\r\nNOOP\r\n");
+    let got = p.received(Dir::ToClient);
+    assert!(got.starts_with("220 hello\r\n230 in\r\n522 "), "{got}");
+    assert!(got.contains("use (1)"), "{got}");
+    assert!(p.dp.opened.is_empty());
+}
+
+#[test]
 fn data_plane_failure_becomes_425() {
     let mut p = Pair::new();
     p.dp.fail = true;
