@@ -118,7 +118,7 @@ impl Session {
             self.cmds.push_back(Cmd::Other);
             return None;
         }
-        if let Err(reason) = policy::check_active(*self.client.ip(), named) {
+        if let Err(reason) = policy::check_active(*self.client.ip(), *named.ip(), named.port()) {
             return self.refuse(500, Refusal::Bounce, reason.to_string());
         }
         let req = DataRequest { mode: Mode::Active, client: self.client, server: self.server, target: named, via: self.via };
@@ -236,7 +236,8 @@ impl Session {
             // a 227 is IPv4 by its form; only a 229 could name nothing else, and it names no address
             _ => None,
         };
-        let (target, note) = policy::passive_target(*self.server.ip(), named_ip, ep.port);
+        let (target, note) = policy::passive_target(*self.server.ip(), named_ip);
+        let target = SocketAddrV4::new(target, ep.port);
         if let Some(n) = note {
             self.events.push_back(Event::Refused { kind: Refusal::ThirdParty, reason: n });
         }
