@@ -31,7 +31,7 @@ impl DataPlane for Dp {
         true
     }
     fn finished(&mut self, _id: DataId, _ok: bool) {}
-    fn invalidate(&mut self, _server: SocketAddrV4, _path: &str) {}
+    fn invalidate(&mut self, _server: core::net::SocketAddr, _path: &str) {}
 }
 
 /// One end's view: what it sent, and the stream it received (by receiver-space offset).

@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::SocketAddrV4;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -67,7 +66,7 @@ struct Pool {
     idle: HashMap<Login, Vec<Conn>>,
     busy: HashMap<Login, usize>,
     /// Servers that answered 421, until when they are left alone.
-    refused: HashMap<SocketAddrV4, Instant>,
+    refused: HashMap<SocketAddr, Instant>,
     /// Questions not yet sent to the server, by login and path: a check for the same file
     /// joins one of these instead of asking again (its answer is younger than its request).
     unsent: HashMap<(Login, String), u64>,
@@ -195,7 +194,7 @@ impl Checker {
     }
 
     /// Connections of ftpgate's own open at `server` (in use or idle), for tests and status.
-    pub fn open_at(&self, server: SocketAddrV4) -> usize {
+    pub fn open_at(&self, server: SocketAddr) -> usize {
         let pool = self.lock();
         let busy: usize = pool.busy.iter().filter(|(l, _)| l.server == server).map(|(_, n)| n).sum();
         busy + pool.idle.iter().filter(|(l, _)| l.server == server).map(|(_, v)| v.len()).sum::<usize>()
@@ -329,11 +328,14 @@ impl Checker {
             None => self.connect(login)?,
         };
         let mut go = || -> io::Result<u64> {
-            send(&mut c, "PASV\r\n")?;
+            // PASV names IPv4 endpoints only: an IPv6 server is asked with EPSV (RFC 2428)
+            let (cmd, parse): (&str, crate::proto::ftp::Parser) =
+                if login.server.is_ipv6() { ("EPSV", crate::proto::ftp::parse_229) } else { ("PASV", crate::proto::ftp::parse_227) };
+            send(&mut c, &format!("{cmd}\r\n"))?;
             let (code, text) = reply(&mut c)?;
-            let ep = crate::proto::ftp::parse_227(format!("{code} {text}\r\n").as_bytes())
-                .map_err(|e| io::Error::other(format!("PASV answered {code} {text} ({e:?})")))?;
-            let to = SocketAddr::V4(SocketAddrV4::new(*login.server.ip(), ep.port));
+            let ep = parse(format!("{code} {text}\r\n").as_bytes()).map_err(|e| io::Error::other(format!("{cmd} answered {code} {text} ({e:?})")))?;
+            // the data connection goes to the control connection's server, whatever a 227 names
+            let to = SocketAddr::new(login.server.ip(), ep.port);
             let mut data = TcpStream::connect_timeout(&to, self.timeout)?;
             data.set_read_timeout(Some(self.timeout.max(Duration::from_secs(30))))?;
             send(&mut c, &format!("RETR {}\r\n", super::server_path(path)))?;
@@ -354,14 +356,14 @@ impl Checker {
     }
 
     /// The server refused a session (`421`): leave it alone for a while.
-    fn back_off(&self, server: SocketAddrV4) {
+    fn back_off(&self, server: SocketAddr) {
         let until = Instant::now() + self.limits.backoff;
         self.lock().refused.insert(server, until);
         crate::log!("cache: {server} refused a connection of ftpgate's own (421); no checks there for {} s", self.limits.backoff.as_secs());
     }
 
     fn connect(&self, login: &Login) -> io::Result<Conn> {
-        let s = TcpStream::connect_timeout(&SocketAddr::V4(login.server), self.timeout)?;
+        let s = TcpStream::connect_timeout(&login.server, self.timeout)?;
         s.set_read_timeout(Some(self.timeout))?;
         s.set_write_timeout(Some(self.timeout))?;
         s.set_nodelay(true)?;
@@ -473,7 +475,7 @@ mod tests {
     }
 
     /// A server answering MDTM after `delay`; counts the MDTMs it was asked.
-    fn slow_server(delay: Duration) -> (SocketAddrV4, Arc<std::sync::atomic::AtomicUsize>) {
+    fn slow_server(delay: Duration) -> (std::net::SocketAddrV4, Arc<std::sync::atomic::AtomicUsize>) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let SocketAddr::V4(addr) = l.local_addr().unwrap() else { unreachable!() };
@@ -510,7 +512,7 @@ mod tests {
         let (server, asked) = slow_server(Duration::from_millis(100));
         let limits = Limits { per_login: 1, ..Limits::default() };
         let c = Checker::with_limits(Duration::from_secs(5), limits);
-        let l = Login { server, user: "anonymous".into(), pass: String::new() };
+        let l = Login { server: server.into(), user: "anonymous".into(), pass: String::new() };
         let want = Facts { mdtm: Answer::Ok("20260101000000".into()), size: Answer::Ok(42) };
         let threads: Vec<_> = (0..20)
             .map(|_| {

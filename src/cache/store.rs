@@ -5,7 +5,7 @@
 //!
 //! Thread-safe: the relay's capture and serve threads and the control path share one `Store`.
 
-use core::net::SocketAddrV4;
+use core::net::SocketAddr;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -98,7 +98,7 @@ impl Store {
     }
 
     /// Whether any entry belongs to `user`'s space at `server` (anonymous logins share one).
-    pub fn holds_any(&self, server: SocketAddrV4, user: &str) -> bool {
+    pub fn holds_any(&self, server: SocketAddr, user: &str) -> bool {
         let space = Key::space(user);
         self.lock().index.keys().any(|k| k.server == server && k.user == space)
     }
@@ -192,7 +192,7 @@ impl Store {
     }
 
     /// Forgets every login's copy of `path` on `server` (it is being changed).
-    pub fn invalidate(&self, server: SocketAddrV4, path: &str) -> usize {
+    pub fn invalidate(&self, server: SocketAddr, path: &str) -> usize {
         let mut inner = self.lock();
         let keys: Vec<Key> = inner.index.keys().filter(|k| k.server == server && k.path == path).cloned().collect();
         for k in &keys {
@@ -228,7 +228,7 @@ fn parse_meta(text: &str, last_used: u64) -> Option<Meta> {
     for l in lines {
         let (k, v) = l.split_once(' ')?;
         match k {
-            "server" => server = v.parse::<SocketAddrV4>().ok(),
+            "server" => server = v.parse::<SocketAddr>().ok(),
             "user" => user = Some(v.to_string()),
             "binary" => binary = Some(v == "1"),
             "size" => size = v.parse::<u64>().ok(),

@@ -65,7 +65,7 @@ impl Session {
                     self.rest = 0;
                 }
                 if let Some(path) = self.cwd.as_deref().and_then(|c| path::resolve(c, &arg(line))) {
-                    dp.invalidate(self.server, &path);
+                    dp.invalidate(self.server.into(), &path);
                 }
                 (cmd, None)
             }

@@ -46,6 +46,9 @@ pub enum ParseError {
     Malformed(&'static str),
 }
 
+/// One of the parsers below.
+pub type Parser = fn(&[u8]) -> Result<Endpoint, ParseError>;
+
 /// Strips the line terminator (`\r\n` or `\n`).
 pub fn body(line: &[u8]) -> &[u8] {
     let l = line.strip_suffix(b"\n").unwrap_or(line);

@@ -350,7 +350,7 @@ impl Session {
         if !self.logged_in {
             return None;
         }
-        Some(Login { server: self.server, user: self.user.clone()?, pass: self.pass.clone().unwrap_or_default() })
+        Some(Login { server: self.server.into(), user: self.user.clone()?, pass: self.pass.clone().unwrap_or_default() })
     }
     /// The cache entry a held RETR asks about.
     pub fn held_key(&self) -> Option<&Key> {

@@ -53,7 +53,7 @@ impl DataPlane for FakeDp {
     fn finished(&mut self, id: DataId, ok: bool) {
         self.finished.push((id, ok));
     }
-    fn invalidate(&mut self, _server: SocketAddrV4, path: &str) {
+    fn invalidate(&mut self, _server: core::net::SocketAddr, path: &str) {
         self.invalidated.push(path.to_string());
     }
     fn data_state(&mut self, _id: DataId) -> DataState {

@@ -1,6 +1,6 @@
 //! The core's interface: segments in, verdicts and events out, and the data plane it drives.
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use super::Seq;
 
@@ -134,7 +134,7 @@ pub trait DataPlane {
     /// The transfer command on `id` got its final reply; `ok` is a 2xx.
     fn finished(&mut self, id: DataId, ok: bool);
     /// `path` on `server` is being changed (STOR, APPE, DELE, RNFR, RNTO): forget cached copies.
-    fn invalidate(&mut self, server: SocketAddrV4, path: &str);
+    fn invalidate(&mut self, server: SocketAddr, path: &str);
     /// The client under `login` is preparing a data connection (PASV, EPSV, PORT, EPRT): a
     /// download, and with it a freshness check, may follow. The data plane may get ready for
     /// that check.
@@ -306,7 +306,8 @@ pub enum Event {
 /// What makes two downloads the same bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
-    pub server: SocketAddrV4,
+    /// The server, either family (an IPv4 server's key names it as before: the same file names).
+    pub server: SocketAddr,
     /// Login name; anonymous logins share one space.
     pub user: String,
     /// Absolute, normalised path on the server.
@@ -316,7 +317,7 @@ pub struct Key {
 }
 
 impl Key {
-    pub fn new(server: SocketAddrV4, user: &str, path: String, binary: bool) -> Key {
+    pub fn new(server: SocketAddr, user: &str, path: String, binary: bool) -> Key {
         Key { server, user: Key::space(user).to_string(), path, binary }
     }
 
@@ -346,7 +347,7 @@ impl Key {
 /// server under the same login. Held in memory only; `Debug` leaves the password out.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Login {
-    pub server: SocketAddrV4,
+    pub server: SocketAddr,
     pub user: String,
     pub pass: String,
 }

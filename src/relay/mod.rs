@@ -544,7 +544,7 @@ impl DataPlane for Relay {
         }
     }
 
-    fn invalidate(&mut self, server: SocketAddrV4, path: &str) {
+    fn invalidate(&mut self, server: core::net::SocketAddr, path: &str) {
         if let Some(c) = &self.cache {
             let n = c.store.invalidate(server, path);
             if n > 0 {
