@@ -2,7 +2,7 @@
 //! that replays the checked-in corpus in CI (`tests/fuzz_corpus.rs`). Each takes arbitrary
 //! bytes, drives one sans-IO component and panics only when an invariant breaks.
 
-use core::net::SocketAddrV4;
+use core::net::{SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
 use crate::cache::{Decision, Key};
@@ -20,7 +20,7 @@ impl DataPlane for Dp {
         }
         let announce = match req.mode {
             Mode::Active => "10.0.2.1:5000".parse().unwrap(),
-            Mode::Passive => SocketAddrV4::new(*req.target.ip(), req.target.port().wrapping_add(1)),
+            Mode::Passive => SocketAddr::new(req.target.ip(), req.target.port().wrapping_add(1)),
         };
         Ok(Opened { announce, id: self.0 })
     }

@@ -101,7 +101,7 @@ impl Helper {
         let mut sessions = HashMap::new();
         if let Some(f) = &cfg.state_file {
             for (key, st) in state::load(f) {
-                sessions.insert(key, Session::resume(key.0, key.1, st, now));
+                sessions.insert(key, Session::resume(key.0.into(), key.1.into(), st, now));
             }
             if !sessions.is_empty() {
                 log!("resumed {} sessions with changed lengths from {}", sessions.len(), f.display());
@@ -173,7 +173,7 @@ impl Helper {
                 msg.set_verdict(NfVerdict::Accept);
                 return Some(msg);
             }
-            let mut s = Session::new(key.0, key.1, now);
+            let mut s = Session::new(key.0.into(), key.1.into(), now);
             if live >= self.cfg.max_sessions {
                 log!("session {} -> {}: over the limit of {} sessions; answering 421", key.0, key.1, self.cfg.max_sessions);
                 s.refuse_session(&format!("too many FTP sessions through this gateway (limit {}), try again later", self.cfg.max_sessions));

@@ -4,7 +4,6 @@
 //! asked for its data connections when a request comes. `run` answers on a Unix socket in the
 //! cache directory (`ftpgate.sock`, root only); `ftpgate status` connects and prints.
 
-use core::net::SocketAddrV4;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -20,8 +19,8 @@ pub const SOCKET: &str = "ftpgate.sock";
 
 #[derive(Clone, Debug)]
 pub struct SessionLine {
-    pub client: SocketAddrV4,
-    pub server: SocketAddrV4,
+    pub client: std::net::SocketAddr,
+    pub server: std::net::SocketAddr,
     pub user: Option<String>,
     pub state: &'static str,
 }

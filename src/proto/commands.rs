@@ -65,7 +65,7 @@ impl Session {
                     self.rest = 0;
                 }
                 if let Some(path) = self.cwd.as_deref().and_then(|c| path::resolve(c, &arg(line))) {
-                    dp.invalidate(self.server.into(), &path);
+                    dp.invalidate(self.server, &path);
                 }
                 (cmd, None)
             }
@@ -101,24 +101,25 @@ impl Session {
             }
         };
         let named = match ep.ip {
-            Some(IpAddr::V4(ip)) => SocketAddrV4::new(ip, ep.port),
             // an IPv6 endpoint on an IPv4 session (EPRT |2|): not a data connection ftpgate
-            // follows; the client is told to use (1)
-            Some(IpAddr::V6(_)) if whole => {
+            // follows; the client is told to use (1). (An IPv4 endpoint on an IPv6 session is a
+            // third party: the bounce rule below refuses it.)
+            Some(IpAddr::V6(_)) if self.client.is_ipv4() && whole => {
                 return self.refuse(522, Refusal::Family, "only IPv4 data connections are relayed, use (1)".into());
             }
-            Some(IpAddr::V6(_)) => {
+            Some(IpAddr::V6(_)) if self.client.is_ipv4() => {
                 self.cmds.push_back(Cmd::Other);
                 return None;
             }
-            None => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ep.port),
+            Some(ip) => SocketAddr::new(ip, ep.port),
+            None => SocketAddr::new(IpAddr::from([0u8; 4]), ep.port),
         };
         if !whole {
             self.events.push_back(Event::Note(format!("{} split before ftpgate saw it; not relayed", show(line))));
             self.cmds.push_back(Cmd::Other);
             return None;
         }
-        if let Err(reason) = policy::check_active(*self.client.ip(), *named.ip(), named.port()) {
+        if let Err(reason) = policy::check_active(self.client.ip(), named.ip(), named.port()) {
             return self.refuse(500, Refusal::Bounce, reason.to_string());
         }
         let req = DataRequest { mode: Mode::Active, client: self.client, server: self.server, target: named, via: self.via };
@@ -132,9 +133,9 @@ impl Session {
         }
     }
 
-    pub(super) fn rewrite(&mut self, dir: Dir, line: &[u8], ep: &ftp::Endpoint, to: SocketAddrV4) -> Vec<u8> {
-        // `to` is an IPv4 endpoint, which every form can name
-        let Some(new) = ftp::emit(line, ep, to.into()) else { return line.to_vec() };
+    pub(super) fn rewrite(&mut self, dir: Dir, line: &[u8], ep: &ftp::Endpoint, to: SocketAddr) -> Vec<u8> {
+        // (a PORT/227 cannot name an IPv6 endpoint; the relay announces the family it was asked in)
+        let Some(new) = ftp::emit(line, ep, to) else { return line.to_vec() };
         self.events.push_back(Event::Rewrote { dir, kind: ep.kind, from: show(line), to: show(&new) });
         new
     }
@@ -231,18 +232,20 @@ impl Session {
                 return None;
             }
         };
-        let named_ip = match ep.ip {
-            Some(IpAddr::V4(ip)) => Some(ip),
-            // a 227 is IPv4 by its form; only a 229 could name nothing else, and it names no address
-            _ => None,
-        };
-        let (target, note) = policy::passive_target(*self.server.ip(), named_ip);
-        let target = SocketAddrV4::new(target, ep.port);
+        if ep.kind == ftp::Kind::Pasv227 && self.server.is_ipv6() {
+            // a 227 on an IPv6 session names an IPv4 endpoint, which this session cannot
+            // relay nor rewrite: passed as the server sent it, not followed
+            self.events.push_back(Event::Note(format!("{} on an IPv6 session: not relayed", show(line))));
+            return None;
+        }
+        let named_ip = ep.ip;
+        let (target, note) = policy::passive_target(self.server.ip(), named_ip);
+        let target = SocketAddr::new(target, ep.port);
         if let Some(n) = note {
             self.events.push_back(Event::Refused { kind: Refusal::ThirdParty, reason: n });
         }
         let req = DataRequest { mode: Mode::Passive, client: self.client, server: self.server, target, via: self.via };
-        let named = SocketAddrV4::new(named_ip.unwrap_or(*self.server.ip()), ep.port);
+        let named = SocketAddr::new(named_ip.unwrap_or(self.server.ip()), ep.port);
         let opened = dp.open(&req);
         if let Ok(o) = &opened {
             self.data = Some(o.id);

@@ -309,7 +309,7 @@ pub struct Fed {
 
 impl Streams {
     pub fn new(client: SocketAddrV4, server: SocketAddrV4, via: Via, dp: &mut dyn DataPlane, now: Instant) -> Streams {
-        let mut session = Session::explicit(client, server, via, now);
+        let mut session = Session::explicit(client.into(), server.into(), via, now);
         let z = Seq::new(0);
         let syn = Flags { syn: true, ..Default::default() };
         session.handle_segment(Dir::ToServer, &Segment { seq: z, ack: z, flags: syn, sack: &[], payload: &[] }, dp, now);

@@ -49,7 +49,7 @@ mod segment;
 pub mod seqmap;
 mod types;
 
-use core::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use core::net::{IpAddr, SocketAddr};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -142,8 +142,8 @@ pub struct SeqState {
 /// Per control connection state.
 #[derive(Debug)]
 pub struct Session {
-    client: SocketAddrV4,
-    server: SocketAddrV4,
+    client: SocketAddr,
+    server: SocketAddr,
     c2s: Stream,
     s2c: Stream,
     cmds: VecDeque<Cmd>,
@@ -197,7 +197,7 @@ fn is_prefix_ci(line: &[u8], word: &[u8]) -> bool {
 }
 
 impl Session {
-    pub fn new(client: SocketAddrV4, server: SocketAddrV4, now: Instant) -> Self {
+    pub fn new(client: SocketAddr, server: SocketAddr, now: Instant) -> Self {
         Session {
             client,
             server,
@@ -232,13 +232,13 @@ impl Session {
 
     /// An explicit-proxy session: data connections are announced on the gateway's own
     /// addresses `via`.
-    pub fn explicit(client: SocketAddrV4, server: SocketAddrV4, via: Via, now: Instant) -> Self {
+    pub fn explicit(client: SocketAddr, server: SocketAddr, via: Via, now: Instant) -> Self {
         Session { via: Some(via), ..Session::new(client, server, now) }
     }
 
     /// A session the helper tracked before a restart: its sequence offsets are restored, the
     /// rest (lines, commands) is picked up from the next segment that starts a line.
-    pub fn resume(client: SocketAddrV4, server: SocketAddrV4, st: SeqState, now: Instant) -> Self {
+    pub fn resume(client: SocketAddr, server: SocketAddr, st: SeqState, now: Instant) -> Self {
         let mut s = Session::new(client, server, now);
         s.c2s.map = SeqMap::from_offset(st.c2s.0, st.c2s.1);
         s.s2c.map = SeqMap::from_offset(st.s2c.0, st.s2c.1);
@@ -306,10 +306,10 @@ impl Session {
         Some(SeqState { c2s: (cd, cs.unwrap_or(self.c2s.first)), s2c: (sd, ss.unwrap_or(self.s2c.first)) })
     }
 
-    pub fn client(&self) -> SocketAddrV4 {
+    pub fn client(&self) -> SocketAddr {
         self.client
     }
-    pub fn server(&self) -> SocketAddrV4 {
+    pub fn server(&self) -> SocketAddr {
         self.server
     }
     pub fn user(&self) -> Option<&str> {
@@ -350,7 +350,7 @@ impl Session {
         if !self.logged_in {
             return None;
         }
-        Some(Login { server: self.server.into(), user: self.user.clone()?, pass: self.pass.clone().unwrap_or_default() })
+        Some(Login { server: self.server, user: self.user.clone()?, pass: self.pass.clone().unwrap_or_default() })
     }
     /// The cache entry a held RETR asks about.
     pub fn held_key(&self) -> Option<&Key> {

@@ -64,7 +64,7 @@ impl Session {
         }
         let user = self.user.as_deref().ok_or("login name unknown")?;
         let path = self.resolve(name).ok_or("working directory unknown")?;
-        Ok(Key::new(self.server.into(), user, path, true))
+        Ok(Key::new(self.server, user, path, true))
     }
 
     /// Decides what the cache does with a RETR. Returns true when the line is held for a

@@ -1,6 +1,7 @@
 //! Whole-session tests: two TCP endpoints in memory, the helper between them, any segmentation.
 
 use super::*;
+use core::net::Ipv4Addr;
 use proptest::prelude::*;
 
 const CLIENT: &str = "10.0.1.2:40000";
@@ -33,10 +34,11 @@ impl DataPlane for FakeDp {
         }
         let announce = match (req.mode, req.via) {
             // explicit proxy: on the gateway's own address of the side that connects
-            (Mode::Active, Some(v)) => SocketAddrV4::new(v.server_side, 7000),
-            (Mode::Passive, Some(v)) => SocketAddrV4::new(v.client_side, 6000),
+            (Mode::Active, Some(v)) => SocketAddr::new(v.server_side.into(), 7000),
+            (Mode::Passive, Some(v)) => SocketAddr::new(v.client_side.into(), 6000),
+            (Mode::Active, None) if req.target.is_ipv6() => "[fd00:2::1]:5000".parse().unwrap(),
             (Mode::Active, None) => "10.0.2.1:5000".parse().unwrap(),
-            (Mode::Passive, None) => SocketAddrV4::new(*req.target.ip(), req.target.port() + 1),
+            (Mode::Passive, None) => SocketAddr::new(req.target.ip(), req.target.port() + 1),
         };
         Ok(Opened { announce, id: self.opened.len() as DataId })
     }
@@ -82,9 +84,13 @@ pub(super) struct Pair {
 
 impl Pair {
     pub(super) fn new() -> Pair {
+        Pair::between(CLIENT, SERVER)
+    }
+
+    fn between(client: &str, server: &str) -> Pair {
         let now = Instant::now();
         let mut p = Pair {
-            s: Session::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), now),
+            s: Session::new(client.parse().unwrap(), server.parse().unwrap(), now),
             dp: FakeDp::default(),
             c: End { snd_nxt: Seq::new(1001), acked: Seq::new(1001), rcv_nxt: Seq::new(5001), received: vec![] },
             v: End { snd_nxt: Seq::new(5001), acked: Seq::new(5001), rcv_nxt: Seq::new(1001), received: vec![] },
@@ -310,6 +316,34 @@ fn ipv6_eprt_on_an_ipv4_session_gets_522_and_the_server_a_noop() {
     assert!(got.starts_with("220 hello\r\n230 in\r\n522 "), "{got}");
     assert!(got.contains("use (1)"), "{got}");
     assert!(p.dp.opened.is_empty());
+}
+
+#[test]
+fn ipv6_session_eprt_epsv_and_the_ipv4_forms() {
+    let mut p = Pair::between("[fd00:1::2]:40000", "[fd00:2::2]:21");
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    p.send(Dir::ToServer, b"USER a\r\n", &[]);
+    p.send(Dir::ToClient, b"230 in\r\n", &[]);
+    // EPRT |2| naming the client: prepared, rewritten to the announced endpoint, one byte a segment
+    p.send(Dir::ToServer, b"EPRT |2|fd00:1::2|40001|\r\n", &[1; 26]);
+    p.send(Dir::ToClient, b"200 ok\r\n", &[]);
+    assert_eq!(p.dp.opened[0].target, "[fd00:1::2]:40001".parse().unwrap());
+    assert!(p.received(Dir::ToServer).ends_with("EPRT |2|fd00:2::1|5000|\r\n"), "{}", p.received(Dir::ToServer));
+    // EPSV: the 229's port is the announced one
+    p.send(Dir::ToServer, b"EPSV\r\n", &[]);
+    p.send(Dir::ToClient, b"229 Extended (|||30000|)\r\n", &[]);
+    assert_eq!(p.dp.opened[1].target, "[fd00:2::2]:30000".parse().unwrap());
+    assert!(p.received(Dir::ToClient).ends_with("229 Extended (|||30001|)\r\n"));
+    // an IPv4 EPRT on an IPv6 session names a third party: refused, the server gets a NOOP
+    p.send(Dir::ToServer, b"EPRT |1|10.0.1.2|40002|\r\n", &[]);
+    p.send(Dir::ToClient, b"200 NOOP ok.\r\n", &[]);
+    assert!(p.received(Dir::ToServer).ends_with("NOOP\r\n"));
+    assert!(p.received(Dir::ToClient).contains("500 ftpgate: data address 10.0.1.2 is not the client's fd00:1::2"));
+    // PASV goes to the server; its 227 (an IPv4 endpoint) is passed as sent, not followed
+    p.send(Dir::ToServer, b"PASV\r\n", &[]);
+    p.send(Dir::ToClient, b"227 ok (10,0,2,2,117,48)\r\n", &[]);
+    assert!(p.received(Dir::ToClient).ends_with("227 ok (10,0,2,2,117,48)\r\n"));
+    assert_eq!(p.dp.opened.len(), 2, "nothing prepared for the 227");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The core's interface: segments in, verdicts and events out, and the data plane it drives.
 
-use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use core::net::{Ipv4Addr, SocketAddr};
 
 use super::Seq;
 
@@ -84,10 +84,10 @@ impl Mode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataRequest {
     pub mode: Mode,
-    pub client: SocketAddrV4,
-    pub server: SocketAddrV4,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
     /// Where the relay connects once the expected peer has connected to it.
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     /// Explicit proxy mode: the gateway's own addresses on the two connections.
     pub via: Option<Via>,
 }
@@ -107,7 +107,7 @@ pub type DataId = u64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Opened {
     /// The endpoint to announce in the (possibly rewritten) line.
-    pub announce: SocketAddrV4,
+    pub announce: SocketAddr,
     pub id: DataId,
 }
 
@@ -165,6 +165,8 @@ pub enum OpenError {
     Thread(std::io::Error),
     /// The data plane has no endpoint left to give (test and fuzzing planes).
     Exhausted,
+    /// The relay moves IPv4 data connections only (IPv6: issue 16).
+    Family,
 }
 
 impl OpenError {
@@ -176,6 +178,7 @@ impl OpenError {
             OpenError::Port { .. } => "data_port",
             OpenError::Thread(_) => "data_thread",
             OpenError::Exhausted => "data_exhausted",
+            OpenError::Family => "data_family",
         }
     }
 }
@@ -188,6 +191,7 @@ impl core::fmt::Display for OpenError {
             OpenError::Port { at, source } => write!(f, "cannot take a port on {at}: {source}"),
             OpenError::Thread(e) => write!(f, "cannot start the data connection's thread: {e}"),
             OpenError::Exhausted => f.write_str("no ports left"),
+            OpenError::Family => f.write_str("IPv6 data connections are not relayed yet"),
         }
     }
 }

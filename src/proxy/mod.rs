@@ -271,14 +271,14 @@ impl Proxy {
             .values()
             .map(|c| match &c.up {
                 Some(u) => crate::status::SessionLine {
-                    client: c.peer,
-                    server: u.addr,
+                    client: c.peer.into(),
+                    server: u.addr.into(),
                     user: u.st.session.user().map(str::to_string),
                     state: u.st.session.state(),
                 },
                 None => crate::status::SessionLine {
-                    client: c.peer,
-                    server: c.local,
+                    client: c.peer.into(),
+                    server: c.local.into(),
                     user: c.login.proxy_user().map(|u| format!("proxy:{u}")),
                     state: "proxy login",
                 },

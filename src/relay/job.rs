@@ -10,7 +10,7 @@ use super::*;
 /// accounts for it as the relay would.
 pub(super) struct ForwardJob {
     pub(super) id: DataId,
-    pub(super) req: DataRequest,
+    pub(super) req: Req4,
     pub(super) peer: Ipv4Addr,
     pub(super) grant: nft::Grant,
     pub(super) cfg: RelayConfig,
@@ -93,7 +93,7 @@ impl ForwardJob {
 
 pub(super) struct Job {
     pub(super) id: DataId,
-    pub(super) req: DataRequest,
+    pub(super) req: Req4,
     /// The only address allowed to connect.
     pub(super) peer: Ipv4Addr,
     /// Source address for the onward connection.
@@ -269,12 +269,12 @@ impl Job {
     }
 }
 
-pub(super) fn count(req: &DataRequest, result: &str, to_client: u64, to_server: u64) {
+pub(super) fn count(req: &Req4, result: &str, to_client: u64, to_server: u64) {
     metrics::m().transfer(req.mode.as_str(), result, to_client, to_server);
 }
 
 /// A file transfer's line in the transfer log (listings have none).
-pub(super) fn xferlog(req: &DataRequest, slot: &Slot, secs: f64, to_client: u64, to_server: u64, ok: bool) {
+pub(super) fn xferlog(req: &Req4, slot: &Slot, secs: f64, to_client: u64, to_server: u64, ok: bool) {
     let (desc, finished) = {
         let st = slot.lock();
         (st.desc.clone(), st.finished)

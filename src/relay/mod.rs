@@ -27,7 +27,7 @@ use job::{ForwardJob, Job};
 pub use sockets::transparent_listener;
 use sockets::{connect_from, local_port, reserve_port};
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
@@ -392,7 +392,7 @@ impl Relay {
     /// the single-use permission, and a thread that waits for its end. `None`: this one cannot
     /// be forwarded (a passive endpoint that is not the server's), or the permission could not
     /// be given; it is relayed instead.
-    fn open_forwarded(&mut self, req: &DataRequest, fwd: Arc<Forwarder>) -> Result<Option<Opened>, OpenError> {
+    fn open_forwarded(&mut self, req: &Req4, fwd: Arc<Forwarder>) -> Result<Option<Opened>, OpenError> {
         let (peer, announce, dnat, reserved) = match req.mode {
             Mode::Passive if req.target.ip() == req.server.ip() => (*req.client.ip(), req.target, None, None),
             Mode::Passive => return Ok(None),
@@ -431,7 +431,7 @@ impl Relay {
             fwd.nft.lock().unwrap_or_else(|e| e.into_inner()).revoke(&grant);
             return Err(OpenError::Thread(e));
         }
-        Ok(Some(Opened { announce, id }))
+        Ok(Some(Opened { announce: announce.into(), id }))
     }
 }
 
@@ -554,6 +554,7 @@ impl DataPlane for Relay {
     }
 
     fn open(&mut self, req: &DataRequest) -> Result<Opened, OpenError> {
+        let req = &Req4::of(req)?;
         if self.data_connections() >= self.cfg.max_data {
             return Err(OpenError::TooMany { limit: self.cfg.max_data });
         }
@@ -576,7 +577,7 @@ impl DataPlane for Relay {
         let listener = transparent_listener(SocketAddrV4::new(listen_ip, port), 4)
             .or_else(|_| transparent_listener(SocketAddrV4::new(listen_ip, 0), 4))
             .map_err(|source| OpenError::Listen { at: listen_ip, source })?;
-        let announce = match listener.local_addr() {
+        let announce: SocketAddrV4 = match listener.local_addr() {
             Ok(std::net::SocketAddr::V4(a)) => a,
             _ => return Err(OpenError::Listen { at: listen_ip, source: io::Error::other("no IPv4 address") }),
         };
@@ -612,6 +613,27 @@ impl DataPlane for Relay {
             job.run();
         })
         .map_err(OpenError::Thread)?;
-        Ok(Opened { announce, id })
+        Ok(Opened { announce: announce.into(), id })
+    }
+}
+
+/// A data connection request as the relay takes it: IPv4 endpoints (the relay's sockets and
+/// the kernel forwarding's table are IPv4 only so far).
+#[derive(Clone, Debug)]
+pub(crate) struct Req4 {
+    pub(crate) mode: Mode,
+    pub(crate) client: SocketAddrV4,
+    pub(crate) server: SocketAddrV4,
+    pub(crate) target: SocketAddrV4,
+    pub(crate) via: Option<crate::proto::Via>,
+}
+
+impl Req4 {
+    fn of(r: &DataRequest) -> Result<Req4, OpenError> {
+        let v4 = |a: SocketAddr| match a {
+            SocketAddr::V4(a) => Ok(a),
+            SocketAddr::V6(_) => Err(OpenError::Family),
+        };
+        Ok(Req4 { mode: r.mode, client: v4(r.client)?, server: v4(r.server)?, target: v4(r.target)?, via: r.via })
     }
 }
