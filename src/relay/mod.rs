@@ -402,7 +402,7 @@ impl Relay {
                     (*req.server.ip(), req.target, None, None)
                 } else {
                     let port_of = |source| OpenError::Port { at: seen, source };
-                    let sock = reserve_port(seen, req.target.port()).map_err(port_of)?;
+                    let sock = reserve_port(seen.into(), req.target.port()).map_err(port_of)?;
                     let port = local_port(&sock).map_err(port_of)?;
                     (*req.server.ip(), SocketAddrV4::new(seen, port), Some(req.target), Some(sock))
                 }
@@ -457,7 +457,7 @@ impl Relay {
             let _ = socket::shutdown(l.as_raw_fd(), socket::Shutdown::Both);
         }
         // behind NAT the router's port stays taken while the transfer lasts
-        let reserved = dnat.and_then(|_| reserve_port(*announce.ip(), announce.port()).ok());
+        let reserved = dnat.and_then(|_| reserve_port((*announce.ip()).into(), announce.port()).ok());
         st.handed_over = Some((grant, reserved));
     }
 }
