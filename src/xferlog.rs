@@ -6,7 +6,6 @@
 //! completion-status`, for example
 //! `Sun Nov 22 06:36:35 2026 1 10.0.1.2 20971520 /pub/big.bin b _ o a anonymous ftp 0 * c`.
 
-use core::net::Ipv4Addr;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
@@ -18,7 +17,7 @@ pub struct Record {
     /// When it ended, seconds since the epoch.
     pub at: i64,
     pub secs: f64,
-    pub host: Ipv4Addr,
+    pub host: std::net::IpAddr,
     pub bytes: u64,
     pub path: String,
     pub binary: bool,
@@ -93,13 +92,14 @@ pub fn write(r: &Record) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::net::Ipv4Addr;
 
     #[test]
     fn classic_format() {
         let r = Record {
             at: 0,
             secs: 0.2,
-            host: Ipv4Addr::new(10, 0, 1, 2),
+            host: Ipv4Addr::new(10, 0, 1, 2).into(),
             bytes: 20971520,
             path: "/pub/my file.bin".into(),
             binary: true,

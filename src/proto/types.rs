@@ -158,15 +158,13 @@ pub enum OpenError {
     /// `--max-data` data connections are in progress.
     TooMany { limit: usize },
     /// No listener on the endpoint to announce.
-    Listen { at: Ipv4Addr, source: std::io::Error },
+    Listen { at: core::net::IpAddr, source: std::io::Error },
     /// No port of the router's own to announce (active mode behind NAT).
     Port { at: Ipv4Addr, source: std::io::Error },
     /// No thread to move or watch the bytes.
     Thread(std::io::Error),
     /// The data plane has no endpoint left to give (test and fuzzing planes).
     Exhausted,
-    /// The relay moves IPv4 data connections only (IPv6: issue 16).
-    Family,
 }
 
 impl OpenError {
@@ -178,7 +176,6 @@ impl OpenError {
             OpenError::Port { .. } => "data_port",
             OpenError::Thread(_) => "data_thread",
             OpenError::Exhausted => "data_exhausted",
-            OpenError::Family => "data_family",
         }
     }
 }
@@ -191,7 +188,6 @@ impl core::fmt::Display for OpenError {
             OpenError::Port { at, source } => write!(f, "cannot take a port on {at}: {source}"),
             OpenError::Thread(e) => write!(f, "cannot start the data connection's thread: {e}"),
             OpenError::Exhausted => f.write_str("no ports left"),
-            OpenError::Family => f.write_str("IPv6 data connections are not relayed yet"),
         }
     }
 }

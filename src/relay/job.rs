@@ -10,7 +10,7 @@ use super::*;
 /// accounts for it as the relay would.
 pub(super) struct ForwardJob {
     pub(super) id: DataId,
-    pub(super) req: Req4,
+    pub(super) req: DataRequest,
     pub(super) peer: Ipv4Addr,
     pub(super) grant: nft::Grant,
     pub(super) cfg: RelayConfig,
@@ -93,11 +93,11 @@ impl ForwardJob {
 
 pub(super) struct Job {
     pub(super) id: DataId,
-    pub(super) req: Req4,
+    pub(super) req: DataRequest,
     /// The only address allowed to connect.
-    pub(super) peer: Ipv4Addr,
+    pub(super) peer: IpAddr,
     /// Source address for the onward connection.
-    pub(super) src: Ipv4Addr,
+    pub(super) src: IpAddr,
     pub(super) listener: Option<TcpListener>,
     pub(super) cfg: RelayConfig,
     pub(super) slot: Arc<Slot>,
@@ -125,8 +125,9 @@ impl Job {
     pub(super) fn run(mut self) {
         let keep = self.relay_bytes();
         let handed = self.slot.lock().handed_over.take();
-        if let (Some((grant, reserved)), Some(fwd)) = (handed, self.fwd.clone()) {
-            let Job { id, req, peer, cfg, slot, notify, .. } = self;
+        // (only an IPv4 connection is ever handed over: kernel forwarding is IPv4 so far)
+        if let (Some((grant, reserved)), Some(fwd), IpAddr::V4(peer)) = (handed, self.fwd.clone(), self.peer) {
+            let Job { id, req, cfg, slot, notify, .. } = self;
             return ForwardJob { id, req, peer, grant, cfg, slot, fwd, notify, _reserved: reserved }.run();
         }
         self.done(DataOutcome::Failed("relay ended".into())); // no-op when already told
@@ -179,7 +180,7 @@ impl Job {
                 return None; // the kernel forwards it
             }
             match listener.accept() {
-                Ok((s, std::net::SocketAddr::V4(a))) if *a.ip() == self.peer => {
+                Ok((s, a)) if a.ip() == self.peer => {
                     self.slot.connected.store(true, Ordering::Relaxed);
                     st.listener = None;
                     drop(st);
@@ -269,12 +270,12 @@ impl Job {
     }
 }
 
-pub(super) fn count(req: &Req4, result: &str, to_client: u64, to_server: u64) {
+pub(super) fn count(req: &DataRequest, result: &str, to_client: u64, to_server: u64) {
     metrics::m().transfer(req.mode.as_str(), result, to_client, to_server);
 }
 
 /// A file transfer's line in the transfer log (listings have none).
-pub(super) fn xferlog(req: &Req4, slot: &Slot, secs: f64, to_client: u64, to_server: u64, ok: bool) {
+pub(super) fn xferlog(req: &DataRequest, slot: &Slot, secs: f64, to_client: u64, to_server: u64, ok: bool) {
     let (desc, finished) = {
         let st = slot.lock();
         (st.desc.clone(), st.finished)
@@ -287,7 +288,7 @@ pub(super) fn xferlog(req: &Req4, slot: &Slot, secs: f64, to_client: u64, to_ser
     xferlog::write(&xferlog::Record {
         at: unix_secs(),
         secs,
-        host: *req.client.ip(),
+        host: req.client.ip(),
         bytes: if incoming { to_server } else { to_client },
         path: d.path,
         binary: d.binary,
