@@ -17,6 +17,9 @@ use crate::log;
 use crate::proto::{CheckId, Event, Session};
 use crate::relay::CacheCtx;
 
+/// A control session as the shells and the state file name it: (client, server).
+pub type SessionKey = (SocketAddrV4, SocketAddrV4);
+
 /// A self-pipe that wakes a shell's poll loop when another thread has news for it (a check
 /// answered, a data connection ended).
 pub struct Wake {
@@ -113,7 +116,7 @@ impl<I: Copy + Send + Sync + 'static> Checks<I> {
 }
 
 /// Logs one of a session's events (and counts rewrites, refusals and cache outcomes).
-pub fn log_event(key: &(SocketAddrV4, SocketAddrV4), user: Option<&str>, ev: Event) {
+pub fn log_event(key: &SessionKey, user: Option<&str>, ev: Event) {
     let who = format!("session {} -> {} ({})", key.0, key.1, user.unwrap_or("-"));
     match ev {
         Event::User(u) => log!("{who}: login as {u:?}"),
@@ -145,7 +148,7 @@ pub fn log_event(key: &(SocketAddrV4, SocketAddrV4), user: Option<&str>, ev: Eve
 /// Drains `session`'s events: logs each, and asks for the freshness check an
 /// [`Event::CheckFresh`] calls for (`id`: the shell's name for the session, which the answer
 /// carries back).
-pub fn handle_events<I: Copy + Send + Sync + 'static>(key: &(SocketAddrV4, SocketAddrV4), session: &mut Session, checks: &Checks<I>, id: I) {
+pub fn handle_events<I: Copy + Send + Sync + 'static>(key: &SessionKey, session: &mut Session, checks: &Checks<I>, id: I) {
     let mut ask = false;
     while let Some(ev) = session.poll_event() {
         ask |= matches!(ev, Event::CheckFresh(_));

@@ -3,7 +3,7 @@
 //! cached file) keeps its verdict until the freshness check, run on a thread of its own, answers
 //! or [`HOLD_LIMIT`](crate::proto::HOLD_LIMIT) passes; the loop polls the queue socket and the answers' pipe together.
 
-use core::net::{SocketAddr, SocketAddrV4};
+use core::net::SocketAddr;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nfq::{Message, Queue, Verdict as NfVerdict};
 
-use crate::driver::{handle_events, Checks, Wake};
+use crate::driver::{handle_events, Checks, SessionKey as Key, Wake};
 use crate::log;
 use crate::proto::{released_timestamps, DataId, Dir, Segment, Seq, Session, Verdict};
 use crate::relay::forward::Flagged;
@@ -39,8 +39,6 @@ pub struct LoopConfig {
     /// SCHED_FIFO priority of the queue thread (0: normal scheduling).
     pub rt_priority: u8,
 }
-
-type Key = (SocketAddrV4, SocketAddrV4);
 
 /// A segment held: a RETR while its session's freshness check ([`Session::pending_check`])
 /// runs, or a server segment carrying a transfer's final reply until its data connection is

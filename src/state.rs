@@ -2,13 +2,11 @@
 //! restarted gateway (even after `kill -9`) resumes them. Lives in the state directory
 //! ([`crate::settings::Settings::state_dir`]).
 
-use core::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Sender};
 
+use crate::driver::SessionKey as Key;
 use crate::proto::{Seq, SeqState};
-
-type Key = (SocketAddrV4, SocketAddrV4);
 
 /// The state's text: a line a session.
 pub fn render(sessions: impl Iterator<Item = (Key, SeqState)>) -> String {
