@@ -89,13 +89,13 @@ def data_conn(c, mode):
         r = c.cmd("EPSV", "229")
         port = int(re.search(r"\(\|\|\|(\d+)\|\)", r).group(1))
         return socket.create_connection((c.host, port), timeout=20), None
-    l = socket.socket()
+    l = socket.socket(c.s.family)
     l.bind((c.s.getsockname()[0], 0)); l.listen(1); l.settimeout(20)
-    ip, port = l.getsockname()
+    ip, port = l.getsockname()[:2]
     if mode == "port":
         c.cmd("PORT %s,%d,%d" % (ip.replace(".", ","), port >> 8, port & 255), "200")
     else:
-        c.cmd("EPRT |1|%s|%d|" % (ip, port), "200")
+        c.cmd("EPRT |%d|%s|%d|" % (2 if c.s.family == socket.AF_INET6 else 1, ip, port), "200")
     return None, l
 
 def retr(c, mode, name, out):
@@ -200,7 +200,10 @@ def main():
         c = Raw(host)
         c.login("attack@")
         t = target.replace(".", ",")
-        for line in (f"PORT {t},31,144", f"EPRT |1|{target}|8080|", f"PORT {t},0,25"):
+        lines = (f"PORT {t},31,144", f"EPRT |1|{target}|8080|", f"PORT {t},0,25")
+        if ":" in target:
+            lines = (f"EPRT |2|{target}|8080|", f"EPRT |2|{target}|25|")
+        for line in lines:
             c.send(line + "\r\n"); r1 = c.expect("")
             c.send("LIST\r\n"); r2 = c.expect("")
             if r2.startswith("1"):
@@ -216,7 +219,11 @@ def main():
         host, name, out, sig = sys.argv[2:6]
         c = Raw(host)
         c.login("wait@"); c.cmd("TYPE I", "200")
-        ep = pasv_endpoint(c.cmd("PASV", "227"))
+        if c.s.family == socket.AF_INET6:
+            r = c.cmd("EPSV", "229")
+            ep = (host, int(re.search(r"\(\|\|\|(\d+)\|\)", r).group(1)))
+        else:
+            ep = pasv_endpoint(c.cmd("PASV", "227"))
         open(sig + ".ep", "w").write(f"{ep[0]} {ep[1]}\n")
         wait_go(sig, required=False)
         s = socket.create_connection(ep, timeout=20)
@@ -336,13 +343,18 @@ def main():
         c.login("bounce@")
         t = target.replace(".", ",")
         own = c.s.getsockname()[0].replace(".", ",")
-        for line in (f"PORT {t},31,144", f"EPRT |1|{target}|8080|", f"PORT {t},0,25", f"PORT {own},0,25"):
+        lines = (f"PORT {t},31,144", f"EPRT |1|{target}|8080|", f"PORT {t},0,25", f"PORT {own},0,25")
+        if c.s.family == socket.AF_INET6:
+            # a third party, the client's own address at a privileged port, the other family
+            own = c.s.getsockname()[0]
+            lines = (f"EPRT |2|{target}|8080|", f"EPRT |2|{own}|25|", "EPRT |1|10.0.2.99|8080|", "PORT 10,0,2,99,31,144")
+        for line in lines:
             c.send(line + "\r\n")
             r = c.expect("")
             if not r.startswith("5"):
                 raise SystemExit(f"{line!r} answered {r!r}, expected 5xx")
         c.cmd("TYPE I", "200")
-        retr(c, "pasv", name, out)
+        retr(c, "epsv" if c.s.family == socket.AF_INET6 else "pasv", name, out)
         c.cmd("QUIT", "221")
     elif what == "garbage":
         # malformed and oversized lines must not break the helper; the session still works

@@ -11,6 +11,7 @@ P=${P:-f$$}
 C=$P-cli R=$P-rtr S=$P-srv
 WORK=${WORK:-/tmp/ftpgate-tests-$P}
 SRV_IP=10.0.2.2 CLI_IP=10.0.1.2
+SRV6=fd00:2::2 CLI6=fd00:1::2
 SYSPY=/usr/bin/python3
 OUT=$WORK/dl/out
 PY="$SYSPY $HERE/ftpclient.py"
@@ -81,13 +82,16 @@ make_files() {
   touch -d '1 hour ago' "$WORK"/pub/* "$WORK"/home/*
 }
 
-vsftpd_start() { # [ssl]
+vsftpd_start() { # [ssl]; VSFTPD_DUAL=1: one listener on both families (listen_ipv6=YES on ::)
   local conf=$WORK/vsftpd.conf
   mkdir -p /var/run/vsftpd/empty
-  cat >"$conf" <<EOC
-listen=YES
+  local listen="listen=YES
 listen_ipv6=NO
-listen_address=$SRV_IP
+listen_address=$SRV_IP"
+  [[ -n ${VSFTPD_DUAL:-} ]] && listen="listen=NO
+listen_ipv6=YES"
+  cat >"$conf" <<EOC
+$listen
 anonymous_enable=YES
 anon_root=$WORK/pub
 no_anon_password=YES
@@ -126,10 +130,11 @@ EOC
   busywait 5000 inS bash -c "exec 3<>/dev/tcp/$SRV_IP/21" 2>/dev/null
 }
 
-pyftpd_start() { # [foreign] [masq]
-  ip netns exec "$S" "$SYSPY" "$HERE/pyftpd.py" "$SRV_IP" "$WORK/pub" "$WORK/home" "$@" >"$WORK/pyftpd.log" 2>&1 &
+pyftpd_start() { # [foreign] [masq]; PYFTPD_IP: its address (default $SRV_IP)
+  local ip=${PYFTPD_IP:-$SRV_IP}
+  ip netns exec "$S" "$SYSPY" "$HERE/pyftpd.py" "$ip" "$WORK/pub" "$WORK/home" "$@" >"$WORK/pyftpd.log" 2>&1 &
   echo $! >"$WORK/server.pid"
-  busywait 5000 inS bash -c "exec 3<>/dev/tcp/$SRV_IP/21" 2>/dev/null
+  busywait 5000 inS bash -c "exec 3<>/dev/tcp/$ip/21" 2>/dev/null
 }
 
 proftpd_start() { # Debian's proftpd with its per-address limit set like vsftpd's stock one
@@ -213,8 +218,12 @@ gate_kill_keep_rules() {
   rm -f "$WORK/gate.pid"
 }
 
-alg_start() { inR iptables -t raw -A PREROUTING -p tcp --dport 21 -j CT --helper ftp; }
-alg_stop() { inR iptables -t raw -D PREROUTING -p tcp --dport 21 -j CT --helper ftp 2>/dev/null; }
+# the kernel's FTP ALG (nf_conntrack_ftp, nf_nat_ftp) on both families: the reference
+alg_start() { inR iptables -t raw -A PREROUTING -p tcp --dport 21 -j CT --helper ftp && inR ip6tables -t raw -A PREROUTING -p tcp --dport 21 -j CT --helper ftp; }
+alg_stop() {
+  inR iptables -t raw -D PREROUTING -p tcp --dport 21 -j CT --helper ftp 2>/dev/null
+  inR ip6tables -t raw -D PREROUTING -p tcp --dport 21 -j CT --helper ftp 2>/dev/null
+}
 
 wan_rx() { inR cat "/sys/class/net/${P}wan/statistics/rx_bytes"; }
 logmark() { wc -l <"$WORK/ftpgate.log"; }
@@ -299,10 +308,10 @@ repeat() {
   echo $bad
 }
 
-ops() { # topology label: upload and file operations as ftpuser
-  local t=$1
+ops() { # topology label [server address]: upload and file operations as ftpuser
+  local t=$1 h=${2:-$SRV_IP}
   rm -rf "$WORK/home/sub"
-  if timeout 60 ip netns exec $C $PY ops $SRV_IP "$WORK/pub/big.bin" >"$WORK/case.log" 2>&1 &&
+  if timeout 60 ip netns exec $C $PY ops "$h" "$WORK/pub/big.bin" >"$WORK/case.log" 2>&1 &&
      cmp -s "$WORK/home/sub/moved.bin" "$WORK/pub/big.bin"; then
     pass "$t STOR, LIST, CWD, PWD, MKD, RNFR/RNTO, DELE"
   else

@@ -7,7 +7,7 @@ import socket, sys, threading
 log, ip, ports = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3:]]
 
 def serve(port):
-    s = socket.socket()
+    s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((ip, port)); s.listen(16)
     while True:

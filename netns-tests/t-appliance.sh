@@ -109,7 +109,7 @@ EOC
   # the command line overrides the file
   printf 'cache-dir = "%s"\nqueue = 7\n' "$WORK/cache" >"$WORK/q.toml"
   r=$(inR "$BIN" rules show --config "$WORK/q.toml" --queue 9 | grep -c 'queue-num 9'); n=$(inR "$BIN" rules show --config "$WORK/q.toml" | grep -c 'queue-num 7')
-  [[ $r == 4 && $n == 4 ]] && pass "$t: rules read the queue from the config; the command line overrides it" || fail "$t: config/CLI precedence ($r, $n)"
+  [[ $r == 6 && $n == 6 ]] && pass "$t: rules read the queue from the config; the command line overrides it" || fail "$t: config/CLI precedence ($r, $n)"
   # the systemd unit
   if command -v systemd-analyze >/dev/null; then
     mkdir -p "$WORK/unit"; sed "s#/usr/bin/ftpgate#$BIN#g" "$ROOT/dist/ftpgate.service" >"$WORK/unit/ftpgate.service"
@@ -134,35 +134,44 @@ status_fallback() { # a cache directory that cannot hold the status socket (its 
   kill -TERM $pid; wait $pid 2>/dev/null; rm -rf "$long"
 }
 
-rules_legacy() { # iptables-legacy as the system's iptables: same idempotent apply/remove
+rules_legacy() { # iptables-legacy as the system's iptables (both families): same idempotent apply/remove
   local ns=$P-lgy bin=$WORK/legacy-bin a b c
-  mkdir -p "$bin"; ln -sf "$(command -v iptables-legacy)" "$bin/iptables"
-  ip netns add $ns
+  mkdir -p "$bin"; ln -sf "$(command -v iptables-legacy)" "$bin/iptables"; ln -sf "$(command -v ip6tables-legacy)" "$bin/ip6tables"
+  ip netns add $ns; ip -n $ns link set lo up
   ip netns exec $ns iptables-legacy -A FORWARD -m conntrack --ctstate INVALID -j DROP
-  local before; before=$(ip netns exec $ns iptables-legacy-save | grep '^-')
-  ip netns exec $ns env PATH="$bin:$PATH" "$BIN" rules apply && a=$(ip netns exec $ns iptables-legacy-save | grep -c ftpgate)
-  ip netns exec $ns env PATH="$bin:$PATH" "$BIN" rules apply && b=$(ip netns exec $ns iptables-legacy-save | grep -c ftpgate)
-  c=$(ip netns exec $ns iptables-nft-save 2>/dev/null | grep -c ftpgate)
+  ip netns exec $ns ip6tables-legacy -A FORWARD -m conntrack --ctstate INVALID -j DROP
+  lsave() { ip netns exec $ns iptables-legacy-save | grep '^-'; ip netns exec $ns ip6tables-legacy-save | grep '^-'; }
+  count() { lsave | grep -c ftpgate; }
+  local before; before=$(lsave)
+  ip netns exec $ns env PATH="$bin:$PATH" "$BIN" rules apply && a=$(count)
+  ip netns exec $ns env PATH="$bin:$PATH" "$BIN" rules apply && b=$(count)
+  c=$( { ip netns exec $ns iptables-nft-save; ip netns exec $ns ip6tables-nft-save; } 2>/dev/null | grep -c ftpgate)
   ip netns exec $ns env PATH="$bin:$PATH" "$BIN" rules remove
-  local after; after=$(ip netns exec $ns iptables-legacy-save | grep '^-')
-  [[ $a == 7 && $b == 7 && $c == 0 && "$before" == "$after" ]] &&
-    pass "rules with iptables-legacy: apply twice = 7 rules, remove restores the rule set exactly" ||
+  local after; after=$(lsave)
+  [[ $a == 11 && $b == 11 && $c == 0 && "$before" == "$after" ]] &&
+    pass "rules with iptables-legacy: apply twice = 7 IPv4 + 4 IPv6 rules, remove restores the rule set exactly" ||
     fail "rules with iptables-legacy: $a then $b rules (nft: $c); remove changed: $(diff <(echo "$before") <(echo "$after") | tr '\n' ' ')"
   ip netns del $ns
 }
 
 rules_idempotent() {
-  local a b s1 s2 before after
-  save() { inR iptables-save | grep '^-'; inR iptables -S | grep '^-P'; inR nft list tables; }
-  before=$(save; inR ip rule)
-  inR "$BIN" rules apply && a=$(inR iptables-save | grep -c ftpgate) && s1=$(save; inR ip rule)
-  inR "$BIN" rules apply && b=$(inR iptables-save | grep -c ftpgate) && s2=$(save; inR ip rule)
+  local a b a6 b6 s1 s2 before after
+  save() {
+    inR iptables-save | grep '^-'; inR iptables -S | grep '^-P'; inR ip6tables-save | grep '^-'; inR ip6tables -S | grep '^-P'
+    inR nft list tables; inR ip rule; inR ip -6 rule; inR ip -6 route show table all | grep -v 'proto kernel'
+  }
+  before=$(save)
+  inR "$BIN" rules apply && a=$(inR iptables-save | grep -c ftpgate) a6=$(inR ip6tables-save | grep -c ftpgate) && s1=$(save)
+  inR "$BIN" rules apply && b=$(inR iptables-save | grep -c ftpgate) b6=$(inR ip6tables-save | grep -c ftpgate) && s2=$(save)
   local t1; t1=$(inR nft list table ip ftpgate 2>/dev/null | grep -c 'data_pass')
-  [[ $a == 7 && $b == 7 && "$s1" == "$s2" && $t1 -ge 2 ]] && pass "rules apply is idempotent ($a rules and the nftables table, the same set twice)" ||
-    fail "rules apply twice: $a then $b rules (nft table: $t1 data_pass lines)"
+  local r6; r6=$(inR ip -6 rule | grep -c 'lookup 2121')
+  [[ $a == 7 && $b == 7 && $a6 == 4 && $b6 == 4 && $r6 == 1 && "$s1" == "$s2" && $t1 -ge 2 ]] &&
+    pass "rules apply is idempotent ($a IPv4 rules, the nftables table, $a6 IPv6 rules and the ip -6 rule: the same set twice)" ||
+    fail "rules apply twice: $a then $b IPv4 rules, $a6 then $b6 IPv6 rules, $r6 ip -6 rules (nft table: $t1 data_pass lines)"
   inR "$BIN" rules remove; inR "$BIN" rules remove
-  a=$(inR iptables-save | grep -c ftpgate); after=$(save; inR ip rule)
-  [[ $a == 0 && "$before" == "$after" ]] && ! inR ip rule | grep -q 'lookup 2121' && ! inR nft list table ip ftpgate >/dev/null 2>&1 &&
+  a=$(inR iptables-save | grep -c ftpgate); a6=$(inR ip6tables-save | grep -c ftpgate); after=$(save)
+  [[ $a == 0 && $a6 == 0 && "$before" == "$after" ]] && ! inR ip rule | grep -q 'lookup 2121' && ! inR ip -6 rule | grep -q 'lookup 2121' &&
+    ! inR nft list table ip ftpgate >/dev/null 2>&1 &&
     pass "rules remove leaves none of ftpgate's rules and the router's own rules exactly as they were" ||
     fail "rules remove left $a ftpgate rules; changed: $(diff <(echo "$before") <(echo "$after") | tr '\n' ' ')"
 }

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Builds the test topology: client (10.0.1.2) -- router (10.0.1.1 | 10.0.2.1) -- server (10.0.2.2).
+# Builds the test topology: client (10.0.1.2) -- router (10.0.1.1 | 10.0.2.1) -- server (10.0.2.2),
+# dual-stack: the same hosts have fd00:1::2, fd00:1::1 | fd00:2::1, fd00:2::2 (and fd00:4::/64,
+# fd00:5::/64 like 10.0.4.0/24, 10.0.5.0/24).
 # Usage: topo.sh up nat|routed [PREFIX] | topo.sh down [PREFIX]
-# The router carries a conventional stateful firewall: INVALID dropped in FORWARD and INPUT,
-# INPUT closed to new connections except from the LAN; in "nat" mode MASQUERADE on its WAN side
-# and the server has no route back to the client network.
+# The router carries a conventional stateful firewall on both families (for IPv6 the stock one of
+# home and office routers, RFC 6092): FORWARD policy DROP, INVALID dropped in FORWARD and INPUT,
+# new connections only from the LAN, INPUT closed to new connections except from the LAN (and
+# ICMPv6, which neighbour discovery needs); in "nat" mode MASQUERADE (NAT66 for IPv6) on its WAN
+# side and the server has no route back to the client network.
 set -euo pipefail
 cmd=${1:?up|down}
 if [[ $cmd == up ]]; then mode=${2:?nat|routed}; P=${3:-fg}; else P=${2:-fg}; fi
@@ -36,6 +40,16 @@ ip -n $R addr add 10.0.5.1/24 dev ${P}thf; ip -n $R link set ${P}thf up
 ip -n $X addr add 10.0.5.2/24 dev ${P}x0; ip -n $X link set ${P}x0 up
 ip -n $X route add default via 10.0.5.1
 ip netns exec $R sysctl -qw net.ipv4.ip_forward=1
+# IPv6 on the same links (nodad: usable at once)
+v6() { ip -n "$1" -6 addr add "$2" dev "$3" nodad; }
+v6 $C fd00:1::2/64 ${P}c0; v6 $R fd00:1::1/64 ${P}lan; v6 $R fd00:2::1/64 ${P}wan; v6 $S fd00:2::2/64 ${P}s0
+v6 $S fd00:4::1/64 ${P}s3; v6 $T fd00:4::2/64 ${P}t0; v6 $R fd00:5::1/64 ${P}thf; v6 $X fd00:5::2/64 ${P}x0
+ip -n $C -6 route add default via fd00:1::1
+ip -n $T -6 route add default via fd00:4::1
+ip -n $X -6 route add default via fd00:5::1
+ip -n $R -6 route add fd00:4::/64 via fd00:2::2
+ip netns exec $S sysctl -qw net.ipv6.conf.all.forwarding=1
+ip netns exec $R sysctl -qw net.ipv6.conf.all.forwarding=1
 # a conventional stateful firewall
 ip netns exec $R iptables -P FORWARD DROP
 ip netns exec $R iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP
@@ -47,9 +61,22 @@ ip netns exec $R iptables -A INPUT -m conntrack --ctstate INVALID -j DROP
 ip netns exec $R iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
 ip netns exec $R iptables -A INPUT -i lo -j ACCEPT
 ip netns exec $R iptables -A INPUT -i ${P}lan -p icmp -j ACCEPT
+ip netns exec $R ip6tables -P FORWARD DROP
+ip netns exec $R ip6tables -A FORWARD -m conntrack --ctstate INVALID -j DROP
+ip netns exec $R ip6tables -A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+ip netns exec $R ip6tables -A FORWARD -i ${P}lan -j ACCEPT
+ip netns exec $R ip6tables -A FORWARD -i ${P}thf -j ACCEPT
+ip netns exec $R ip6tables -P INPUT DROP
+ip netns exec $R ip6tables -A INPUT -m conntrack --ctstate INVALID -j DROP
+ip netns exec $R ip6tables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+ip netns exec $R ip6tables -A INPUT -i lo -j ACCEPT
+ip netns exec $R ip6tables -A INPUT -p ipv6-icmp -j ACCEPT
 if [[ $mode == nat ]]; then
   ip netns exec $R iptables -t nat -A POSTROUTING -o ${P}wan -j MASQUERADE
+  ip netns exec $R ip6tables -t nat -A POSTROUTING -o ${P}wan -j MASQUERADE
 else
   ip -n $S route add 10.0.1.0/24 via 10.0.2.1
   ip -n $S route add 10.0.5.0/24 via 10.0.2.1
+  ip -n $S -6 route add fd00:1::/64 via fd00:2::1
+  ip -n $S -6 route add fd00:5::/64 via fd00:2::1
 fi

@@ -4,7 +4,7 @@
 //! answers, and the logging (and counting) of the session's events. The shells keep only their
 //! I/O: which packets or bytes a verdict applies to.
 
-use core::net::SocketAddrV4;
+use core::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use crate::proto::{CheckId, Event, Session};
 use crate::relay::CacheCtx;
 
 /// A control session as the shells and the state file name it: (client, server).
-pub type SessionKey = (SocketAddrV4, SocketAddrV4);
+pub type SessionKey = (SocketAddr, SocketAddr);
 
 /// A self-pipe that wakes a shell's poll loop when another thread has news for it (a check
 /// answered, a data connection ended).

@@ -27,9 +27,49 @@ use anyhow::{bail, Context, Result};
 
 pub const COMMENT: &str = "ftpgate";
 
-/// The system's iptables, whichever variant it is (iptables-nft or iptables-legacy): the rules
-/// must land where the router's own firewall is.
-const IPTABLES: &str = "iptables";
+/// An address family: IPv4 through `iptables` and `ip -4`, IPv6 through `ip6tables` and `ip -6`
+/// (whichever variant, iptables-nft or iptables-legacy, the system's own is: the rules must land
+/// where the router's own firewall is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+    fn ip(self) -> &'static str {
+        match self {
+            Family::V4 => "-4",
+            Family::V6 => "-6",
+        }
+    }
+    /// The default route's prefix.
+    fn everything(self) -> &'static str {
+        match self {
+            Family::V4 => "0.0.0.0/0",
+            Family::V6 => "::/0",
+        }
+    }
+    /// nftables' name of the family's tables.
+    fn nft(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+}
+
+/// Whether the system has IPv6 at all (a kernel without it, or booted with `ipv6.disable=1`,
+/// has no `/proc/net/if_inet6`).
+fn has_ipv6() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
+}
 
 #[derive(Clone, Debug)]
 pub struct RuleSet {
@@ -53,13 +93,16 @@ fn words(s: &str) -> Vec<String> {
 }
 
 impl RuleSet {
-    fn rules(&self) -> Vec<Rule> {
+    /// The rules of `family`. Kernel forwarding of data connections (the connmark rules) is
+    /// IPv4 only: IPv6 data connections are all relayed.
+    fn rules(&self, family: Family) -> Vec<Rule> {
         let bypass = if self.fail_open { " --queue-bypass" } else { "" };
         let q = self.queue;
         let m = format!("{:#x}/{:#x}", self.mark, self.mark);
         let c = format!("-m comment --comment {COMMENT}");
         let (pass, thief) = (crate::nft::CT_PASS, crate::nft::CT_THIEF);
-        vec![
+        let not_forwarded = if family == Family::V4 { format!("-m connmark ! --mark {pass:#x} ") } else { String::new() };
+        let mut rules = vec![
             Rule {
                 table: "raw",
                 chain: "PREROUTING",
@@ -76,10 +119,15 @@ impl RuleSet {
                 table: "mangle",
                 chain: "PREROUTING",
                 first: false,
-                // a kernel-forwarded data connection never needs the per-packet socket lookup
-                spec: words(&format!("-p tcp -m connmark ! --mark {pass:#x} -m socket --transparent {c} -j MARK --set-xmark {m}")),
+                // a kernel-forwarded data connection (IPv4) never needs the per-packet socket lookup
+                spec: words(&format!("-p tcp {not_forwarded}-m socket --transparent {c} -j MARK --set-xmark {m}")),
             },
             Rule { table: "filter", chain: "INPUT", first: true, spec: words(&format!("-p tcp -m mark --mark {m} {c} -j ACCEPT")) },
+        ];
+        if family == Family::V6 {
+            return rules;
+        }
+        rules.extend([
             Rule {
                 table: "mangle",
                 chain: "FORWARD",
@@ -100,7 +148,8 @@ impl RuleSet {
                 first: true,
                 spec: words(&format!("-m connmark --mark {pass:#x} -m conntrack --ctstate NEW {c} -j ACCEPT")),
             },
-        ]
+        ]);
+        rules
     }
 
     /// The rules in iptables-save form, for operators who manage their own firewall
@@ -112,20 +161,17 @@ impl RuleSet {
             "# ftpgate rule set (iptables-save format; load with `iptables-restore --noflush`).\n\
              # Each rule carries the comment \"ftpgate\"; `ftpgate rules remove` deletes exactly these.\n",
         );
-        for table in ["raw", "mangle", "filter"] {
-            out += &format!("*{table}\n");
-            for r in self.rules().into_iter().filter(|r| r.table == table) {
-                let op = if r.first { format!("-I {} 1", r.chain) } else { format!("-A {}", r.chain) };
-                out += &format!("{op} {}\n", r.spec.join(" "));
-            }
-            out += "COMMIT\n";
-        }
+        out += &self.save_form(Family::V4);
         out += &format!("# and, outside iptables:\n#   ip rule add fwmark {m} lookup {}\n", self.table);
         out += &format!("#   ip route replace local 0.0.0.0/0 dev lo table {}\n", self.table);
         out += "# and the nftables table for kernel-forwarded data connections (load with `nft -f FILE`):\n";
         for l in crate::nft::ruleset().lines() {
             out += &format!("#   {l}\n");
         }
+        out += "# IPv6 (ip6tables-save format; load with `ip6tables-restore --noflush`; applied where the system has IPv6):\n";
+        out += &self.save_form(Family::V6);
+        out += &format!("# and, outside ip6tables:\n#   ip -6 rule add fwmark {m} lookup {}\n", self.table);
+        out += &format!("#   ip -6 route replace local ::/0 dev lo table {}\n", self.table);
         out += "# nftables: `iptables-restore-translate -f FILE` prints these as nft rules. A native nft\n\
                 # ruleset needs a kernel with nft_queue (CONFIG_NFT_QUEUE) for `queue num N bypass`, a raw-priority\n\
                 # (-300) prerouting chain for the client->server rule, a mangle-priority (-150) forward chain\n\
@@ -134,49 +180,88 @@ impl RuleSet {
         out
     }
 
+    /// One family's rules in iptables-save form.
+    fn save_form(&self, family: Family) -> String {
+        let mut out = String::new();
+        for table in ["raw", "mangle", "filter"] {
+            out += &format!("*{table}\n");
+            for r in self.rules(family).into_iter().filter(|r| r.table == table) {
+                let op = if r.first { format!("-I {} 1", r.chain) } else { format!("-A {}", r.chain) };
+                out += &format!("{op} {}\n", r.spec.join(" "));
+            }
+            out += "COMMIT\n";
+        }
+        out
+    }
+
+    /// Installs the rules of both families (IPv6 where the system has it and `ip6tables`).
     pub fn apply(&self) -> Result<()> {
-        for r in self.rules() {
-            if iptables(r.table, "-C", r.chain, &r.spec, None)? {
-                continue;
-            }
-            let ok = if r.first { iptables(r.table, "-I", r.chain, &r.spec, Some("1"))? } else { iptables(r.table, "-A", r.chain, &r.spec, None)? };
-            if !ok {
-                bail!("iptables refused: -t {} -A {} {}", r.table, r.chain, r.spec.join(" "));
-            }
-        }
-        let m = format!("{:#x}/{:#x}", self.mark, self.mark);
-        let t = self.table.to_string();
-        if !self.ip_rule_present()? {
-            run("ip", &["rule", "add", "fwmark", &m, "lookup", &t])?;
-        }
-        run("ip", &["route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", &t])?;
+        self.apply_family(Family::V4)?;
         self.apply_nft();
-        if let Ok(raw) = output(IPTABLES, &["-w", "-t", "raw", "-S"]) {
-            if raw.contains("--helper ftp") {
-                crate::log!("warning: the kernel FTP helper is assigned in the raw table; it must not act on traffic ftpgate handles");
+        if has_ipv6() {
+            if ip6tables_present() {
+                self.apply_family(Family::V6)?;
+            } else {
+                crate::log!("note: ip6tables not found: IPv6 FTP sessions pass the router unhelped");
+            }
+        }
+        for f in [Family::V4, Family::V6] {
+            if output(f.iptables(), &["-w", "-t", "raw", "-S"]).is_ok_and(|raw| raw.contains("--helper ftp")) {
+                crate::log!(
+                    "warning: the kernel FTP helper is assigned in the {} raw table; it must not act on traffic ftpgate handles",
+                    f.iptables()
+                );
             }
         }
         Ok(())
     }
 
+    fn apply_family(&self, f: Family) -> Result<()> {
+        for r in self.rules(f) {
+            if iptables(f, r.table, "-C", r.chain, &r.spec, None)? {
+                continue;
+            }
+            let ok =
+                if r.first { iptables(f, r.table, "-I", r.chain, &r.spec, Some("1"))? } else { iptables(f, r.table, "-A", r.chain, &r.spec, None)? };
+            if !ok {
+                bail!("{} refused: -t {} -A {} {}", f.iptables(), r.table, r.chain, r.spec.join(" "));
+            }
+        }
+        let m = format!("{:#x}/{:#x}", self.mark, self.mark);
+        let t = self.table.to_string();
+        if !self.ip_rule_present(f)? {
+            run("ip", &[f.ip(), "rule", "add", "fwmark", &m, "lookup", &t])?;
+        }
+        run("ip", &[f.ip(), "route", "replace", "local", f.everything(), "dev", "lo", "table", &t])
+    }
+
+    /// Removes exactly what [`RuleSet::apply`] added, for both families.
     pub fn remove(&self) -> Result<()> {
-        for r in self.rules() {
-            while iptables(r.table, "-C", r.chain, &r.spec, None)? {
-                if !iptables(r.table, "-D", r.chain, &r.spec, None)? {
-                    bail!("iptables could not delete: -t {} {} {}", r.table, r.chain, r.spec.join(" "));
+        self.remove_family(Family::V4)?;
+        if has_ipv6() && ip6tables_present() {
+            self.remove_family(Family::V6)?;
+        }
+        if nft_present() && output(NFT, &["list", "table", "ip", crate::nft::TABLE]).is_ok() {
+            run(NFT, &["delete", "table", "ip", crate::nft::TABLE])?;
+        }
+        remove_empty_tables();
+        Ok(())
+    }
+
+    fn remove_family(&self, f: Family) -> Result<()> {
+        for r in self.rules(f) {
+            while iptables(f, r.table, "-C", r.chain, &r.spec, None)? {
+                if !iptables(f, r.table, "-D", r.chain, &r.spec, None)? {
+                    bail!("{} could not delete: -t {} {} {}", f.iptables(), r.table, r.chain, r.spec.join(" "));
                 }
             }
         }
         let m = format!("{:#x}/{:#x}", self.mark, self.mark);
         let t = self.table.to_string();
-        while self.ip_rule_present()? {
-            run("ip", &["rule", "del", "fwmark", &m, "lookup", &t])?;
+        while self.ip_rule_present(f)? {
+            run("ip", &[f.ip(), "rule", "del", "fwmark", &m, "lookup", &t])?;
         }
-        let _ = output("ip", &["route", "flush", "table", &t]);
-        if nft_present() && output(NFT, &["list", "table", "ip", crate::nft::TABLE]).is_ok() {
-            run(NFT, &["delete", "table", "ip", crate::nft::TABLE])?;
-        }
-        remove_empty_tables();
+        let _ = output("ip", &[f.ip(), "route", "flush", "table", &t]);
         Ok(())
     }
 
@@ -201,26 +286,34 @@ impl RuleSet {
         }
     }
 
-    fn ip_rule_present(&self) -> Result<bool> {
-        let rules = output("ip", &["rule", "show"])?;
+    fn ip_rule_present(&self, f: Family) -> Result<bool> {
+        let rules = output("ip", &[f.ip(), "rule", "show"])?;
         let needle = format!("fwmark {:#x}/{:#x} lookup {}", self.mark, self.mark, self.table);
         Ok(rules.lines().any(|l| l.contains(&needle)))
     }
 }
 
-/// Runs one iptables command; Ok(false) when iptables says no (e.g. `-C` for a missing rule).
-fn iptables(table: &str, op: &str, chain: &str, spec: &[String], pos: Option<&str>) -> Result<bool> {
-    let mut cmd = Command::new(IPTABLES);
+/// Runs one iptables (or ip6tables) command; Ok(false) when it says no (e.g. `-C` for a
+/// missing rule).
+fn iptables(f: Family, table: &str, op: &str, chain: &str, spec: &[String], pos: Option<&str>) -> Result<bool> {
+    let prog = f.iptables();
+    let mut cmd = Command::new(prog);
     cmd.args(["-w", "-t", table, op, chain]);
     if let Some(p) = pos {
         cmd.arg(p);
     }
-    let out = cmd.args(spec).output().context("cannot run iptables (is it installed?)")?;
+    let out = cmd.args(spec).output().with_context(|| format!("cannot run {prog} (is it installed?)"))?;
     match out.status.code() {
         Some(0) => Ok(true),
         Some(1) => Ok(false),
-        _ => bail!("iptables -t {table} {op} {chain} failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        _ => bail!("{prog} -t {table} {op} {chain} failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
     }
+}
+
+/// Whether `ip6tables` runs here (asked once per process).
+fn ip6tables_present() -> bool {
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRESENT.get_or_init(|| Command::new(Family::V6.iptables()).arg("-V").output().is_ok_and(|o| o.status.success()))
 }
 
 fn run(prog: &str, args: &[&str]) -> Result<()> {
@@ -237,13 +330,17 @@ const NFT: &str = "nft";
 /// the router had none: once ftpgate's rules are gone, a table with no rule left and every
 /// policy ACCEPT — which is what no table at all does — is deleted, so the ruleset is as before.
 fn remove_empty_tables() {
-    let nft_variant = output(IPTABLES, &["-V"]).is_ok_and(|v| v.contains("nf_tables"));
-    if !nft_variant || !nft_present() {
+    if !nft_present() {
         return;
     }
-    for table in ["raw", "mangle"] {
-        if output(NFT, &["list", "table", "ip", table]).is_ok_and(|t| holds_nothing(&t)) {
-            let _ = run(NFT, &["delete", "table", "ip", table]);
+    for f in [Family::V4, Family::V6] {
+        if !output(f.iptables(), &["-V"]).is_ok_and(|v| v.contains("nf_tables")) {
+            continue;
+        }
+        for table in ["raw", "mangle"] {
+            if output(NFT, &["list", "table", f.nft(), table]).is_ok_and(|t| holds_nothing(&t)) {
+                let _ = run(NFT, &["delete", "table", f.nft(), table]);
+            }
         }
     }
 }
@@ -302,7 +399,8 @@ mod tests {
 
     #[test]
     fn rule_text_has_the_measured_hooks() {
-        let r = RuleSet { queue: 7, fail_open: true, mark: 0x10000, table: 2121 }.show();
+        let all = RuleSet { queue: 7, fail_open: true, mark: 0x10000, table: 2121 }.show();
+        let (r, v6) = all.split_at(all.find("# IPv6").unwrap());
         let raw = &r[r.find("*raw").unwrap()..r.find("*mangle").unwrap()];
         assert!(raw.contains("\n-A PREROUTING -p tcp --dport 21"), "{r}");
         let mangle = &r[r.find("*mangle").unwrap()..r.find("*filter").unwrap()];
@@ -318,6 +416,12 @@ mod tests {
         assert!(mangle.contains("-A PREROUTING -p tcp -m connmark --mark 0xf6000000"), "{r}");
         assert!(r.contains("-I FORWARD 1 -m connmark --mark 0xf7000000 -m conntrack --ctstate NEW"), "{r}");
         assert!(r.contains("#   table ip ftpgate {"), "{r}");
+        // IPv6: the same interception, no kernel forwarding (its data connections are relayed)
+        assert!(v6.contains("*raw\n-A PREROUTING -p tcp --dport 21 -m addrtype ! --dst-type LOCAL"), "{v6}");
+        assert!(v6.contains("\n-A FORWARD -p tcp --sport 21"), "{v6}");
+        assert!(v6.contains("-m socket --transparent") && v6.contains("-I INPUT 1 -p tcp -m mark --mark 0x10000/0x10000"), "{v6}");
+        assert!(!v6.contains("connmark") && v6.contains("ip -6 route replace local ::/0 dev lo table 2121"), "{v6}");
+        assert_eq!(v6.matches("COMMIT").count(), 3);
         let closed = RuleSet { queue: 7, fail_open: false, mark: 0x10000, table: 2121 }.show();
         assert!(!closed.contains("--queue-bypass"));
     }

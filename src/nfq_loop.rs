@@ -99,7 +99,7 @@ impl Helper {
         let mut sessions = HashMap::new();
         if let Some(f) = &cfg.state_file {
             for (key, st) in state::load(f) {
-                sessions.insert(key, Session::resume(key.0.into(), key.1.into(), st, now));
+                sessions.insert(key, Session::resume(key.0, key.1, st, now));
             }
             if !sessions.is_empty() {
                 log!("resumed {} sessions with changed lengths from {}", sessions.len(), f.display());
@@ -135,13 +135,14 @@ impl Helper {
                 return Some(msg);
             }
         };
-        let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (pkt.src(), pkt.dst()) else {
-            // IPv6 sessions are not followed yet: passed as they are
-            msg.set_verdict(NfVerdict::Accept);
-            return Some(msg);
-        };
+        let (src, dst) = (pkt.src(), pkt.dst());
         if src.port() != FTP_PORT && dst.port() != FTP_PORT {
             // a data connection's segment: a kernel-forwarded one's SYN/FIN/RST, or a thief's SYN
+            // (only IPv4 data connections are forwarded by the kernel; an IPv6 one is relayed)
+            let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, dst) else {
+                msg.set_verdict(NfVerdict::Accept);
+                return Some(msg);
+            };
             let f = pkt.flags();
             let seg = Flagged { src, dst, seq: pkt.seq().raw(), len: pkt.payload.len() as u32, syn: f.syn, ack: f.ack, fin: f.fin, rst: f.rst };
             msg.set_verdict(if self.relay.observe(&seg) { NfVerdict::Accept } else { NfVerdict::Drop });
@@ -171,7 +172,7 @@ impl Helper {
                 msg.set_verdict(NfVerdict::Accept);
                 return Some(msg);
             }
-            let mut s = Session::new(key.0.into(), key.1.into(), now);
+            let mut s = Session::new(key.0, key.1, now);
             if live >= self.cfg.max_sessions {
                 log!("session {} -> {}: over the limit of {} sessions; answering 421", key.0, key.1, self.cfg.max_sessions);
                 s.refuse_session(&format!("too many FTP sessions through this gateway (limit {}), try again later", self.cfg.max_sessions));

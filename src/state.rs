@@ -92,6 +92,10 @@ mod tests {
         let got = state_lines(std::str::from_utf8(&file).unwrap());
         let key: Key = ("10.0.1.2:3".parse().unwrap(), "10.0.2.2:21".parse().unwrap());
         assert_eq!(got, vec![(key, SeqState { c2s: (5, Seq::new(500)), s2c: (1, Seq::new(600)) })]);
+        // IPv6 sessions round-trip through the text
+        let k6: Key = ("[fd00:1::2]:40000".parse().unwrap(), "[fd00:2::2]:21".parse().unwrap());
+        let st6 = SeqState { c2s: (-3, Seq::new(7)), s2c: (2, Seq::new(9)) };
+        assert_eq!(state_lines(&render([(k6, st6)].into_iter())), vec![(k6, st6)]);
         // a file of an earlier version (lines only) still loads
         assert_eq!(state_lines(older).len(), 2);
         // a damaged header loads nothing rather than stale lines

@@ -624,7 +624,7 @@ impl Proxy {
     fn events(&mut self, id: u64) {
         let Some(c) = self.conns.get_mut(&id) else { return };
         let Some(u) = c.up.as_mut() else { return };
-        handle_events(&(c.peer, u.addr), &mut u.st.session, &self.checks, id);
+        handle_events(&(c.peer.into(), u.addr.into()), &mut u.st.session, &self.checks, id);
     }
 
     fn maybe_close(&mut self, id: u64) {

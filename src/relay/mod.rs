@@ -64,7 +64,7 @@ pub struct RelayConfig {
 }
 
 /// Finds the client's address as the server sees it (conntrack's NAT); `None` = not translated.
-pub type NatLookup = fn(SocketAddrV4, SocketAddrV4) -> Option<Ipv4Addr>;
+pub type NatLookup = fn(SocketAddr, SocketAddr) -> Option<IpAddr>;
 
 /// The cache as the relay uses it.
 pub struct CacheCtx {
@@ -397,7 +397,10 @@ impl Relay {
             Mode::Passive if req.target.ip() == req.server.ip() => (*req.client.ip(), req.target, None, None),
             Mode::Passive => return Ok(None),
             Mode::Active => {
-                let seen = (self.nat)(req.client, req.server).unwrap_or(*req.client.ip());
+                let seen = match (self.nat)(req.client.into(), req.server.into()) {
+                    Some(IpAddr::V4(a)) => a,
+                    _ => *req.client.ip(),
+                };
                 if seen == *req.client.ip() {
                     (*req.server.ip(), req.target, None, None)
                 } else {
@@ -557,7 +560,7 @@ impl DataPlane for Relay {
         if self.data_connections() >= self.cfg.max_data {
             return Err(OpenError::TooMany { limit: self.cfg.max_data });
         }
-        // kernel forwarding and the NAT lookup are IPv4 so far: an IPv6 connection is relayed
+        // kernel forwarding is IPv4 so far: an IPv6 connection is relayed
         let v4 = Req4::of(req);
         if let (Some(r4), Some(fwd)) = (&v4, self.forward.clone().filter(|_| self.cache.is_none() && req.via.is_none())) {
             if let Some(opened) = self.open_forwarded(r4, fwd)? {
@@ -571,7 +574,7 @@ impl DataPlane for Relay {
             (Mode::Active, Some(v)) => (v.server_side.into(), 0, sip, v.client_side.into()),
             (Mode::Passive, None) => (sip, req.target.port(), cip, cip),
             (Mode::Active, None) => {
-                let seen = v4.as_ref().and_then(|r| (self.nat)(r.client, r.server)).map_or(cip, IpAddr::V4);
+                let seen = (self.nat)(req.client, req.server).unwrap_or(cip);
                 let port = if seen == cip { req.target.port() } else { 0 };
                 (seen, port, sip, sip)
             }
