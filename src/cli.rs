@@ -167,9 +167,9 @@ pub struct RunArgs {
     /// Data connections at once; more PASV/PORT get 425 [default: 512]
     #[arg(long)]
     pub max_data: Option<usize>,
-    /// Explicit FTP proxy listener, ADDR:PORT (repeatable), beside transparent interception
+    /// Explicit FTP proxy listener, ADDR:PORT or [IPV6]:PORT (repeatable), beside transparent interception
     #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Vec<std::net::SocketAddrV4>,
+    pub listen: Vec<std::net::SocketAddr>,
     /// Explicit proxy users, `name:argon2-hash` a line (`ftpgate proxy-passwd NAME`); makes a proxy login mandatory
     #[arg(long, value_name = "FILE")]
     pub proxy_users: Option<PathBuf>,

@@ -3,7 +3,6 @@
 //! overrides the defaults. An unknown key or a bad value is an error naming the file, the line
 //! and the key.
 
-use core::net::SocketAddrV4;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -41,7 +40,7 @@ pub struct Options {
     pub data_forwarding: Option<Forwarding>,
     pub max_sessions: Option<usize>,
     pub max_data: Option<usize>,
-    pub listen: Option<Vec<SocketAddrV4>>,
+    pub listen: Option<Vec<core::net::SocketAddr>>,
     pub proxy_users: Option<PathBuf>,
     #[serde(default, deserialize_with = "cidrs")]
     pub allow_from: Option<Vec<Cidr>>,

@@ -44,10 +44,16 @@ struct End {
 /// Two TCP ends with the helper between them. Input bytes are read as a script: a control byte
 /// picks the direction, a retransmission or new data and its length; data bytes follow. The
 /// invariants: a retransmission never changes bytes the receiver already has, the helper never
-/// skips ahead of what the receiver has (no gap), and ACKs never claim unsent data.
+/// skips ahead of what the receiver has (no gap), and ACKs never claim unsent data. The script
+/// runs on an IPv4 session and again on an IPv6 one (where EPRT |2| and 229 are followed).
 pub fn session(data: &[u8]) {
+    session_between("10.0.1.2:40000".parse().unwrap(), "10.0.2.2:21".parse().unwrap(), data);
+    session_between("[fd00:1::2]:40000".parse().unwrap(), "[fd00:2::2]:21".parse().unwrap(), data);
+}
+
+fn session_between(client: SocketAddr, server: SocketAddr, data: &[u8]) {
     let now = Instant::now();
-    let mut s = Session::new("10.0.1.2:40000".parse().unwrap(), "10.0.2.2:21".parse().unwrap(), now);
+    let mut s = Session::new(client, server, now);
     let mut dp = Dp(0);
     let mut c = End { snd_nxt: Seq::new(1001), isn_peer: Seq::new(5001), received: Vec::new() };
     let mut v = End { snd_nxt: Seq::new(5001), isn_peer: Seq::new(1001), received: Vec::new() };
@@ -168,16 +174,23 @@ pub fn seqmap(data: &[u8]) {
 }
 
 /// The PORT/EPRT/227/229 parsers and the packet decoder on arbitrary bytes: no panic, and what
-/// parses re-emits to a line that parses to the new endpoint.
+/// parses re-emits to a line that parses to the new endpoint — an IPv4 one in every form, an
+/// IPv6 one in the forms that carry it (EPRT |2|, 229), none in PORT and 227.
 pub fn parsers(data: &[u8]) {
-    let to: SocketAddrV4 = "10.0.2.1:5000".parse().unwrap();
-    for (parse, _) in [(ftp::parse_port as fn(&[u8]) -> _, "PORT"), (ftp::parse_eprt, "EPRT"), (ftp::parse_227, "227"), (ftp::parse_229, "229")] {
+    let to4: SocketAddrV4 = "10.0.2.1:5000".parse().unwrap();
+    let to6: SocketAddr = "[fd00:2::1]:5001".parse().unwrap();
+    for (parse, extended) in [(ftp::parse_port as fn(&[u8]) -> _, false), (ftp::parse_eprt, true), (ftp::parse_227, false), (ftp::parse_229, true)] {
         if let Ok(ep) = parse(data) {
-            let line = ftp::emit(data, &ep, to.into()).expect("an IPv4 endpoint fits every form");
-            let again = parse(&line).expect("emitted line parses");
-            assert_eq!(again.port, to.port());
-            if let Some(ip) = again.ip {
-                assert_eq!(ip, core::net::IpAddr::V4(*to.ip()));
+            for to in [SocketAddr::V4(to4), to6] {
+                let Some(line) = ftp::emit(data, &ep, to) else {
+                    assert!(to.is_ipv6() && !extended, "{to} has a form in every extended command");
+                    continue;
+                };
+                let again = parse(&line).expect("emitted line parses");
+                assert_eq!(again.port, to.port());
+                if let Some(ip) = again.ip {
+                    assert_eq!(ip, to.ip());
+                }
             }
         }
     }

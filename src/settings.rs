@@ -3,7 +3,7 @@
 //! `rules` commands read these; nothing else holds a default of its own.
 
 use core::fmt;
-use core::net::SocketAddrV4;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,7 +52,7 @@ pub struct CacheSettings {
 /// The explicit proxy's settings (absent without `--listen`).
 #[derive(Debug)]
 pub struct ProxySettings {
-    pub listen: Vec<SocketAddrV4>,
+    pub listen: Vec<core::net::SocketAddr>,
     pub users: Option<Users>,
     pub access: Access,
     pub connect_timeout: Duration,

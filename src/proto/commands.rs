@@ -36,6 +36,9 @@ impl Session {
                 dp.transfer_ahead(&login);
             }
         }
+        if let Some(sent) = self.translate_passive(verb.as_ref().map(|v| &v[..]), line, whole) {
+            return sent;
+        }
         let (cmd, parsed) = match verb.as_ref() {
             Some(b"PORT") => (Cmd::Other, Some(ftp::parse_port(line))),
             Some(b"EPRT") => (Cmd::Other, Some(ftp::parse_eprt(line))),
@@ -127,10 +130,66 @@ impl Session {
             Ok(Opened { announce, id }) => {
                 self.data = Some(id);
                 self.cmds.push_back(Cmd::Other);
-                (announce != named).then(|| self.rewrite(Dir::ToServer, line, &ep, announce))
+                // across the families the server gets its own family's classic form: PORT to
+                // an IPv4 server (which may not know EPRT), EPRT |2| to an IPv6 one
+                let form = match (self.translates(), self.server.is_ipv4()) {
+                    (false, _) => ep.kind,
+                    (true, true) => ftp::Kind::Port,
+                    (true, false) => ftp::Kind::Eprt,
+                };
+                if form != ep.kind {
+                    Some(self.render_as(Dir::ToServer, line, form, announce))
+                } else {
+                    (announce != named).then(|| self.rewrite(Dir::ToServer, line, &ep, announce))
+                }
             }
             Err(e) => self.refuse(425, Refusal::Data(e.label()), format!("cannot prepare the data connection: {e}")),
         }
+    }
+
+    /// Whether the client and the server are of different families (an explicit-proxy session
+    /// from an IPv4 client to an IPv6 server, or the other way round): the passive and active
+    /// commands and replies are then translated between the forms of the two families.
+    pub(super) fn translates(&self) -> bool {
+        self.client.is_ipv4() != self.server.is_ipv4()
+    }
+
+    /// Across the families, a passive command goes to the server in the server's family's form
+    /// (`PASV` from an IPv4 client as `EPSV` to an IPv6 server, `EPSV` from an IPv6 client as
+    /// `PASV` to an IPv4 server, which may not know EPSV) and its reply comes back in the form
+    /// the client asked for. An `EPSV ALL` to an IPv4 server is answered here (the server would
+    /// then refuse the PASV it is sent). `Some(replacement)` when the line was taken care of.
+    fn translate_passive(&mut self, verb: Option<&[u8]>, line: &[u8], whole: bool) -> Option<Option<Vec<u8>>> {
+        if !self.translates() || !whole {
+            return None;
+        }
+        let all = ftp::body(line).to_ascii_uppercase().ends_with(b"ALL");
+        match verb {
+            Some(b"PASV") if self.server.is_ipv6() => {
+                self.events.push_back(Event::Note("PASV sent to the IPv6 server as EPSV".into()));
+                self.cmds.push_back(Cmd::Pasv);
+                Some(Some(b"EPSV\r\n".to_vec()))
+            }
+            Some(b"EPSV") if self.server.is_ipv4() && all => {
+                self.cmds.push_back(Cmd::Refused(b"200 EPSV ALL ok (ftpgate speaks PASV to the IPv4 server).\r\n".to_vec()));
+                Some(Some(b"NOOP\r\n".to_vec()))
+            }
+            Some(b"EPSV") if self.server.is_ipv4() => {
+                self.events.push_back(Event::Note("EPSV sent to the IPv4 server as PASV".into()));
+                self.cmds.push_back(Cmd::Epsv);
+                Some(Some(b"PASV\r\n".to_vec()))
+            }
+            _ => None,
+        }
+    }
+
+    /// A fresh line of form `kind` naming `to` in place of `line` (a translation between the
+    /// families); a form that cannot name `to` (never: the relay announces in the family asked
+    /// for) leaves the line as it was.
+    fn render_as(&mut self, dir: Dir, line: &[u8], kind: ftp::Kind, to: SocketAddr) -> Vec<u8> {
+        let Some(new) = ftp::render(kind, to) else { return line.to_vec() };
+        self.events.push_back(Event::Rewrote { dir, kind, from: show(line), to: show(&new) });
+        new
     }
 
     pub(super) fn rewrite(&mut self, dir: Dir, line: &[u8], ep: &ftp::Endpoint, to: SocketAddr) -> Vec<u8> {
@@ -212,8 +271,11 @@ impl Session {
                 self.transfer_end(id, code, whole, dp)
             }
             (Cmd::Xfer(id), code) => self.transfer_end(id, code, whole, dp),
-            (Cmd::Pasv, 227) => self.on_passive(line, ftp::parse_227(line), whole, dp),
-            (Cmd::Epsv, 229) => self.on_passive(line, ftp::parse_229(line), whole, dp),
+            (Cmd::Pasv, 227) => self.on_passive(line, ftp::parse_227(line), ftp::Kind::Pasv227, whole, dp),
+            (Cmd::Epsv, 229) => self.on_passive(line, ftp::parse_229(line), ftp::Kind::Epsv229, whole, dp),
+            // translated (see translate_passive): answered in the form the client asked for
+            (Cmd::Pasv, 229) if self.translates() => self.on_passive(line, ftp::parse_229(line), ftp::Kind::Pasv227, whole, dp),
+            (Cmd::Epsv, 227) if self.translates() => self.on_passive(line, ftp::parse_227(line), ftp::Kind::Epsv229, whole, dp),
             _ => None,
         }
     }
@@ -222,6 +284,7 @@ impl Session {
         &mut self,
         line: &[u8],
         parsed: Result<ftp::Endpoint, ftp::ParseError>,
+        answer: ftp::Kind,
         whole: bool,
         dp: &mut dyn DataPlane,
     ) -> Option<Vec<u8>> {
@@ -251,11 +314,12 @@ impl Session {
             self.data = Some(o.id);
         }
         match opened {
-            Ok(o) if o.announce == named => None,
+            Ok(o) if o.announce == named && answer == ep.kind => None,
             Ok(_) | Err(_) if !whole => {
                 self.events.push_back(Event::Note(format!("{} split before ftpgate saw it; cannot rewrite", show(line))));
                 None
             }
+            Ok(o) if answer != ep.kind => Some(self.render_as(Dir::ToClient, line, answer, o.announce)),
             Ok(o) => Some(self.rewrite(Dir::ToClient, line, &ep, o.announce)),
             Err(e) => {
                 self.events.push_back(Event::Refused { kind: Refusal::Data(e.label()), reason: format!("passive data connection: {e}") });

@@ -15,7 +15,7 @@
 //! What the machine cannot do itself (check a password, resolve and connect) it asks for with
 //! a [`Step`], and is told the outcome.
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 use super::{DataPlane, Decision, Dir, Flags, Segment, Seq, Session, Verdict, Via};
@@ -33,7 +33,11 @@ pub struct Target {
 
 impl core::fmt::Display for Target {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -91,11 +95,25 @@ fn reply(code: u16, text: &str) -> Step {
     Step::Reply(format!("{code} {text}\r\n"))
 }
 
-/// Parses `host[:port]`.
+/// Parses `host[:port]`; an IPv6 address as `[addr]`, `[addr]:port`, or bare (`2001:db8::1`,
+/// port 21).
 pub fn parse_target(s: &str) -> Result<Target, BadTarget> {
     let s = s.trim();
+    if let Ok(a) = s.parse::<Ipv6Addr>() {
+        return Ok(Target { host: a.to_string(), port: 21 });
+    }
+    let port_of = |p: &str| p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| BadTarget::Port(p.to_string()));
+    if let Some(rest) = s.strip_prefix('[') {
+        let (addr, after) = rest.split_once(']').ok_or_else(|| BadTarget::Host(s.to_string()))?;
+        let a = addr.parse::<Ipv6Addr>().map_err(|_| BadTarget::Host(addr.to_string()))?;
+        let port = match after {
+            "" => 21,
+            p => port_of(p.strip_prefix(':').ok_or_else(|| BadTarget::Host(s.to_string()))?)?,
+        };
+        return Ok(Target { host: a.to_string(), port });
+    }
     let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| BadTarget::Port(p.to_string()))?),
+        Some((h, p)) => (h, port_of(p)?),
         None => (s, 21),
     };
     let ok = !host.is_empty() && host.len() <= 253 && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
@@ -308,8 +326,8 @@ pub struct Fed {
 }
 
 impl Streams {
-    pub fn new(client: SocketAddrV4, server: SocketAddrV4, via: Via, dp: &mut dyn DataPlane, now: Instant) -> Streams {
-        let mut session = Session::explicit(client.into(), server.into(), via, now);
+    pub fn new(client: SocketAddr, server: SocketAddr, via: Via, dp: &mut dyn DataPlane, now: Instant) -> Streams {
+        let mut session = Session::explicit(client, server, via, now);
         let z = Seq::new(0);
         let syn = Flags { syn: true, ..Default::default() };
         session.handle_segment(Dir::ToServer, &Segment { seq: z, ack: z, flags: syn, sack: &[], payload: &[] }, dp, now);
@@ -518,7 +536,7 @@ pub struct Access {
 impl Access {
     /// Whether a client may talk to the proxy at all. Without proxy users, only the networks in
     /// `allow_from` may (none by default: an explicit listener is never an open relay by accident).
-    pub fn client(&self, ip: Ipv4Addr) -> Result<(), Denied> {
+    pub fn client(&self, ip: IpAddr) -> Result<(), Denied> {
         if !self.allow_from.is_empty() && !self.allow_from.iter().any(|c| c.contains(ip)) {
             return Err(Denied::NotInAllowFrom(ip));
         }
@@ -529,8 +547,11 @@ impl Access {
     }
 
     /// Whether the proxy may connect to `ip`; `local` are the gateway's own addresses.
-    pub fn dest(&self, ip: Ipv4Addr, local: &[Ipv4Addr]) -> Result<(), Denied> {
-        if ip.is_loopback() || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || local.contains(&ip) {
+    pub fn dest(&self, ip: IpAddr, local: &[IpAddr]) -> Result<(), Denied> {
+        let broadcast = matches!(ip, IpAddr::V4(a) if a.is_broadcast());
+        // an IPv4 address mapped into IPv6 is the IPv4 host: judged as that
+        let ip = ip.to_canonical();
+        if ip.is_loopback() || ip.is_unspecified() || broadcast || ip.is_multicast() || local.contains(&ip) {
             return Err(Denied::NotAHost(ip));
         }
         if !self.allow_dest.is_empty() && !self.allow_dest.iter().any(|c| c.contains(ip)) {
@@ -543,12 +564,12 @@ impl Access {
 /// Why the access rules refuse a client or a destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Denied {
-    NotInAllowFrom(Ipv4Addr),
+    NotInAllowFrom(IpAddr),
     /// Neither `--allow-from` networks nor `--proxy-users`: nobody may use the proxy.
     NoAccessRules,
     /// The gateway itself, or an address that is not one host.
-    NotAHost(Ipv4Addr),
-    NotInAllowDest(Ipv4Addr),
+    NotAHost(IpAddr),
+    NotInAllowDest(IpAddr),
 }
 
 impl core::fmt::Display for Denied {
@@ -567,6 +588,7 @@ impl std::error::Error for Denied {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::net::Ipv4Addr;
 
     fn replies(steps: &[Step]) -> String {
         steps
@@ -664,6 +686,24 @@ mod tests {
         let r = replies(&l.line("USER x\r230 logged in"));
         assert_eq!(r.matches('\r').count(), 1, "{r:?}");
         assert!(r.starts_with("331 ") && r.ends_with("\r\n"));
+    }
+
+    #[test]
+    fn ipv6_targets() {
+        let t = |s: &str| parse_target(s).map(|t| t.to_string());
+        assert_eq!(t("[2001:db8::1]").unwrap(), "[2001:db8::1]:21");
+        assert_eq!(t("[2001:db8::1]:2121").unwrap(), "[2001:db8::1]:2121");
+        assert_eq!(t("2001:db8::1").unwrap(), "[2001:db8::1]:21");
+        assert_eq!(t("ftp.example.net:21").unwrap(), "ftp.example.net:21");
+        assert!(t("[2001:db8::1]x").is_err() && t("[nonsense]").is_err() && t("[2001:db8::1]:0").is_err());
+        let mut l = ProxyLogin::new(false);
+        let steps = l.line("USER alice@[fd00:2::2]:2121\r\n");
+        assert!(steps.iter().any(|s| matches!(s, Step::Connect(t) if t.host == "fd00:2::2" && t.port == 2121)), "{steps:?}");
+        // a mapped IPv4 address is that IPv4 host, for the access rules too
+        let local: Vec<IpAddr> = vec!["10.0.2.1".parse().unwrap()];
+        let a = Access::default();
+        assert!(a.dest("::ffff:10.0.2.1".parse().unwrap(), &local).is_err());
+        assert!(a.dest("::1".parse().unwrap(), &local).is_err() && a.dest("fd00:2::2".parse().unwrap(), &local).is_ok());
     }
 
     #[test]

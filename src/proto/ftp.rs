@@ -233,9 +233,44 @@ pub fn emit(line: &[u8], ep: &Endpoint, to: SocketAddr) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// A fresh line of form `kind` naming `to`, for a session that translates between the
+/// families (a PASV answered from an EPSV's 229, an EPRT |2| sent on as PORT). `None` where the
+/// form cannot name the address (PORT or 227 and an IPv6 address).
+pub fn render(kind: Kind, to: SocketAddr) -> Option<Vec<u8>> {
+    let (p1, p2) = (to.port() >> 8, to.port() & 0xff);
+    let text = match (kind, to.ip()) {
+        (Kind::Port | Kind::Pasv227, IpAddr::V6(_)) => return None,
+        (Kind::Port, IpAddr::V4(ip)) => {
+            let [a, b, c, d] = ip.octets();
+            format!("PORT {a},{b},{c},{d},{p1},{p2}\r\n")
+        }
+        (Kind::Pasv227, IpAddr::V4(ip)) => {
+            let [a, b, c, d] = ip.octets();
+            format!("227 Entering Passive Mode ({a},{b},{c},{d},{p1},{p2}).\r\n")
+        }
+        (Kind::Eprt, ip) => format!("EPRT |{}|{ip}|{}|\r\n", if ip.is_ipv4() { 1 } else { 2 }, to.port()),
+        (Kind::Epsv229, _) => format!("229 Entering Extended Passive Mode (|||{}|)\r\n", to.port()),
+    };
+    Some(text.into_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendered_lines_parse_back() {
+        let v4 = sa("10.0.2.1:40001");
+        let v6 = sa("[fd00:2::1]:40002");
+        assert_eq!(parse_port(&render(Kind::Port, v4).unwrap()).unwrap().port, 40001);
+        assert_eq!(parse_227(&render(Kind::Pasv227, v4).unwrap()).unwrap().ip, Some(v4.ip()));
+        assert_eq!(render(Kind::Port, v6), None);
+        assert_eq!(render(Kind::Pasv227, v6), None);
+        let e = parse_eprt(&render(Kind::Eprt, v6).unwrap()).unwrap();
+        assert_eq!((e.ip, e.port), (Some(v6.ip()), 40002));
+        assert_eq!(parse_eprt(&render(Kind::Eprt, v4).unwrap()).unwrap().ip, Some(v4.ip()));
+        assert_eq!(parse_229(&render(Kind::Epsv229, v6).unwrap()).unwrap().port, 40002);
+    }
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()

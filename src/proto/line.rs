@@ -136,6 +136,8 @@ impl Session {
                 is_prefix_ci(l, b"PORT ")
                     || is_prefix_ci(l, b"EPRT ")
                     || (is_prefix_ci(l, b"RETR ") && self.data.is_some() && self.logged_in && self.binary)
+                    // across the families PASV and EPSV are translated
+                    || (self.translates() && (is_prefix_ci(l, b"PASV") || is_prefix_ci(l, b"EPSV")))
             }
             Dir::ToClient => {
                 if !self.greeted {
@@ -145,8 +147,8 @@ impl Session {
                     return false;
                 }
                 match self.cmds.front() {
-                    Some(Cmd::Pasv) => is_prefix_ci(l, b"227 "),
-                    Some(Cmd::Epsv) => is_prefix_ci(l, b"229 "),
+                    Some(Cmd::Pasv) => is_prefix_ci(l, b"227 ") || (self.translates() && is_prefix_ci(l, b"229 ")),
+                    Some(Cmd::Epsv) => is_prefix_ci(l, b"229 ") || (self.translates() && is_prefix_ci(l, b"227 ")),
                     Some(Cmd::Refused(_)) | Some(Cmd::Hidden) | Some(Cmd::Retr(_, Some(_))) | Some(Cmd::Xfer(_)) => {
                         l.first().is_none_or(|&c| c != b'1')
                     }

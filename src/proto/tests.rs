@@ -1,7 +1,7 @@
 //! Whole-session tests: two TCP endpoints in memory, the helper between them, any segmentation.
 
 use super::*;
-use core::net::Ipv4Addr;
+use core::net::{IpAddr, Ipv4Addr};
 use proptest::prelude::*;
 
 const CLIENT: &str = "10.0.1.2:40000";
@@ -744,7 +744,7 @@ mod explicit_streams {
     use super::*;
     use crate::proto::explicit::Streams;
 
-    const VIA: Via = Via { client_side: Ipv4Addr::new(10, 0, 1, 1), server_side: Ipv4Addr::new(10, 0, 2, 1) };
+    const VIA: Via = Via { client_side: IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)), server_side: IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1)) };
 
     struct Ends {
         st: Streams,
@@ -801,6 +801,54 @@ mod explicit_streams {
             assert!(e.dp.opened.iter().all(|r| r.via == Some(VIA)));
             assert_eq!(e.dp.opened[0].target, "10.0.1.2:40000".parse().unwrap());
             assert_eq!(e.dp.opened[1].target, "10.0.2.2:30000".parse().unwrap());
+        }
+    }
+
+    /// A client of one family, a server of the other: PASV ↔ EPSV and 227 ↔ 229, PORT ↔ EPRT,
+    /// each side in its own family's form, the data connections on the proxy's addresses.
+    #[test]
+    fn explicit_session_across_the_families_translates_the_forms() {
+        let v4_via_v6 = Via { client_side: "10.0.1.1".parse().unwrap(), server_side: "fd00:2::1".parse().unwrap() };
+        let v6_via_v4 = Via { client_side: "fd00:1::1".parse().unwrap(), server_side: "10.0.2.1".parse().unwrap() };
+        let cases: [(&str, &str, Via, &str, &str, &str, &str); 2] = [
+            // IPv4 client, IPv6 server
+            (
+                "10.0.1.2:40000",
+                "[fd00:2::2]:21",
+                v4_via_v6,
+                "PORT 10,0,1,2,156,64\r\nPASV\r\nEPSV\r\n",
+                "200 ok\r\n229 Entering Extended Passive Mode (|||30000|)\r\n229 Entering Extended Passive Mode (|||30001|)\r\n",
+                "EPRT |2|fd00:2::1|7000|\r\nEPSV\r\nEPSV\r\n",
+                "200 ok\r\n227 Entering Passive Mode (10,0,1,1,23,112).\r\n229 Entering Extended Passive Mode (|||6000|)\r\n",
+            ),
+            // IPv6 client, IPv4 server (which may know neither EPSV nor EPRT)
+            (
+                "[fd00:1::2]:40000",
+                "10.0.2.2:21",
+                v6_via_v4,
+                "EPRT |2|fd00:1::2|40000|\r\nEPSV\r\nEPSV ALL\r\n",
+                "200 ok\r\n227 Entering Passive Mode (10,0,2,2,117,48).\r\n200 noop\r\n",
+                "PORT 10,0,2,1,27,88\r\nPASV\r\nNOOP\r\n",
+                "200 ok\r\n229 Entering Extended Passive Mode (|||6000|)\r\n200 EPSV ALL ok (ftpgate speaks PASV to the IPv4 server).\r\n",
+            ),
+        ];
+        for (client, server, via, cmds, replies, want_server, want_client) in cases {
+            for size in [1, 1000] {
+                let now = Instant::now();
+                let mut dp = FakeDp::default();
+                let st = Streams::new(client.parse().unwrap(), server.parse().unwrap(), via, &mut dp, now);
+                let mut e = Ends { st, dp, to_server: vec![], to_client: vec![], now };
+                e.send(Dir::ToClient, b"220 hi\r\n", size, None);
+                e.send(Dir::ToServer, b"USER a\r\n", size, None);
+                e.send(Dir::ToClient, b"230 in\r\n", size, None);
+                e.send(Dir::ToServer, cmds.as_bytes(), size, None);
+                e.send(Dir::ToClient, replies.as_bytes(), size, None);
+                assert_eq!(String::from_utf8_lossy(&e.to_server), format!("USER a\r\n{want_server}"), "{client} -> {server}, size {size}");
+                assert_eq!(String::from_utf8_lossy(&e.to_client), format!("220 hi\r\n230 in\r\n{want_client}"), "{client} -> {server}, size {size}");
+                // the active connection goes to the client, the passive ones to the server
+                assert_eq!(e.dp.opened[0].target, SocketAddr::new(e.dp.opened[0].client.ip(), 40000));
+                assert_eq!(e.dp.opened[1].target.ip(), e.dp.opened[1].server.ip());
+            }
         }
     }
 

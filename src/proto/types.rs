@@ -1,6 +1,6 @@
 //! The core's interface: segments in, verdicts and events out, and the data plane it drives.
 
-use core::net::{Ipv4Addr, SocketAddr};
+use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use super::Seq;
 
@@ -97,8 +97,8 @@ pub struct DataRequest {
 /// announced on these instead of being intercepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Via {
-    pub client_side: Ipv4Addr,
-    pub server_side: Ipv4Addr,
+    pub client_side: IpAddr,
+    pub server_side: IpAddr,
 }
 
 /// Names one prepared data connection in the data plane.

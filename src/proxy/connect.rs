@@ -3,13 +3,16 @@
 
 use super::*;
 
-/// The gateway's own IPv4 addresses: never a destination.
-pub(super) fn local_addrs() -> Vec<Ipv4Addr> {
-    let mut out = vec![Ipv4Addr::LOCALHOST];
+/// The gateway's own addresses, of both families: never a destination.
+pub(super) fn local_addrs() -> Vec<IpAddr> {
+    let mut out = vec![IpAddr::V4(core::net::Ipv4Addr::LOCALHOST), IpAddr::V6(core::net::Ipv6Addr::LOCALHOST)];
     if let Ok(ifs) = nix::ifaddrs::getifaddrs() {
         for i in ifs {
-            if let Some(a) = i.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
-                out.push(a.ip());
+            let Some(a) = i.address.as_ref() else { continue };
+            if let Some(a) = a.as_sockaddr_in() {
+                out.push(IpAddr::V4(a.ip()));
+            } else if let Some(a) = a.as_sockaddr_in6() {
+                out.push(IpAddr::V6(a.ip()));
             }
         }
     }
@@ -22,20 +25,20 @@ pub(super) fn local_addrs() -> Vec<Ipv4Addr> {
 #[derive(Debug)]
 pub(super) enum ConnectError {
     UnknownHost(String),
-    NoIpv4(String),
+    NoAddress(String),
     NotAllowed { host: String, why: Denied },
-    Refused { host: String, addr: SocketAddrV4 },
-    TimedOut { host: String, addr: SocketAddrV4 },
-    Io { host: String, addr: SocketAddrV4, source: io::Error },
-    ClosedBeforeGreeting { host: String, addr: SocketAddrV4 },
-    NoGreeting { host: String, addr: SocketAddrV4, within: Duration },
+    Refused { host: String, addr: SocketAddr },
+    TimedOut { host: String, addr: SocketAddr },
+    Io { host: String, addr: SocketAddr, source: io::Error },
+    ClosedBeforeGreeting { host: String, addr: SocketAddr },
+    NoGreeting { host: String, addr: SocketAddr, within: Duration },
 }
 
 impl core::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             ConnectError::UnknownHost(h) => write!(f, "421 Unknown host {h}"),
-            ConnectError::NoIpv4(h) => write!(f, "421 Host {h} has no IPv4 address"),
+            ConnectError::NoAddress(h) => write!(f, "421 Host {h} has no address"),
             ConnectError::NotAllowed { host, why } => write!(f, "530 Not allowed to connect to {host}: {why}"),
             ConnectError::Refused { host, addr } => write!(f, "421 Connection to {host} ({addr}) refused"),
             ConnectError::TimedOut { host, addr } => write!(f, "421 Connection to {host} ({addr}) timed out"),
@@ -58,38 +61,48 @@ impl std::error::Error for ConnectError {
 }
 
 pub(super) fn connect(target: &Target, access: &Access, timeout: Duration) -> Result<(TcpStream, Vec<u8>), ConnectError> {
-    let addrs: Vec<SocketAddrV4> = match (target.host.as_str(), target.port).to_socket_addrs() {
-        Ok(it) => it
-            .filter_map(|a| match a {
-                std::net::SocketAddr::V4(a) => Some(a),
-                _ => None,
-            })
-            .collect(),
+    // every address of the name (A and AAAA, in the resolver's order of preference)
+    let addrs: Vec<SocketAddr> = match (target.host.as_str(), target.port).to_socket_addrs() {
+        Ok(it) => it.map(|a| SocketAddr::new(a.ip().to_canonical(), a.port())).collect(),
         Err(_) => return Err(ConnectError::UnknownHost(target.host.clone())),
     };
     if addrs.is_empty() {
-        return Err(ConnectError::NoIpv4(target.host.clone()));
+        return Err(ConnectError::NoAddress(target.host.clone()));
     }
     let local = local_addrs();
     let mut refusal = None;
-    let addr = addrs.iter().copied().find(|a| match access.dest(*a.ip(), &local) {
-        Ok(()) => true,
-        Err(e) => {
-            refusal.get_or_insert(e);
-            false
+    let allowed: Vec<SocketAddr> = addrs
+        .iter()
+        .copied()
+        .filter(|a| match access.dest(a.ip(), &local) {
+            Ok(()) => true,
+            Err(e) => {
+                refusal.get_or_insert(e);
+                false
+            }
+        })
+        .collect();
+    if allowed.is_empty() {
+        return Err(ConnectError::NotAllowed { host: target.host.clone(), why: refusal.unwrap_or(Denied::NotAHost(addrs[0].ip())) });
+    }
+    // the first address that connects wins (a host with both families whose IPv6 route is
+    // broken is still reached); the log says which was used
+    let mut last = None;
+    let mut connected = None;
+    for addr in allowed {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => {
+                connected = Some((s, addr));
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => last = Some(ConnectError::Refused { host: target.host.clone(), addr }),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock => {
+                last = Some(ConnectError::TimedOut { host: target.host.clone(), addr })
+            }
+            Err(source) => last = Some(ConnectError::Io { host: target.host.clone(), addr, source }),
         }
-    });
-    let Some(addr) = addr else {
-        return Err(ConnectError::NotAllowed { host: target.host.clone(), why: refusal.unwrap_or(Denied::NotAHost(*addrs[0].ip())) });
-    };
-    let s = match TcpStream::connect_timeout(&addr.into(), timeout) {
-        Ok(s) => s,
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(ConnectError::Refused { host: target.host.clone(), addr }),
-        Err(e) if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock => {
-            return Err(ConnectError::TimedOut { host: target.host.clone(), addr })
-        }
-        Err(source) => return Err(ConnectError::Io { host: target.host.clone(), addr, source }),
-    };
+    }
+    let Some((s, addr)) = connected else { return Err(last.expect("at least one address was tried")) };
     let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_nodelay(true);
     let mut greeting = Vec::new();

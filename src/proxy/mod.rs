@@ -7,7 +7,7 @@
 //! hash, name resolution and connect, a freshness check) runs on a short-lived thread and
 //! answers through a channel and a self-pipe.
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{IpAddr, SocketAddr};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
@@ -38,7 +38,7 @@ const LOGIN_IDLE: Duration = Duration::from_secs(120);
 const MAX_BUFFERED: usize = 256 << 10;
 
 pub struct ProxyConfig {
-    pub listen: Vec<SocketAddrV4>,
+    pub listen: Vec<SocketAddr>,
     pub users: Option<Users>,
     pub access: Access,
     /// What SIGHUP may replace while running.
@@ -80,7 +80,7 @@ enum Done {
 /// The server side of a connected session, and the session between.
 struct Up {
     server: TcpStream,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     st: Streams,
     to_server: Vec<u8>,
     client_eof: bool,
@@ -89,8 +89,8 @@ struct Up {
 
 struct Conn {
     client: TcpStream,
-    peer: SocketAddrV4,
-    local: SocketAddrV4,
+    peer: SocketAddr,
+    local: SocketAddr,
     login: ProxyLogin,
     /// Client bytes not yet consumed by the login dialogue.
     buf: Vec<u8>,
@@ -160,6 +160,11 @@ pub fn spawn(mut cfg: ProxyConfig, mut relay: Relay, cache: Option<Arc<CacheCtx>
     }
     std::thread::Builder::new().name("ftpgate-proxy".into()).spawn(move || p.run())?;
     Ok(())
+}
+
+/// An IPv4 peer of a dual-stack socket (`::ffff:a.b.c.d`) as the IPv4 address it is.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 fn write_some(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
@@ -271,14 +276,14 @@ impl Proxy {
             .values()
             .map(|c| match &c.up {
                 Some(u) => crate::status::SessionLine {
-                    client: c.peer.into(),
-                    server: u.addr.into(),
+                    client: c.peer,
+                    server: u.addr,
                     user: u.st.session.user().map(str::to_string),
                     state: u.st.session.state(),
                 },
                 None => crate::status::SessionLine {
-                    client: c.peer.into(),
-                    server: c.local.into(),
+                    client: c.peer,
+                    server: c.local,
                     user: c.login.proxy_user().map(|u| format!("proxy:{u}")),
                     state: "proxy login",
                 },
@@ -301,19 +306,15 @@ impl Proxy {
         self.apply_reload();
         loop {
             let (s, peer) = match self.listeners[i].accept() {
-                Ok((s, std::net::SocketAddr::V4(a))) => (s, a),
-                Ok(_) => continue,
+                Ok((s, a)) => (s, canonical(a)),
                 Err(_) => return,
             };
-            let local = match s.local_addr() {
-                Ok(std::net::SocketAddr::V4(a)) => a,
-                _ => continue,
-            };
+            let Ok(local) = s.local_addr().map(canonical) else { continue };
             let _ = s.set_nonblocking(true);
             let _ = s.set_nodelay(true);
             let login = ProxyLogin::new(self.users.is_some());
             let mut c = Conn { client: s, peer, local, login, buf: Vec::new(), to_client: Vec::new(), up: None, closing: false, last: now };
-            if let Err(why) = self.cfg.access.client(*peer.ip()) {
+            if let Err(why) = self.cfg.access.client(peer.ip()) {
                 crate::metrics::m().refusal("proxy_client");
                 crate::warn!("proxy {peer}: refused: {why}");
                 c.to_client.extend_from_slice(b"421 Not allowed to use this proxy from your address\r\n");
@@ -466,7 +467,7 @@ impl Proxy {
                 Step::Close => c.closing = true,
                 Step::Verify { user, pass } => {
                     let (users, throttle, tx, wake) = (self.users.clone(), self.throttle.clone(), self.tx.clone(), self.wake.clone());
-                    let ip = *c.peer.ip();
+                    let ip = c.peer.ip();
                     let peer = c.peer;
                     let spawned = std::thread::Builder::new().name("ftpgate-auth".into()).spawn(move || {
                         std::thread::sleep(throttle.delay(ip));
@@ -545,7 +546,7 @@ impl Proxy {
                 return self.login_lines(id, now);
             }
         };
-        let (Ok(std::net::SocketAddr::V4(addr)), Ok(std::net::SocketAddr::V4(from))) = (server.peer_addr(), server.local_addr()) else {
+        let (Ok(addr), Ok(from)) = (server.peer_addr().map(canonical), server.local_addr().map(canonical)) else {
             let steps = c.login.connected(Err("421 Connection lost".into()));
             self.steps(id, steps);
             return self.login_lines(id, now);
@@ -556,7 +557,7 @@ impl Proxy {
             Step::Handoff(h) => Some(h.clone()),
             _ => None,
         });
-        let via = Via { client_side: *c.local.ip(), server_side: *from.ip() };
+        let via = Via { client_side: c.local.ip(), server_side: from.ip() };
         let st = Streams::new(c.peer, addr, via, &mut self.relay, now);
         let mut up = Up { server, addr, st, to_server: Vec::new(), client_eof: false, server_eof: false };
         let greeting_out = up.st.feed(Dir::ToClient, &greeting, false, &mut self.relay, now).out;
@@ -624,7 +625,7 @@ impl Proxy {
     fn events(&mut self, id: u64) {
         let Some(c) = self.conns.get_mut(&id) else { return };
         let Some(u) = c.up.as_mut() else { return };
-        handle_events(&(c.peer.into(), u.addr.into()), &mut u.st.session, &self.checks, id);
+        handle_events(&(c.peer, u.addr), &mut u.st.session, &self.checks, id);
     }
 
     fn maybe_close(&mut self, id: u64) {

@@ -64,18 +64,18 @@ pub fn hash_password(pass: &str) -> Result<String> {
 /// Failed proxy logins per client address: from the third in a row on, each answer waits
 /// twice as long as the one before (2 s, 4 s, … 32 s).
 #[derive(Default)]
-pub(super) struct Throttle(Mutex<HashMap<Ipv4Addr, (u32, Instant)>>);
+pub(super) struct Throttle(Mutex<HashMap<IpAddr, (u32, Instant)>>);
 
 impl Throttle {
     const FORGET: Duration = Duration::from_secs(900);
-    pub(super) fn delay(&self, ip: Ipv4Addr) -> Duration {
+    pub(super) fn delay(&self, ip: IpAddr) -> Duration {
         let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match m.get(&ip) {
             Some(&(n, at)) if n >= 2 && at.elapsed() < Self::FORGET => Duration::from_secs(1 << (n - 1).min(5)),
             _ => Duration::ZERO,
         }
     }
-    pub(super) fn record(&self, ip: Ipv4Addr, ok: bool) {
+    pub(super) fn record(&self, ip: IpAddr, ok: bool) {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         m.retain(|_, (_, at)| at.elapsed() < Self::FORGET);
         if ok {
