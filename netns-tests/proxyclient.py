@@ -19,6 +19,7 @@ from ftpclient import save_stream
 
 def connect(proxy):
     host, port = proxy.rsplit(":", 1)
+    host = host.strip("[]")  # [IPv6]:port
     f = ftplib.FTP(timeout=20)
     f.connect(host, int(port))
     return f
@@ -136,6 +137,7 @@ def main():
             raise SystemExit(1)
     elif what == "greeting":
         host, port = proxy.rsplit(":", 1)
+        host = host.strip("[]")
         s = socket.create_connection((host, int(port)), timeout=10)
         print(s.makefile("rb").readline().decode().strip())
     else:

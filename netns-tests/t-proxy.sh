@@ -92,9 +92,46 @@ explicit_proxy() { # topology label; vsftpd runs, ftpgate not. Explicit proxy mo
   gate_stop
 }
 
+explicit_proxy_ipv6() { # topology label; the dual-stack vsftpd runs. Listeners on both families.
+  local t="$1 explicit proxy" X="$SYSPY $HERE/proxyclient.py" P4=10.0.1.1:2121 P6="[fd00:1::1]:2121" m r
+  gate_start --listen $P4 --listen $P6 --allow-from 10.0.1.0/24 --allow-from fd00:1::/64 --allow-dest 10.0.2.0/24 --allow-dest fd00:2::/64 ||
+    { fail "$t: ftpgate with IPv6 listeners did not start"; return; }
+  for m in pasv port epsv; do
+    dl "$t IPv4 client, IPv6 server (USER user@[v6]), $m" big.bin -- ip netns exec $C $X userhost $P4 "[$SRV6]" ftpuser ftppass $m big.bin "$OUT"
+  done
+  for m in epsv eprt; do
+    dl "$t IPv6 client, IPv4 server, $m" big.bin -- ip netns exec $C $X userhost $P6 $SRV_IP ftpuser ftppass $m big.bin "$OUT"
+    dl "$t IPv6 client, IPv6 server, $m" big.bin -- ip netns exec $C $X userhost $P6 "[$SRV6]" ftpuser ftppass $m big.bin "$OUT"
+  done
+  grep -q 'EPSV sent to the IPv4 server as PASV' "$WORK/ftpgate.log" && grep -q 'PASV sent to the IPv6 server as EPSV' "$WORK/ftpgate.log" &&
+    grep -Eq 'rewrote "EPRT \|2\|fd00:1::2\|[0-9]+\|" -> "PORT 10,0,2,1,' "$WORK/ftpgate.log" &&
+    pass "$t: across the families PASV/EPSV and PORT/EPRT are translated (logged)" || fail "$t: no translation logged"
+  dl "$t lftp ftp:proxy over IPv6 to an IPv4 server" big.bin -- ip netns exec $C lftp -e "set net:max-retries 1; set net:timeout 15; set ftp:proxy ftp://$P6; get big.bin -o $OUT; bye" ftp://$SRV_IP
+  # a name with an AAAA record only, and one with both (the proxy's resolver: /etc/netns/ROUTER/hosts)
+  mkdir -p /etc/netns/$R
+  printf '%s v6only.ftpgate.test
+%s dual.ftpgate.test
+%s dual.ftpgate.test
+' $SRV6 $SRV6 $SRV_IP >/etc/netns/$R/hosts
+  gate_stop; gate_start --listen $P4 --listen $P6 --allow-from 10.0.1.0/24 --allow-from fd00:1::/64 --allow-dest 10.0.2.0/24 --allow-dest fd00:2::/64
+  dl "$t a host with only an AAAA record, from an IPv4 client" big.bin -- ip netns exec $C $X userhost $P4 v6only.ftpgate.test anonymous x pasv big.bin "$OUT"
+  dl "$t a host with both records" big.bin -- ip netns exec $C $X userhost $P4 dual.ftpgate.test anonymous x pasv big.bin "$OUT"
+  grep -Eq 'connected to dual.ftpgate.test:21 \((10.0.2.2|\[fd00:2::2\]):21\)' "$WORK/ftpgate.log" &&
+    pass "$t: the log says which address of the name was used ($(grep -Eo 'connected to dual.ftpgate.test:21 \([^)]*\)' "$WORK/ftpgate.log" | head -1))" ||
+    fail "$t: the address used is not logged"
+  rm -rf /etc/netns/$R
+  r=$(inC $X refused $P6 "USER a@[fd00:4::2]" 2>&1) && [[ $r == 530*allow-dest* ]] &&
+    pass "$t: an IPv6 destination outside --allow-dest refused ($r)" || fail "$t: IPv6 destination outside --allow-dest: $r"
+  r=$(ip netns exec $P-thf $X greeting "[fd00:1::1]:2121" 2>&1); [[ $r == 421* ]] &&
+    pass "$t: an IPv6 client outside --allow-from refused ($r)" || fail "$t: IPv6 client outside --allow-from: $r"
+  gate_stop
+}
+
 for topo in $(topos nat); do
   setup $topo
   vsftpd_start
   explicit_proxy "$topo"
+  server_stop; VSFTPD_DUAL=1 vsftpd_start
+  explicit_proxy_ipv6 "$topo"
 done
 summary
