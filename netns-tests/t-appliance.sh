@@ -28,7 +28,7 @@ EOC
         $(d $m0 $m1 'ftpgate_relayed_bytes_total{direction="to_client"}') -ge $size &&
         $(d $m1 $m2 'ftpgate_cache_served_bytes_total') == "$size" &&
         $(d $m0 $m1 'ftpgate_rewrites_total{kind="PORT"}') -ge 1 &&
-        $(d $m0 $m2 'ftpgate_sessions_total{mode="transparent"}') -ge 2 &&
+        $(d $m0 $m2 'ftpgate_sessions_total{mode="transparent",family="ipv4"}') -ge 2 &&
         $(d $m0 $m2 'ftpgate_data_transfers_total{mode="passive",result="ok"}') -ge 1 &&
         $(d $m0 $m2 'ftpgate_data_transfers_total{mode="active",result="ok"}') -ge 1 &&
         $(metric $m2 'ftpgate_cache_entries') -ge 1 && $(metric $m2 'ftpgate_cache_size_bytes') -ge $size ]]; then

@@ -110,13 +110,17 @@ for topo in $(topos nat routed); do
   VSFTPD_DUAL=1 vsftpd_start
   matrix "$topo"
   both_families "$topo"
-  gate_stop; rm -rf "$WORK/cache"; gate_start
+  gate_stop; rm -rf "$WORK/cache"; gate_start --metrics 127.0.0.1:9121 --xferlog "$WORK/xferlog"
   ops "$topo IPv6" "$SRV6"
   cdl "$topo IPv6 cache miss (EPSV)" miss "$WORK/pub/big.bin" -- ip netns exec $C curl -sS -o "$OUT" "ftp://[$SRV6]/big.bin"
   cdl "$topo IPv6 cache hit (EPSV)" hit "$WORK/pub/big.bin" -- ip netns exec $C curl -sS -o "$OUT" "ftp://[$SRV6]/big.bin"
   cdl "$topo IPv6 cache hit (EPRT, wget active)" hit "$WORK/pub/big.bin" -- ip netns exec $C wget -q --no-passive-ftp -O "$OUT" "ftp://[$SRV6]/big.bin"
   [[ $(inR "$BIN" cache list --cache-dir "$WORK/cache" | grep -c 'fd00:2::2') -ge 1 ]] && pass "$topo the cache entry names the server's IPv6 address" ||
     fail "$topo cache entry without the IPv6 server: $(inR "$BIN" cache list --cache-dir "$WORK/cache" | head -3 | tr '\n' ' ')"
+  scrape "$WORK/m6" && (( $(metric "$WORK/m6" 'ftpgate_sessions_total{mode="transparent",family="ipv6"}') >= 3 )) &&
+    pass "$topo metrics count IPv6 sessions by family" || fail "$topo metrics: $(grep sessions_total "$WORK/m6" | tr '\n' ' ')"
+  grep -Eq " [0-9]+ fd00:1::2 20971520 /big.bin b _ o a " "$WORK/xferlog" && pass "$topo xferlog names the IPv6 client as vsftpd does (no brackets)" ||
+    fail "$topo xferlog: $(head -2 "$WORK/xferlog")"
   security6 "$topo"
 done
 summary

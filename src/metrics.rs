@@ -18,6 +18,23 @@ pub struct ModeL {
     pub mode: String,
 }
 
+/// A started session: its mode, and its family (`ipv4`, `ipv6`, or `mixed` for a client of
+/// one family and a server of the other).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionL {
+    pub mode: String,
+    pub family: String,
+}
+
+/// The `family` label of a session between `client` and `server`.
+pub fn family(client: core::net::SocketAddr, server: core::net::SocketAddr) -> &'static str {
+    match (client.is_ipv4(), server.is_ipv4()) {
+        (true, true) => "ipv4",
+        (false, false) => "ipv6",
+        _ => "mixed",
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransferL {
     pub mode: String,
@@ -47,7 +64,7 @@ pub struct OutcomeL {
 pub struct Metrics {
     registry: Registry,
     pub sessions_active: Family<ModeL, Gauge>,
-    pub sessions: Family<ModeL, Counter>,
+    pub sessions: Family<SessionL, Counter>,
     pub transfers: Family<TransferL, Counter>,
     pub transfers_active: Gauge,
     pub bytes: Family<DirL, Counter>,
@@ -120,8 +137,8 @@ impl Metrics {
         s
     }
 
-    pub fn session_started(&self, mode: &str) {
-        self.sessions.get_or_create(&ModeL { mode: mode.into() }).inc();
+    pub fn session_started(&self, mode: &str, family: &str) {
+        self.sessions.get_or_create(&SessionL { mode: mode.into(), family: family.into() }).inc();
     }
 
     pub fn transfer(&self, mode: &str, result: &str, to_client: u64, to_server: u64) {

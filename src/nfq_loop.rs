@@ -181,7 +181,7 @@ impl Helper {
                 log!("session {} -> {}: tracking", key.0, key.1);
             }
             self.sessions.insert(key, s);
-            crate::metrics::m().session_started("transparent");
+            crate::metrics::m().session_started("transparent", crate::metrics::family(key.0, key.1));
         }
         let session = self.sessions.get_mut(&key).expect("inserted above");
         if let Some(t) = pkt.ts {

@@ -327,7 +327,6 @@ impl Proxy {
                 );
                 c.closing = true;
             } else {
-                crate::metrics::m().session_started("explicit");
                 log!("proxy {peer}: connected to {local}");
                 if let Step::Reply(r) = c.login.greeting() {
                     c.to_client.extend_from_slice(r.as_bytes());
@@ -563,6 +562,8 @@ impl Proxy {
         let greeting_out = up.st.feed(Dir::ToClient, &greeting, false, &mut self.relay, now).out;
         let ok = greeting.first() == Some(&b'2');
         log!("proxy {}: connected to {target} ({addr}) from {from}", c.peer);
+        // counted once the server is reached, when the session's family is known
+        crate::metrics::m().session_started("explicit", crate::metrics::family(c.peer, addr));
         if !ok {
             // the server refuses: its reply is the answer, then the session ends
             c.to_client.extend_from_slice(&greeting_out);
