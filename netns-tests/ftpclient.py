@@ -356,6 +356,20 @@ def main():
         c.cmd("TYPE I", "200")
         retr(c, "epsv" if c.s.family == socket.AF_INET6 else "pasv", name, out)
         c.cmd("QUIT", "221")
+    elif what == "v6classic":
+        # PASV and PORT on an IPv6 session: each gets a reply (the server's to PASV, ftpgate's
+        # or the server's to PORT), neither opens a data connection to an IPv4 address; then an
+        # EPSV download on the same session
+        host, name, out = sys.argv[2:5]
+        c = Raw(host)
+        c.login("classic@"); c.cmd("TYPE I", "200")
+        c.send("PASV\r\n"); r1 = c.expect("")
+        c.send("PORT 10,0,2,99,31,144\r\n"); r2 = c.expect("")
+        print("PASV:", r1.strip()); print("PORT:", r2.strip())
+        if not r2.startswith(("4", "5")):
+            raise SystemExit(f"PORT naming an IPv4 host on an IPv6 session answered {r2!r}")
+        retr(c, "epsv", name, out)
+        c.cmd("QUIT", "221")
     elif what == "garbage":
         # malformed and oversized lines must not break the helper; the session still works
         host, name, out = sys.argv[2:5]

@@ -105,6 +105,25 @@ security6() { # topology label; ftpgate runs (with the cache)
   grep -q "refused connection from \\[fd00:5::2\\]" "$WORK/ftpgate.log" && pass "$t IPv6 port theft logged" || fail "$t IPv6 port theft not logged"
 }
 
+pyftpd6() { # topology label: the clients over IPv6 against pyftpdlib on IPv6 (ftpgate runs)
+  local t=$1 L="set net:max-retries 1; set net:timeout 10; set ftp:passive-mode" u="ftp://[$SRV6]"
+  server_stop; PYFTPD_IP=$SRV6 pyftpd_start
+  dl "$t pyftpdlib IPv6 curl EPSV" big.bin -- ip netns exec $C curl -sS -o "$OUT" $u/big.bin
+  dl "$t pyftpdlib IPv6 curl EPRT" big.bin -- ip netns exec $C curl -sS -P - -o "$OUT" $u/big.bin
+  dl "$t pyftpdlib IPv6 lftp passive" big.bin -- ip netns exec $C lftp -e "$L on; get big.bin -o $OUT; bye" $u
+  dl "$t pyftpdlib IPv6 lftp active" big.bin -- ip netns exec $C lftp -e "$L off; get big.bin -o $OUT; bye" $u
+  dl "$t pyftpdlib IPv6 wget passive" big.bin -- ip netns exec $C wget -q -O "$OUT" $u/big.bin
+  dl "$t pyftpdlib IPv6 wget active" big.bin -- ip netns exec $C wget -q --no-passive-ftp -O "$OUT" $u/big.bin
+  dl "$t pyftpdlib IPv6 ftplib EPSV" big.bin -- ip netns exec $C $PY ftplib $SRV6 pasv big.bin "$OUT"
+  dl "$t pyftpdlib IPv6 ftplib EPRT" big.bin -- ip netns exec $C $PY ftplib $SRV6 port big.bin "$OUT"
+  for m in epsv eprt; do
+    dl "$t pyftpdlib IPv6 one byte per segment $m" small.txt -- ip netns exec $C $PY typist $SRV6 $m small.txt "$OUT"
+  done
+  dl "$t pyftpdlib IPv6: PASV answered by the server, PORT refused, then EPSV on the same session" small.txt -- \
+    ip netns exec $C $PY v6classic $SRV6 small.txt "$OUT"
+  echo "INFO: $t PASV/PORT on an IPv6 session: $(grep -E '^(PASV|PORT):' "$WORK/case.log" | tr '\n' ' ')"
+}
+
 for topo in $(topos nat routed); do
   setup $topo
   VSFTPD_DUAL=1 vsftpd_start
@@ -122,5 +141,10 @@ for topo in $(topos nat routed); do
   grep -Eq " [0-9]+ fd00:1::2 20971520 /big.bin b _ o a " "$WORK/xferlog" && pass "$topo xferlog names the IPv6 client as vsftpd does (no brackets)" ||
     fail "$topo xferlog: $(head -2 "$WORK/xferlog")"
   security6 "$topo"
+  pyftpd6 "$topo"
+  server_stop; VSFTPD_DUAL=1 vsftpd_start
+  dl "$topo vsftpd IPv6: PASV answered by the server, PORT refused, then EPSV on the same session" small.txt -- \
+    ip netns exec $C $PY v6classic $SRV6 small.txt "$OUT"
+  echo "INFO: $topo vsftpd PASV/PORT on an IPv6 session: $(grep -E '^(PASV|PORT):' "$WORK/case.log" | tr '\n' ' ')"
 done
 summary
