@@ -356,6 +356,20 @@ def main():
         c.cmd("TYPE I", "200")
         retr(c, "epsv" if c.s.family == socket.AF_INET6 else "pasv", name, out)
         c.cmd("QUIT", "221")
+    elif what == "algs":
+        # RFC 6384 section 11: ALGS STATUS64 / DISABLE64 / ENABLE64 answered 216, then an EPSV
+        # download on the same session
+        host, name, out = sys.argv[2:5]
+        c = Raw(host)
+        c.login("algs@"); c.cmd("TYPE I", "200")
+        got = []
+        for arg in ("STATUS64", "DISABLE64", "STATUS64", "ENABLE64", "STATUS64"):
+            got.append(c.cmd("ALGS " + arg, "216").strip())
+        print(" | ".join(got))
+        if "enabled" not in got[0] or "disabled" not in got[2] or "enabled" not in got[4]:
+            raise SystemExit("ALGS answers: " + " | ".join(got))
+        retr(c, "epsv", name, out)
+        c.cmd("QUIT", "221")
     elif what == "v6classic":
         # PASV and PORT on an IPv6 session: each gets a reply (the server's to PASV, ftpgate's
         # or the server's to PORT), neither opens a data connection to an IPv4 address; then an

@@ -197,8 +197,8 @@ server_stop() { # every process in the server's namespace (this run's only), the
   rm -f "$WORK/server.pid"
 }
 
-gate_start() { # extra run args...
-  inR "$BIN" rules apply || return 1
+gate_start() { # extra run args...; RULES_ARGS: extra `rules apply|remove` args
+  inR "$BIN" rules apply ${RULES_ARGS:-} || return 1
   local n; n=$(grep -c "bound NFQUEUE" "$WORK/ftpgate.log" 2>/dev/null)
   # not through a shell function: $! must be ftpgate itself (ip netns exec execs it)
   ip netns exec "$R" "$BIN" run --cache-dir "$WORK/cache" "$@" >>"$WORK/ftpgate.log" 2>&1 &
@@ -210,7 +210,7 @@ gate_start() { # extra run args...
 gate_stop() {
   [[ -f $WORK/gate.pid ]] && kill -TERM "$(cat "$WORK/gate.pid")" 2>/dev/null && wait "$(cat "$WORK/gate.pid")" 2>/dev/null
   rm -f "$WORK/gate.pid"
-  inR "$BIN" rules remove 2>/dev/null
+  inR "$BIN" rules remove ${RULES_ARGS:-} 2>/dev/null
 }
 
 gate_kill_keep_rules() {

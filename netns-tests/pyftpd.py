@@ -13,6 +13,9 @@ auth.add_user("ftpuser", "ftppass", home, perm="elradfmwMT")
 FTPHandler.authorizer = auth
 FTPHandler.passive_ports = range(31000, 31999)
 FTPHandler.permit_foreign_addresses = foreign
+if "noext" in opts:
+    # an older server: neither EPSV nor EPRT (RFC 2428)
+    FTPHandler.proto_cmds = {k: v for k, v in FTPHandler.proto_cmds.items() if k not in ("EPSV", "EPRT")}
 if "masq" in opts:
     FTPHandler.masquerade_address = "192.0.2.9"  # a 227 naming a third party
 FTPServer((ip, 21), FTPHandler).serve_forever()

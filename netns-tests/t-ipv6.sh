@@ -27,10 +27,11 @@ cases() {
 declare -A RES
 # row TOPO WHO: every case once; the outcome (ok and seconds, or failed) into RES[WHO,label]
 row() {
-  local t=$1 who=$2 label cmd t0 r
+  local t=$1 who=$2 label cmd t0 r lim=20
+  [[ $who == none ]] && lim=6 # without a helper active mode hangs until the server gives up: 6 s is 50 times a download
   while IFS='|' read -r label cmd; do
     rm -f "$OUT"; t0=$(date +%s%N)
-    if timeout 20 ip netns exec $C bash -c "$cmd" >"$WORK/case.log" 2>&1 && cmp -s "$OUT" "$WORK/pub/big.bin"; then
+    if timeout $lim ip netns exec $C bash -c "$cmd" >"$WORK/case.log" 2>&1 && cmp -s "$OUT" "$WORK/pub/big.bin"; then
       r=$(awk -v n=$(($(date +%s%N) - t0)) 'BEGIN { printf "ok %.3fs", n / 1e9 }')
     else
       r=failed

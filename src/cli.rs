@@ -91,6 +91,10 @@ pub struct RuleArgs {
     /// Routing table for marked packets [default: 2121]
     #[arg(long)]
     pub table: Option<u32>,
+    /// The NAT64 translator's interface (tayga's TUN device), whose IPv4 side of a translated
+    /// session is not intercepted a second time
+    #[arg(long, value_name = "IFACE")]
+    pub nat64_interface: Option<String>,
 }
 
 #[derive(Args)]
@@ -182,6 +186,10 @@ pub struct RunArgs {
     /// Seconds the explicit proxy waits for a server to accept and greet [default: 10]
     #[arg(long)]
     pub connect_timeout: Option<u64>,
+    /// NAT64 prefix (/96; repeatable): IPv6 sessions to PREFIX::a.b.c.d are translated to the
+    /// IPv4 server a.b.c.d as RFC 6384's FTP ALG [default: 64:ff9b::/96]
+    #[arg(long, value_name = "PREFIX")]
+    pub nat64_prefix: Vec<Cidr>,
     /// Serve Prometheus metrics at http://ADDR/metrics
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
@@ -232,6 +240,8 @@ impl RunArgs {
             allow_from: vec_opt(&self.allow_from),
             allow_dest: vec_opt(&self.allow_dest),
             connect_timeout: self.connect_timeout,
+            nat64_prefix: vec_opt(&self.nat64_prefix),
+            nat64_interface: None,
             metrics: self.metrics,
             xferlog: self.xferlog.clone(),
             drain_timeout: self.drain_timeout,
@@ -242,6 +252,13 @@ impl RunArgs {
 
 impl RuleArgs {
     pub fn options(&self) -> Options {
-        Options { queue: self.queue, fail_closed: self.fail_closed.then_some(true), mark: self.mark, table: self.table, ..Default::default() }
+        Options {
+            queue: self.queue,
+            fail_closed: self.fail_closed.then_some(true),
+            mark: self.mark,
+            table: self.table,
+            nat64_interface: self.nat64_interface.clone(),
+            ..Default::default()
+        }
     }
 }

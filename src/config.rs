@@ -47,6 +47,13 @@ pub struct Options {
     #[serde(default, deserialize_with = "cidrs")]
     pub allow_dest: Option<Vec<Cidr>>,
     pub connect_timeout: Option<u64>,
+    /// NAT64 prefixes (/96, RFC 6052) whose sessions ftpgate translates as the FTP ALG of
+    /// RFC 6384 [default: the well-known 64:ff9b::/96].
+    #[serde(default, deserialize_with = "cidrs")]
+    pub nat64_prefix: Option<Vec<Cidr>>,
+    /// The NAT64 translator's interface (tayga's TUN device): its IPv4 side of a session is not
+    /// intercepted again.
+    pub nat64_interface: Option<String>,
     pub metrics: Option<SocketAddr>,
     pub xferlog: Option<PathBuf>,
     pub drain_timeout: Option<u64>,
@@ -221,6 +228,8 @@ impl Options {
             allow_from,
             allow_dest,
             connect_timeout,
+            nat64_prefix,
+            nat64_interface,
             metrics,
             xferlog,
             drain_timeout,

@@ -78,6 +78,9 @@ pub struct RuleSet {
     pub fail_open: bool,
     pub mark: u32,
     pub table: u32,
+    /// A NAT64 translator's interface: the IPv4 side of the sessions it translates (which
+    /// ftpgate already handles on their IPv6 side) is not queued.
+    pub nat64_interface: Option<String>,
 }
 
 struct Rule {
@@ -101,19 +104,23 @@ impl RuleSet {
         let m = format!("{:#x}/{:#x}", self.mark, self.mark);
         let c = format!("-m comment --comment {COMMENT}");
         let (pass, thief) = (crate::nft::CT_PASS, crate::nft::CT_THIEF);
+        let (not_in, not_out) = match (&self.nat64_interface, family) {
+            (Some(i), Family::V4) => (format!("! -i {i} "), format!("! -o {i} ")),
+            _ => (String::new(), String::new()),
+        };
         let not_forwarded = if family == Family::V4 { format!("-m connmark ! --mark {pass:#x} ") } else { String::new() };
         let mut rules = vec![
             Rule {
                 table: "raw",
                 chain: "PREROUTING",
                 first: false,
-                spec: words(&format!("-p tcp --dport 21 -m addrtype ! --dst-type LOCAL {c} -j NFQUEUE --queue-num {q}{bypass}")),
+                spec: words(&format!("{not_in}-p tcp --dport 21 -m addrtype ! --dst-type LOCAL {c} -j NFQUEUE --queue-num {q}{bypass}")),
             },
             Rule {
                 table: "mangle",
                 chain: "FORWARD",
                 first: false,
-                spec: words(&format!("-p tcp --sport 21 {c} -j NFQUEUE --queue-num {q}{bypass}")),
+                spec: words(&format!("{not_out}-p tcp --sport 21 {c} -j NFQUEUE --queue-num {q}{bypass}")),
             },
             Rule {
                 table: "mangle",
@@ -399,7 +406,7 @@ mod tests {
 
     #[test]
     fn rule_text_has_the_measured_hooks() {
-        let all = RuleSet { queue: 7, fail_open: true, mark: 0x10000, table: 2121 }.show();
+        let all = RuleSet { queue: 7, fail_open: true, mark: 0x10000, table: 2121, nat64_interface: None }.show();
         let (r, v6) = all.split_at(all.find("# IPv6").unwrap());
         let raw = &r[r.find("*raw").unwrap()..r.find("*mangle").unwrap()];
         assert!(raw.contains("\n-A PREROUTING -p tcp --dport 21"), "{r}");
@@ -422,7 +429,7 @@ mod tests {
         assert!(v6.contains("-m socket --transparent") && v6.contains("-I INPUT 1 -p tcp -m mark --mark 0x10000/0x10000"), "{v6}");
         assert!(!v6.contains("connmark") && v6.contains("ip -6 route replace local ::/0 dev lo table 2121"), "{v6}");
         assert_eq!(v6.matches("COMMIT").count(), 3);
-        let closed = RuleSet { queue: 7, fail_open: false, mark: 0x10000, table: 2121 }.show();
+        let closed = RuleSet { queue: 7, fail_open: false, mark: 0x10000, table: 2121, nat64_interface: None }.show();
         assert!(!closed.contains("--queue-bypass"));
     }
 }

@@ -143,6 +143,7 @@ fn run(a: RunArgs) -> Result<()> {
             state_file: Some(state_file),
             max_sessions,
             rt_priority: queue_priority,
+            nat64: s.nat64.clone(),
         },
     )?;
     helper.board = Some(board);

@@ -38,6 +38,40 @@ pub struct LoopConfig {
     pub max_sessions: usize,
     /// SCHED_FIFO priority of the queue thread (0: normal scheduling).
     pub rt_priority: u8,
+    /// NAT64 prefixes (/96): an IPv6 session to `PREFIX::a.b.c.d` is one to the IPv4 server
+    /// `a.b.c.d`, translated ([`Session::nat64`]).
+    pub nat64: Vec<ipnet::Ipv6Net>,
+}
+
+/// The IPv4 server a NAT64 session's IPv6 destination stands for (RFC 6052, /96 prefixes).
+fn nat64_server(prefixes: &[ipnet::Ipv6Net], dst: SocketAddr) -> Option<core::net::SocketAddrV4> {
+    let SocketAddr::V6(d) = dst else { return None };
+    prefixes.iter().find(|p| p.contains(d.ip())).map(|_| {
+        let o = d.ip().octets();
+        core::net::SocketAddrV4::new(core::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]), d.port())
+    })
+}
+
+/// The router's own IPv4 address towards `to` (what a connection to it would come from).
+fn local_source(to: core::net::SocketAddrV4) -> Option<core::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect(to).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+/// A new session for `key`: a NAT64 one when its server is under a NAT64 prefix (and the
+/// router has an IPv4 route to the server), else an ordinary one.
+fn new_session(cfg: &LoopConfig, key: Key, now: Instant) -> Session {
+    if let Some(v4) = nat64_server(&cfg.nat64, key.1) {
+        match local_source(v4) {
+            Some(src) => {
+                let via = crate::proto::Via { client_side: key.1.ip(), server_side: src };
+                return Session::nat64(key.0, SocketAddr::V4(v4), via, now);
+            }
+            None => log!("session {} -> {}: no IPv4 route to {v4}; not translated", key.0, key.1),
+        }
+    }
+    Session::new(key.0, key.1, now)
 }
 
 /// A segment held: a RETR while its session's freshness check ([`Session::pending_check`])
@@ -172,7 +206,7 @@ impl Helper {
                 msg.set_verdict(NfVerdict::Accept);
                 return Some(msg);
             }
-            let mut s = Session::new(key.0, key.1, now);
+            let mut s = new_session(&self.cfg, key, now);
             if live >= self.cfg.max_sessions {
                 log!("session {} -> {}: over the limit of {} sessions; answering 421", key.0, key.1, self.cfg.max_sessions);
                 s.refuse_session(&format!("too many FTP sessions through this gateway (limit {}), try again later", self.cfg.max_sessions));

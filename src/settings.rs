@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::config::{Forwarding, Options};
 use crate::filter::RuleSet;
-use crate::proto::explicit::Access;
+use crate::proto::explicit::{Access, Cidr};
 use crate::proxy::Users;
 use crate::relay::RelayConfig;
 
@@ -19,6 +19,8 @@ pub mod defaults {
     pub const QUEUE: u16 = 2121;
     pub const MARK: u32 = 0x10000;
     pub const TABLE: u32 = 2121;
+    /// The well-known NAT64 prefix (RFC 6052).
+    pub const NAT64_PREFIX: &str = "64:ff9b::/96";
     pub const DATA_TIMEOUT_S: u64 = 30;
     pub const IDLE_TIMEOUT_S: u64 = 300;
     pub const CACHE_MAX_BYTES: u64 = 1 << 30;
@@ -77,6 +79,8 @@ pub struct Settings {
     pub xferlog: Option<PathBuf>,
     pub drain: Duration,
     pub log: Option<String>,
+    /// NAT64 prefixes (/96) whose sessions are translated.
+    pub nat64: Vec<ipnet::Ipv6Net>,
 }
 
 /// A setting that cannot be used.
@@ -97,6 +101,8 @@ pub enum SettingsError {
         filter: String,
         why: String,
     },
+    /// A NAT64 prefix that is not an IPv6 /96.
+    Nat64Prefix(Cidr),
 }
 
 impl fmt::Display for SettingsError {
@@ -114,6 +120,7 @@ impl fmt::Display for SettingsError {
             }
             SettingsError::Users(e) => e.fmt(f),
             SettingsError::LogFilter { filter, why } => write!(f, "log filter {filter:?}: {why}"),
+            SettingsError::Nat64Prefix(c) => write!(f, "nat64-prefix {}: must be an IPv6 /96 (RFC 6052), e.g. 64:ff9b::/96", c.0),
         }
     }
 }
@@ -127,6 +134,7 @@ pub fn rule_set(o: &Options) -> RuleSet {
         fail_open: !o.fail_closed.unwrap_or(false),
         mark: o.mark.unwrap_or(d::MARK),
         table: o.table.unwrap_or(d::TABLE),
+        nat64_interface: o.nat64_interface.clone(),
     }
 }
 
@@ -180,6 +188,16 @@ impl Settings {
             users,
             connect_timeout: secs(o.connect_timeout, d::CONNECT_TIMEOUT_S),
         });
+        let nat64 = match &o.nat64_prefix {
+            None => vec![d::NAT64_PREFIX.parse().expect("a valid prefix")],
+            Some(v) => v
+                .iter()
+                .map(|c| match c.0 {
+                    ipnet::IpNet::V6(n) if n.prefix_len() == 96 => Ok(n.trunc()),
+                    _ => Err(SettingsError::Nat64Prefix(c.clone())),
+                })
+                .collect::<Result<_, _>>()?,
+        };
         let state_dir = o.state_dir.clone().or_else(|| std::env::var_os(d::STATE_DIR_ENV).map(PathBuf::from)).unwrap_or_else(|| cache_dir.clone());
         Ok(Settings {
             rules: rule_set(&o),
@@ -198,6 +216,7 @@ impl Settings {
             metrics: o.metrics,
             xferlog: o.xferlog.clone(),
             drain: Duration::from_secs(o.drain_timeout.unwrap_or(d::DRAIN_TIMEOUT_S)),
+            nat64,
             log: o.log.clone(),
             cache_dir,
             proxy,

@@ -36,6 +36,9 @@ impl Session {
                 dp.transfer_ahead(&login);
             }
         }
+        if let Some(sent) = self.algs(verb.as_ref().map(|v| &v[..]), line, whole) {
+            return sent;
+        }
         if let Some(sent) = self.translate_passive(verb.as_ref().map(|v| &v[..]), line, whole) {
             return sent;
         }
@@ -148,10 +151,41 @@ impl Session {
     }
 
     /// Whether the client and the server are of different families (an explicit-proxy session
-    /// from an IPv4 client to an IPv6 server, or the other way round): the passive and active
-    /// commands and replies are then translated between the forms of the two families.
+    /// from an IPv4 client to an IPv6 server, or the other way round, or a NAT64 session): the
+    /// passive and active commands and replies are then translated between the forms of the
+    /// two families.
     pub(super) fn translates(&self) -> bool {
-        self.client.is_ipv4() != self.server.is_ipv4()
+        self.client.is_ipv4() != self.server.is_ipv4() && self.alg64 != Some(false)
+    }
+
+    /// RFC 6384 section 11 on a NAT64 session: `ALGS STATUS64` tells, `ALGS ENABLE64` /
+    /// `DISABLE64` turn the translation on or off for the session (off: the commands pass as
+    /// the client sent them, as through a bare translator), each answered `216`; other
+    /// arguments `501`. A session with translation off also leaves PORT/EPRT/PASV/EPSV alone.
+    fn algs(&mut self, verb: Option<&[u8]>, line: &[u8], whole: bool) -> Option<Option<Vec<u8>>> {
+        let on = self.alg64?;
+        if !on && matches!(verb, Some(b"PASV" | b"EPSV" | b"PORT" | b"EPRT")) {
+            self.cmds.push_back(Cmd::Other);
+            return Some(None);
+        }
+        if verb != Some(b"ALGS") || !whole {
+            return None;
+        }
+        let reply = match arg(line).trim().to_ascii_uppercase().as_str() {
+            "STATUS64" => format!("216 ftpgate: translation of EPSV/EPRT {}.\r\n", if on { "enabled" } else { "disabled" }),
+            "ENABLE64" => {
+                self.alg64 = Some(true);
+                "216 ftpgate: translation of EPSV/EPRT enabled.\r\n".to_string()
+            }
+            "DISABLE64" => {
+                self.alg64 = Some(false);
+                "216 ftpgate: translation of EPSV/EPRT disabled.\r\n".to_string()
+            }
+            _ => "501 ftpgate: ALGS takes STATUS64, ENABLE64 or DISABLE64.\r\n".to_string(),
+        };
+        self.events.push_back(Event::Note(format!("{}: {}", show(line), reply.trim_end())));
+        self.cmds.push_back(Cmd::Refused(reply.into_bytes()));
+        Some(Some(b"NOOP\r\n".to_vec()))
     }
 
     /// Across the families, a passive command goes to the server in the server's family's form

@@ -138,6 +138,7 @@ impl Session {
                     || (is_prefix_ci(l, b"RETR ") && self.data.is_some() && self.logged_in && self.binary)
                     // across the families PASV and EPSV are translated
                     || (self.translates() && (is_prefix_ci(l, b"PASV") || is_prefix_ci(l, b"EPSV")))
+                    || (self.alg64.is_some() && is_prefix_ci(l, b"ALGS "))
             }
             Dir::ToClient => {
                 if !self.greeted {

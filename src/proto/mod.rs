@@ -181,6 +181,9 @@ pub struct Session {
     active: bool,
     /// Explicit proxy mode: the gateway's own addresses.
     via: Option<Via>,
+    /// A NAT64 session (RFC 6384): whether its translation is on (`ALGS ENABLE64` /
+    /// `DISABLE64`); `None` for any other session.
+    alg64: Option<bool>,
 }
 
 /// A line as it may appear in a log: escaped, and never a password.
@@ -227,7 +230,19 @@ impl Session {
             resumed_unseen: false,
             active: false,
             via: None,
+            alg64: None,
         }
+    }
+
+    /// A session an IPv6 client opened to an IPv4 server through a NAT64 (`client` →
+    /// `PREFIX::a.b.c.d`, `server` the IPv4 server `a.b.c.d`): ftpgate is its FTP ALG (RFC
+    /// 6384). The commands and replies are translated between the families as for an explicit
+    /// proxy across them (`EPSV` → `PASV`, `227` → `229`, `EPRT |2|` → `PORT`); its data
+    /// connections are relayed on `via` — passive ones announced on the server's IPv6 address
+    /// (`PREFIX::a.b.c.d`), active ones on the router's IPv4 address towards the server — so
+    /// they do not depend on the translator's mappings at all.
+    pub fn nat64(client: SocketAddr, server: SocketAddr, via: Via, now: Instant) -> Self {
+        Session { via: Some(via), alg64: Some(true), ..Session::new(client, server, now) }
     }
 
     /// An explicit-proxy session: data connections are announced on the gateway's own

@@ -346,6 +346,52 @@ fn ipv6_session_eprt_epsv_and_the_ipv4_forms() {
     assert_eq!(p.dp.opened.len(), 2, "nothing prepared for the 227");
 }
 
+/// A NAT64 session (RFC 6384): EPSV to the IPv4 server as PASV and its 227 back as a 229, EPRT
+/// |2| as PORT on the router's IPv4 address, ALGS answered 216 and honoured, one byte a segment.
+#[test]
+fn nat64_session_translates_and_answers_algs() {
+    let mut p = Pair::between("[fd00:1::2]:40000", "10.0.2.2:21");
+    let via = Via { client_side: "fd77:64::a00:202".parse().unwrap(), server_side: "10.0.2.1".parse().unwrap() };
+    p.s = Session::nat64("[fd00:1::2]:40000".parse().unwrap(), "10.0.2.2:21".parse().unwrap(), via, p.now);
+    let syn = Flags { syn: true, ..Default::default() };
+    p.s.handle_segment(Dir::ToServer, &Segment { seq: Seq::new(1000), ack: Seq::new(0), flags: syn, sack: &[], payload: &[] }, &mut p.dp, p.now);
+    let synack = Flags { syn: true, ack: true, ..Default::default() };
+    p.s.handle_segment(
+        Dir::ToClient,
+        &Segment { seq: Seq::new(5000), ack: Seq::new(1001), flags: synack, sack: &[], payload: &[] },
+        &mut p.dp,
+        p.now,
+    );
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    p.send(Dir::ToServer, b"USER a\r\n", &[]);
+    p.send(Dir::ToClient, b"230 in\r\n", &[]);
+    p.send(Dir::ToServer, b"EPSV\r\n", &[1; 6]);
+    assert!(p.received(Dir::ToServer).ends_with("PASV\r\n"), "{}", p.received(Dir::ToServer));
+    p.send(Dir::ToClient, b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n", &[]);
+    assert_eq!(p.dp.opened[0].target, "10.0.2.2:30000".parse().unwrap());
+    assert!(p.received(Dir::ToClient).ends_with("229 Entering Extended Passive Mode (|||6000|)\r\n"), "{}", p.received(Dir::ToClient));
+    p.send(Dir::ToServer, b"EPRT |2|fd00:1::2|40001|\r\n", &[]);
+    p.send(Dir::ToClient, b"200 ok\r\n", &[]);
+    assert!(p.received(Dir::ToServer).ends_with("PORT 10,0,2,1,27,88\r\n"), "{}", p.received(Dir::ToServer));
+    assert_eq!(p.dp.opened[1].target, "[fd00:1::2]:40001".parse().unwrap());
+    // ALGS: answered here (the server gets a NOOP), one byte a segment
+    for (arg, want) in [("STATUS64", "enabled"), ("DISABLE64", "disabled"), ("STATUS64", "disabled")] {
+        let line = format!("ALGS {arg}\r\n");
+        p.send(Dir::ToServer, line.as_bytes(), &vec![1; line.len()]);
+        p.send(Dir::ToClient, b"200 NOOP ok.\r\n", &[]);
+        assert!(p.received(Dir::ToClient).ends_with(&format!("216 ftpgate: translation of EPSV/EPRT {want}.\r\n")), "{}", p.received(Dir::ToClient));
+    }
+    // translation off: EPSV passes as sent, its 229 is not touched
+    p.send(Dir::ToServer, b"EPSV\r\n", &[]);
+    p.send(Dir::ToClient, b"229 ok (|||30002|)\r\n", &[]);
+    assert!(p.received(Dir::ToServer).ends_with("NOOP\r\nEPSV\r\n"));
+    assert!(p.received(Dir::ToClient).ends_with("229 ok (|||30002|)\r\n"));
+    assert_eq!(p.dp.opened.len(), 2);
+    p.send(Dir::ToServer, b"ALGS BOGUS\r\n", &[]);
+    p.send(Dir::ToClient, b"200 NOOP ok.\r\n", &[]);
+    assert!(p.received(Dir::ToClient).ends_with("501 ftpgate: ALGS takes STATUS64, ENABLE64 or DISABLE64.\r\n"));
+}
+
 #[test]
 fn data_plane_failure_becomes_425() {
     let mut p = Pair::new();
