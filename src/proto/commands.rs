@@ -199,6 +199,12 @@ impl Session {
         }
         let all = ftp::body(line).to_ascii_uppercase().ends_with(b"ALL");
         match verb {
+            Some(b"PASV") if self.client.is_ipv6() => {
+                // a 227 cannot name the IPv6 address this client can reach: refused, clearly
+                let reply = b"502 ftpgate: PASV cannot name an IPv6 address; use EPSV.\r\n".to_vec();
+                self.cmds.push_back(Cmd::Refused(reply));
+                Some(Some(b"NOOP\r\n".to_vec()))
+            }
             Some(b"PASV") if self.server.is_ipv6() => {
                 self.events.push_back(Event::Note("PASV sent to the IPv6 server as EPSV".into()));
                 self.cmds.push_back(Cmd::Pasv);

@@ -374,6 +374,10 @@ fn nat64_session_translates_and_answers_algs() {
     p.send(Dir::ToClient, b"200 ok\r\n", &[]);
     assert!(p.received(Dir::ToServer).ends_with("PORT 10,0,2,1,27,88\r\n"), "{}", p.received(Dir::ToServer));
     assert_eq!(p.dp.opened[1].target, "[fd00:1::2]:40001".parse().unwrap());
+    // PASV from the IPv6 client: its 227 could not name an address it reaches; refused
+    p.send(Dir::ToServer, b"PASV\r\n", &[]);
+    p.send(Dir::ToClient, b"200 NOOP ok.\r\n", &[]);
+    assert!(p.received(Dir::ToClient).ends_with("502 ftpgate: PASV cannot name an IPv6 address; use EPSV.\r\n"));
     // ALGS: answered here (the server gets a NOOP), one byte a segment
     for (arg, want) in [("STATUS64", "enabled"), ("DISABLE64", "disabled"), ("STATUS64", "disabled")] {
         let line = format!("ALGS {arg}\r\n");
