@@ -190,6 +190,10 @@ pub struct RunArgs {
     /// IPv4 server a.b.c.d as RFC 6384's FTP ALG [default: 64:ff9b::/96]
     #[arg(long, value_name = "PREFIX")]
     pub nat64_prefix: Vec<Cidr>,
+    /// A command no client may send through the gateway (repeatable; e.g. STOR, APPE, DELE,
+    /// RNFR, MKD, RMD, SITE): the client gets 550, the server never sees it
+    #[arg(long, value_name = "CMD")]
+    pub deny_command: Vec<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
@@ -242,6 +246,8 @@ impl RunArgs {
             connect_timeout: self.connect_timeout,
             nat64_prefix: vec_opt(&self.nat64_prefix),
             nat64_interface: None,
+            deny_command: vec_opt(&self.deny_command),
+            policy: None,
             metrics: self.metrics,
             xferlog: self.xferlog.clone(),
             drain_timeout: self.drain_timeout,

@@ -54,6 +54,10 @@ pub struct Options {
     /// The NAT64 translator's interface (tayga's TUN device): its IPv4 side of a session is not
     /// intercepted again.
     pub nat64_interface: Option<String>,
+    /// Commands no client may send through the gateway (`--deny-command`).
+    pub deny_command: Option<Vec<String>>,
+    /// The `[[policy]]` tables, per server and client network; first match wins.
+    pub policy: Option<Vec<crate::policy::Rule>>,
     pub metrics: Option<SocketAddr>,
     pub xferlog: Option<PathBuf>,
     pub drain_timeout: Option<u64>,
@@ -111,7 +115,7 @@ fn number_or_hex<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Erro
     }
 }
 
-fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Cidr>>, D::Error> {
+pub(crate) fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Cidr>>, D::Error> {
     let v = Vec::<String>::deserialize(d)?;
     v.iter().map(|s| s.parse::<Cidr>().map_err(de::Error::custom)).collect::<Result<Vec<_>, _>>().map(Some)
 }
@@ -230,6 +234,8 @@ impl Options {
             connect_timeout,
             nat64_prefix,
             nat64_interface,
+            deny_command,
+            policy,
             metrics,
             xferlog,
             drain_timeout,

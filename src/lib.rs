@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod nfq_loop;
 pub mod nft;
+pub mod policy;
 pub mod proto;
 pub mod proxy;
 pub mod relay;

@@ -101,6 +101,8 @@ fn run(a: RunArgs) -> Result<()> {
         })?;
     }
     let reload_slot = Arc::new(Mutex::new(None));
+    let policies: ftpgate::policy::Shared = Arc::new(Mutex::new(Arc::new(s.policies.clone())));
+    let reload_policies = policies.clone();
     let state_file = s.state_file();
     let (max_sessions, drain, queue_priority, fail_open) = (s.max_sessions, s.drain, s.queue_priority, s.rules.fail_open);
     if let Some(p) = s.proxy {
@@ -113,6 +115,7 @@ fn run(a: RunArgs) -> Result<()> {
             idle: Duration::from_secs(3600),
             max_sessions,
             board: Some(board.clone()),
+            policy: policies.clone(),
         };
         proxy::spawn(cfg, relay.handle(), cache.clone())?;
     }
@@ -123,10 +126,11 @@ fn run(a: RunArgs) -> Result<()> {
         let fresh = merged(cli.clone(), config_file.as_deref()).and_then(settings);
         match fresh {
             Ok(n) => {
+                *reload_policies.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(n.policies);
                 if let Some(p) = n.proxy {
                     *reload_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((p.users, p.access));
                 }
-                log!("SIGHUP: configuration re-read; proxy users and access rules apply to new sessions, other changes need a restart");
+                log!("SIGHUP: configuration re-read; the policy, proxy users and access rules apply to new sessions, other changes need a restart");
             }
             Err(e) => ftpgate::warn!("SIGHUP: configuration not reloaded: {e:#}"),
         }
@@ -144,6 +148,7 @@ fn run(a: RunArgs) -> Result<()> {
             max_sessions,
             rt_priority: queue_priority,
             nat64: s.nat64.clone(),
+            policy: policies,
         },
     )?;
     helper.board = Some(board);

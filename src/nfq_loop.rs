@@ -41,6 +41,8 @@ pub struct LoopConfig {
     /// NAT64 prefixes (/96): an IPv6 session to `PREFIX::a.b.c.d` is one to the IPv4 server
     /// `a.b.c.d`, translated ([`Session::nat64`]).
     pub nat64: Vec<ipnet::Ipv6Net>,
+    /// The operator's policy (replaced on SIGHUP, for new sessions).
+    pub policy: crate::policy::Shared,
 }
 
 /// The IPv4 server a NAT64 session's IPv6 destination stands for (RFC 6052, /96 prefixes).
@@ -62,16 +64,25 @@ fn local_source(to: core::net::SocketAddrV4) -> Option<core::net::IpAddr> {
 /// A new session for `key`: a NAT64 one when its server is under a NAT64 prefix (and the
 /// router has an IPv4 route to the server), else an ordinary one.
 fn new_session(cfg: &LoopConfig, key: Key, now: Instant) -> Session {
+    let mut s = Session::new(key.0, key.1, now);
     if let Some(v4) = nat64_server(&cfg.nat64, key.1) {
         match local_source(v4) {
             Some(src) => {
                 let via = crate::proto::Via { client_side: key.1.ip(), server_side: src };
-                return Session::nat64(key.0, SocketAddr::V4(v4), via, now);
+                s = Session::nat64(key.0, SocketAddr::V4(v4), via, now);
             }
             None => log!("session {} -> {}: no IPv4 route to {v4}; not translated", key.0, key.1),
         }
     }
-    Session::new(key.0, key.1, now)
+    match crate::policy::current(&cfg.policy).decide(key.0.ip(), s.server().ip()) {
+        crate::policy::Verdict::Allow(p) => s.with_policy(p),
+        crate::policy::Verdict::Deny(n) => {
+            log!("session {} -> {}: refused by [[policy]] {n}; answering 421", key.0, key.1);
+            crate::metrics::m().refusal("policy");
+            s.refuse_session("connections to this server are not allowed through this gateway");
+            s
+        }
+    }
 }
 
 /// A segment held: a RETR while its session's freshness check ([`Session::pending_check`])

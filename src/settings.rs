@@ -81,6 +81,8 @@ pub struct Settings {
     pub log: Option<String>,
     /// NAT64 prefixes (/96) whose sessions are translated.
     pub nat64: Vec<ipnet::Ipv6Net>,
+    /// `--deny-command` and the `[[policy]]` tables.
+    pub policies: crate::policy::Policies,
 }
 
 /// A setting that cannot be used.
@@ -103,6 +105,8 @@ pub enum SettingsError {
     },
     /// A NAT64 prefix that is not an IPv6 /96.
     Nat64Prefix(Cidr),
+    /// A `--deny-command` (or `deny-commands`) that is not an FTP command.
+    DenyCommand(crate::policy::BadCommand),
 }
 
 impl fmt::Display for SettingsError {
@@ -120,6 +124,7 @@ impl fmt::Display for SettingsError {
             }
             SettingsError::Users(e) => e.fmt(f),
             SettingsError::LogFilter { filter, why } => write!(f, "log filter {filter:?}: {why}"),
+            SettingsError::DenyCommand(c) => write!(f, "deny-command: {c}"),
             SettingsError::Nat64Prefix(c) => write!(f, "nat64-prefix {}: must be an IPv6 /96 (RFC 6052), e.g. 64:ff9b::/96", c.0),
         }
     }
@@ -198,6 +203,8 @@ impl Settings {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        let policies = crate::policy::Policies::new(o.deny_command.as_deref().unwrap_or_default(), o.policy.clone().unwrap_or_default())
+            .map_err(SettingsError::DenyCommand)?;
         let state_dir = o.state_dir.clone().or_else(|| std::env::var_os(d::STATE_DIR_ENV).map(PathBuf::from)).unwrap_or_else(|| cache_dir.clone());
         Ok(Settings {
             rules: rule_set(&o),
@@ -217,6 +224,7 @@ impl Settings {
             xferlog: o.xferlog.clone(),
             drain: Duration::from_secs(o.drain_timeout.unwrap_or(d::DRAIN_TIMEOUT_S)),
             nat64,
+            policies,
             log: o.log.clone(),
             cache_dir,
             proxy,

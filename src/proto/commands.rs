@@ -21,6 +21,9 @@ impl Session {
     }
 
     pub(super) fn on_command(&mut self, line: &[u8], whole: bool, dp: &mut dyn DataPlane) -> Option<Vec<u8>> {
+        if let Some(sent) = self.police(line, whole) {
+            return sent;
+        }
         let verb = ftp::verb(line);
         if let (Some(v), Some(id)) = (verb.as_ref(), self.data) {
             if [&b"RETR"[..], b"STOR", b"APPE", b"STOU", b"LIST", b"NLST", b"MLSD"].contains(&&v[..]) {
@@ -156,6 +159,39 @@ impl Session {
     /// two families.
     pub(super) fn translates(&self) -> bool {
         self.client.is_ipv4() != self.server.is_ipv4() && self.alg64 != Some(false)
+    }
+
+    /// The operator's policy: a denied command, or a login other than anonymous where only
+    /// anonymous is allowed, is answered here (`550`, `530`) and the server gets a `NOOP`
+    /// instead, so it never sees the command; the session goes on.
+    fn police(&mut self, line: &[u8], whole: bool) -> Option<Option<Vec<u8>>> {
+        if !whole || (self.policy.deny.is_empty() && !self.policy.anonymous_only) {
+            return None;
+        }
+        let body = ftp::body(line);
+        let word = String::from_utf8_lossy(body.split(|&c| c == b' ').next().unwrap_or(b"")).to_ascii_uppercase();
+        if self.policy.denies(&word) {
+            let reason = format!("{word} is not allowed through this gateway");
+            self.events.push_back(Event::Refused { kind: Refusal::Command, reason: reason.clone() });
+            self.cmds.push_back(Cmd::Refused(format!("550 ftpgate: {reason}.\r\n").into_bytes()));
+            return Some(Some(b"NOOP\r\n".to_vec()));
+        }
+        // the USER, or, when that one passed (the stream's first line split into segments
+        // cannot be replaced), the PASS after it: the server never completes the login
+        let named = match word.as_str() {
+            "USER" => Some(arg(line).trim().to_ascii_lowercase()),
+            "PASS" => Some(self.user.clone().unwrap_or_default().to_ascii_lowercase()),
+            _ => None,
+        };
+        if let (true, Some(user)) = (self.policy.anonymous_only, named) {
+            if user != "anonymous" && user != "ftp" {
+                let reason = "only anonymous logins are allowed to this server".to_string();
+                self.events.push_back(Event::Refused { kind: Refusal::Login, reason: reason.clone() });
+                self.cmds.push_back(Cmd::Refused(format!("530 ftpgate: {reason}.\r\n").into_bytes()));
+                return Some(Some(b"NOOP\r\n".to_vec()));
+            }
+        }
+        None
     }
 
     /// RFC 6384 section 11 on a NAT64 session: `ALGS STATUS64` tells, `ALGS ENABLE64` /

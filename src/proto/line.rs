@@ -139,6 +139,9 @@ impl Session {
                     // across the families PASV and EPSV are translated
                     || (self.translates() && (is_prefix_ci(l, b"PASV") || is_prefix_ci(l, b"EPSV")))
                     || (self.alg64.is_some() && is_prefix_ci(l, b"ALGS "))
+                    // the operator's policy answers some commands itself
+                    || self.policy.deny.iter().any(|d| is_prefix_ci(l, d.as_bytes()))
+                    || (self.policy.anonymous_only && (is_prefix_ci(l, b"USER ") || is_prefix_ci(l, b"PASS ")))
             }
             Dir::ToClient => {
                 if !self.greeted {

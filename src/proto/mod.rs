@@ -184,6 +184,8 @@ pub struct Session {
     /// A NAT64 session (RFC 6384): whether its translation is on (`ALGS ENABLE64` /
     /// `DISABLE64`); `None` for any other session.
     alg64: Option<bool>,
+    /// The operator's policy for this session.
+    policy: SessionPolicy,
 }
 
 /// A line as it may appear in a log: escaped, and never a password.
@@ -231,6 +233,7 @@ impl Session {
             active: false,
             via: None,
             alg64: None,
+            policy: SessionPolicy::default(),
         }
     }
 
@@ -249,6 +252,16 @@ impl Session {
     /// addresses `via`.
     pub fn explicit(client: SocketAddr, server: SocketAddr, via: Via, now: Instant) -> Self {
         Session { via: Some(via), ..Session::new(client, server, now) }
+    }
+
+    /// The operator's policy for this session (commands denied, anonymous only, no cache).
+    pub fn with_policy(mut self, policy: SessionPolicy) -> Self {
+        self.set_policy(policy);
+        self
+    }
+
+    pub fn set_policy(&mut self, policy: SessionPolicy) {
+        self.policy = policy;
     }
 
     /// A session the helper tracked before a restart: its sequence offsets are restored, the

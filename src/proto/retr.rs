@@ -70,7 +70,7 @@ impl Session {
     /// Decides what the cache does with a RETR. Returns true when the line is held for a
     /// freshness check.
     pub(super) fn plan_retr(&mut self, name: &str, id: Option<DataId>, offset: u64, line: &[u8], whole: bool, dp: &mut dyn DataPlane) -> bool {
-        if !dp.cache_enabled() {
+        if !dp.cache_enabled() || !self.policy.cache {
             return false;
         }
         let key = match self.cache_key(name) {

@@ -396,6 +396,62 @@ fn nat64_session_translates_and_answers_algs() {
     assert!(p.received(Dir::ToClient).ends_with("501 ftpgate: ALGS takes STATUS64, ENABLE64 or DISABLE64.\r\n"));
 }
 
+/// The operator's policy: denied commands and non-anonymous logins answered by ftpgate, never
+/// seen by the server, one byte a segment; the session goes on; no cache with `cache = false`.
+#[test]
+fn policy_denies_commands_and_logins() {
+    let mut p = Pair::new();
+    p.s = std::mem::replace(&mut p.s, Session::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), p.now)).with_policy(SessionPolicy {
+        deny: vec!["STOR".into(), "DELE".into()],
+        anonymous_only: true,
+        cache: false,
+    });
+    p.dp.cache.insert("/pub/f.bin".into(), 10);
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    // the first line, split: it cannot be replaced, so its PASS is refused instead
+    p.send(Dir::ToServer, b"USER alice\r\n", &[1; 12]);
+    p.send(Dir::ToClient, b"331 pw\r\n", &[]);
+    p.send(Dir::ToServer, b"PASS secret\r\n", &[1; 13]);
+    p.send(Dir::ToClient, b"200 NOOP ok.\r\n", &[]);
+    assert!(p.received(Dir::ToClient).ends_with("530 ftpgate: only anonymous logins are allowed to this server.\r\n"));
+    p.send(Dir::ToServer, b"USER alice\r\n", &[]);
+    p.send(Dir::ToClient, b"200 NOOP ok.\r\n", &[]);
+    assert!(
+        p.received(Dir::ToClient).ends_with("530 ftpgate: only anonymous logins are allowed to this server.\r\n"),
+        "{:?} / {:?}",
+        p.received(Dir::ToClient),
+        p.received(Dir::ToServer)
+    );
+    p.send(Dir::ToServer, b"USER anonymous\r\n", &[]);
+    p.send(Dir::ToClient, b"230 in\r\n", &[]);
+    for line in ["STOR up.bin\r\n", "dele x\r\n"] {
+        p.send(Dir::ToServer, line.as_bytes(), &vec![1; line.len()]);
+        p.send(Dir::ToClient, b"200 NOOP ok.\r\n", &[]);
+        let verb = line.split(' ').next().unwrap().to_ascii_uppercase();
+        assert!(
+            p.received(Dir::ToClient).ends_with(&format!("550 ftpgate: {verb} is not allowed through this gateway.\r\n")),
+            "{}",
+            p.received(Dir::ToClient)
+        );
+    }
+    let to_server = p.received(Dir::ToServer);
+    assert!(
+        to_server.matches("alice").count() == 1
+            && !to_server.contains("secret")
+            && !to_server.contains("STOR")
+            && !to_server.to_ascii_uppercase().contains("DELE"),
+        "{to_server}"
+    );
+    // the session goes on; the download is not served from the cache
+    p.send(Dir::ToServer, b"CWD /pub\r\n", &[]);
+    p.send(Dir::ToClient, b"250 ok\r\n", &[]);
+    p.send(Dir::ToServer, b"TYPE I\r\nPASV\r\n", &[]);
+    p.send(Dir::ToClient, b"200 I\r\n227 ok (10,0,2,2,117,48)\r\n", &[]);
+    p.send(Dir::ToServer, b"RETR f.bin\r\n", &[]);
+    assert!(p.received(Dir::ToServer).ends_with("RETR f.bin\r\n"));
+    assert!(p.dp.transfers.is_empty(), "{:?}", p.dp.transfers);
+}
+
 #[test]
 fn data_plane_failure_becomes_425() {
     let mut p = Pair::new();

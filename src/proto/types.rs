@@ -92,6 +92,31 @@ pub struct DataRequest {
     pub via: Option<Via>,
 }
 
+/// What the operator's policy asks of one session (`--deny-command`, a `[[policy]]` table's
+/// `deny-commands`, `anonymous-only`, `cache`); the default asks nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionPolicy {
+    /// Commands (upper case) the client gets `550` for; the server never sees them.
+    pub deny: Vec<String>,
+    /// Only `anonymous` / `ftp` logins: any other `USER` gets `530`, the server never sees it.
+    pub anonymous_only: bool,
+    /// Whether this session's downloads may be cached and served from the cache.
+    pub cache: bool,
+}
+
+impl Default for SessionPolicy {
+    fn default() -> Self {
+        SessionPolicy { deny: Vec::new(), anonymous_only: false, cache: true }
+    }
+}
+
+impl SessionPolicy {
+    /// Whether `verb` (a command's first word, any case) is denied.
+    pub fn denies(&self, verb: &str) -> bool {
+        self.deny.iter().any(|d| d.eq_ignore_ascii_case(verb))
+    }
+}
+
 /// The gateway's own addresses on an explicit-proxy session: the client connected to
 /// `client_side`, the gateway connected to the server from `server_side`. Data connections are
 /// announced on these instead of being intercepted.
@@ -212,6 +237,10 @@ pub enum Refusal {
     Data(&'static str),
     /// An `EPRT` of a network protocol ftpgate does not relay (`522`).
     Family,
+    /// A command the operator's policy denies (`550`).
+    Command,
+    /// A login the operator's policy does not allow (`530`: anonymous only).
+    Login,
 }
 
 impl Refusal {
@@ -221,6 +250,8 @@ impl Refusal {
             Refusal::ThirdParty => "third_party",
             Refusal::Data(l) => l,
             Refusal::Family => "address_family",
+            Refusal::Command => "denied_command",
+            Refusal::Login => "denied_login",
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct ProxyConfig {
     pub max_sessions: usize,
     /// Where `ftpgate status` reads the sessions.
     pub board: Option<Arc<crate::status::Board>>,
+    /// The operator's policy (replaced on SIGHUP, for new sessions).
+    pub policy: crate::policy::Shared,
 }
 
 /// What a polled descriptor is.
@@ -557,7 +559,18 @@ impl Proxy {
             _ => None,
         });
         let via = Via { client_side: c.local.ip(), server_side: from.ip() };
-        let st = Streams::new(c.peer, addr, via, &mut self.relay, now);
+        let mut st = Streams::new(c.peer, addr, via, &mut self.relay, now);
+        match crate::policy::current(&self.cfg.policy).decide(c.peer.ip(), addr.ip()) {
+            crate::policy::Verdict::Allow(p) => st.session.set_policy(p),
+            crate::policy::Verdict::Deny(n) => {
+                crate::metrics::m().refusal("policy");
+                crate::warn!("proxy {}: {target} ({addr}) refused by [[policy]] {n}", c.peer);
+                c.to_client.extend_from_slice(format!("421 ftpgate: connections to {target} are not allowed through this gateway\r\n").as_bytes());
+                c.closing = true;
+                let _ = write_some(&mut c.client, &mut c.to_client);
+                return self.maybe_close(id);
+            }
+        }
         let mut up = Up { server, addr, st, to_server: Vec::new(), client_eof: false, server_eof: false };
         let greeting_out = up.st.feed(Dir::ToClient, &greeting, false, &mut self.relay, now).out;
         let ok = greeting.first() == Some(&b'2');
