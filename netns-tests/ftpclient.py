@@ -370,6 +370,34 @@ def main():
             raise SystemExit("ALGS answers: " + " | ".join(got))
         retr(c, "epsv", name, out)
         c.cmd("QUIT", "221")
+    elif what == "denied":
+        # CMD on a logged-in session must be answered 550 by the gateway; then a download on the
+        # same session works
+        host, cmd, name, out = sys.argv[2:6]
+        f = ftplib.FTP(host, timeout=20)
+        f.login("ftpuser", "ftppass")
+        try:
+            if cmd == "STOR":
+                with open(__file__, "rb") as src:
+                    f.storbinary("STOR denied-upload.bin", src)
+            else:
+                f.sendcmd(cmd)
+            raise SystemExit(f"{cmd} was not refused")
+        except ftplib.error_perm as e:
+            print(str(e))
+            if not str(e).startswith("550"):
+                raise SystemExit(f"{cmd}: {e}")
+        with open(out, "wb") as o:
+            f.retrbinary("RETR " + name, o.write)
+        f.quit()
+    elif what == "login":
+        # USER/PASS: prints the reply to the login (or its error)
+        host, user, pw = sys.argv[2:5]
+        try:
+            f = ftplib.FTP(host, timeout=20)  # a refused session's 421 greeting raises here
+            print(f.login(user, pw))
+        except ftplib.all_errors as e:
+            print(e)
     elif what == "v6classic":
         # PASV and PORT on an IPv6 session: each gets a reply (the server's to PASV, ftpgate's
         # or the server's to PORT), neither opens a data connection to an IPv4 address; then an

@@ -295,7 +295,7 @@ impl Session {
             self.greeted = true;
             if let Some(text) = self.refuse_greeting.take() {
                 // counted where the session was refused
-                self.events.push_back(Event::Note("session limit reached; answered 421".into()));
+                self.events.push_back(Event::Note("session refused; its greeting answered 421".into()));
                 return Some(text);
             }
             return None;
