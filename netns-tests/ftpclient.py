@@ -17,6 +17,9 @@
                                            # on the same session
   ftpclient.py ops HOST                    # ftpuser: PWD CWD MKD STOR LIST RNFR/RNTO DELE RMD
   ftpclient.py closedport HOST FILE        # PORT naming a port nobody listens on, RETR: must end in 425
+  ftpclient.py paced HOST MODE FILE OUT    # a download while NOOPs go every 100 ms on the same session
+                                           # (a server that answers during a transfer: pyftpdlib);
+                                           # prints "SECONDS NOOPS MAX_NOOP_MS"
 MODE is one of pasv, epsv, port, eprt.
 """
 import ftplib, os, socket, sys, time, re
@@ -390,6 +393,42 @@ def main():
         with open(out, "wb") as o:
             f.retrbinary("RETR " + name, o.write)
         f.quit()
+    elif what == "paced":
+        import threading
+        host, mode, name, out = sys.argv[2:6]
+        c = Raw(host)
+        c.login("paced@"); c.cmd("TYPE I", "200")
+        s, l = data_conn(c, mode)
+        t0 = time.monotonic()
+        c.send("RETR %s\r\n" % name)
+        c.expect("1")
+        if l:
+            s, _ = l.accept()
+        done = threading.Event()
+        def save():
+            save_stream(s, out)
+            s.close()
+            done.set()
+        th = threading.Thread(target=save); th.start()
+        rtts, finished = [], False
+        while not done.wait(0.1):
+            t = time.monotonic()
+            c.send("NOOP\r\n")
+            while True:  # the transfer's 226 may come before the NOOP's 200
+                r = recv_reply(c.f)
+                if r.startswith("226"):
+                    finished = True
+                    continue
+                if not r.startswith("200"):
+                    raise SystemExit(f"NOOP: {r!r}")
+                break
+            rtts.append(time.monotonic() - t)
+        th.join()
+        took = time.monotonic() - t0
+        if not finished:
+            c.expect("226")
+        c.cmd("QUIT", "221")
+        print("%.3f %d %.1f (ms: %s)" % (took, len(rtts), max(rtts, default=0) * 1000, " ".join("%.1f" % (r * 1000) for r in rtts)))
     elif what == "login":
         # USER/PASS: prints the reply to the login (or its error)
         host, user, pw = sys.argv[2:5]

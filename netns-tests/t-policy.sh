@@ -54,6 +54,64 @@ EOC
   [[ $rc != 0 && $r == *ST0R* ]] && pass "$t a bad command name is a clear error ($r)" || fail "$t bad command: rc=$rc $r"
 }
 
+data_ports() { # topology label: every port ftpgate chooses lies in --data-ports
+  local t=$1 args m ports bad
+  for args in "--no-cache" ""; do
+    gate_start --data-ports 50000-50100 $args --listen 10.0.1.1:2121 --allow-from 10.0.1.0/24 || { fail "$t ftpgate with --data-ports did not start"; return; }
+    m=$(logmark)
+    dl "$t --data-ports ${args:-(cache)}: curl PORT" big.bin -- ip netns exec $C curl -sS -P - --disable-eprt -o "$OUT" ftp://$SRV_IP/big.bin
+    dl "$t --data-ports ${args:-(cache)}: curl EPRT" big.bin -- ip netns exec $C curl -sS -P - -o "$OUT" ftp://$SRV_IP/big.bin
+    dl "$t --data-ports ${args:-(cache)}: through the explicit proxy, PASV" big.bin -- \
+      ip netns exec $C $SYSPY $HERE/proxyclient.py userhost 10.0.1.1:2121 $SRV_IP anonymous x pasv big.bin "$OUT"
+    # the announced ports: PORT p1,p2 and EPRT |1|a|p| towards the server, 227 from the proxy
+    ports=$(tail -n +$((m + 1)) "$WORK/ftpgate.log" | grep -Eo 'rewrote "[^"]*" -> "[^"]*"' | sed 's/.*-> "//; s/"$//' |
+      awk -F'[,|() ]+' '/^PORT/ { print $6 * 256 + $7 } /^EPRT/ { print $4 } /^227/ { s = $0; sub(/.*\(/, "", s); sub(/\).*/, "", s); split(s, a, ","); print a[5] * 256 + a[6] }')
+    bad=$(awk '$1 < 50000 || $1 > 50100' <<<"$ports" | wc -l)
+    [[ -n $ports && $bad == 0 && $(wc -l <<<"$ports") -ge 3 ]] &&
+      pass "$t --data-ports ${args:-(cache)}: every announced port in 50000-50100 ($(tr '\n' ' ' <<<"$ports"))" ||
+      fail "$t --data-ports ${args:-(cache)}: ports $(tr '\n' ' ' <<<"$ports")"
+    gate_stop
+  done
+}
+
+# within LOW HIGH SECONDS: LOW <= SECONDS <= HIGH
+within() { awk -v l="$1" -v h="$2" -v s="$3" 'BEGIN { exit !(s != "" && s >= l && s <= h) }'; }
+
+rate_cases() { # topology label; pyftpdlib on $SRV2 (it answers NOOP during a transfer), vsftpd on $SRV_IP
+  local t=$1 r secs noops slowest i m t0 a b
+  gate_start --rate-down 8M --rate-up 8M || { fail "$t ftpgate with --rate-down did not start"; return; }
+  for i in "a download" "the same again (a cache hit)"; do
+    rm -f "$OUT"; m=$(logmark)
+    r=$(timeout 30 ip netns exec $C $PY paced $SRV2 pasv big.bin "$OUT" 2>&1)
+    read -r secs noops slowest _ <<<"$r"
+    # (a hit's NOOPs are answered behind the server's 226, which came before the first byte and
+    # is held until the paced bytes are delivered: timed, not asserted)
+    if cmp -s "$OUT" "$WORK/pub/big.bin" && within 2 3.2 "$secs" && { [[ $i == *hit* ]] || { within 0 50 "$slowest" && ((noops >= 10)); }; }; then
+      pass "$t --rate-down 8M, 20 MiB, $i: $secs s; $noops NOOPs on the same session meanwhile, the slowest $slowest ms (${r#*(})"
+    else
+      fail "$t --rate-down 8M, $i: $r"
+    fi
+  done
+  logsince "$m" "cache hit .*big.bin" && pass "$t --rate-down: the second download was a cache hit" || fail "$t --rate-down: no cache hit"
+  # one host's two sessions at once share one limit: 40 MiB at 8 MiB/s
+  t0=$(date +%s%N)
+  inC curl -sS -o "$OUT.a" ftp://$SRV_IP/big.bin & a=$!
+  inC curl -sS -o "$OUT.b" ftp://$SRV2/big.bin & b=$!
+  wait $a && wait $b && cmp -s "$OUT.a" "$WORK/pub/big.bin" && cmp -s "$OUT.b" "$WORK/pub/big.bin"; r=$?
+  secs=$(awk -v n=$(($(date +%s%N) - t0)) 'BEGIN { printf "%.3f", n / 1e9 }')
+  ((r == 0)) && within 4.2 6.4 "$secs" && pass "$t --rate-down 8M: two sessions of one host share the limit (2 x 20 MiB in $secs s)" ||
+    fail "$t --rate-down 8M: two sessions of one host took $secs s (rc $r)"
+  # --rate-up: an upload through the relay
+  rm -f "$WORK/home/paced-up.bin"; t0=$(date +%s%N)
+  inC curl -sS -T "$WORK/pub/big.bin" ftp://ftpuser:ftppass@$SRV_IP/paced-up.bin; r=$?
+  secs=$(awk -v n=$(($(date +%s%N) - t0)) 'BEGIN { printf "%.3f", n / 1e9 }')
+  ((r == 0)) && cmp -s "$WORK/home/paced-up.bin" "$WORK/pub/big.bin" && within 2 3.2 "$secs" &&
+    pass "$t --rate-up 8M: a 20 MiB upload in $secs s, identical on the server" || fail "$t --rate-up 8M: $secs s (rc $r)"
+  gate_stop
+  r=$(inR "$BIN" run --cache-dir "$WORK/cache" --rate-down 0 2>&1); [[ $? != 0 && $r == *rate* ]] &&
+    pass "$t --rate-down 0 is a clear error ($r)" || fail "$t --rate-down 0: $r"
+}
+
 pyftpd_start_second() { # pyftpdlib on $SRV2 beside vsftpd
   ip netns exec "$S" "$SYSPY" "$HERE/pyftpd.py" "$SRV2" "$WORK/pub" "$WORK/home" >"$WORK/pyftpd2.log" 2>&1 &
   busywait 5000 inS bash -c "exec 3<>/dev/tcp/$SRV2/21" 2>/dev/null
@@ -62,6 +120,8 @@ pyftpd_start_second() { # pyftpdlib on $SRV2 beside vsftpd
 for topo in $(topos nat); do
   setup $topo
   vsftpd_start
+  data_ports "$topo"
   policy_cases "$topo"
+  rate_cases "$topo"
 done
 summary

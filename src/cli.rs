@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{parse_hex, parse_size, Forwarding, Options};
+use crate::config::{parse_hex, parse_port_range, parse_rate, parse_size, Forwarding, Options};
 use crate::proto::explicit::Cidr;
 
 #[derive(Parser)]
@@ -171,6 +171,10 @@ pub struct RunArgs {
     /// Data connections at once; more PASV/PORT get 425 [default: 512]
     #[arg(long)]
     pub max_data: Option<usize>,
+    /// The ports ftpgate chooses itself (a rewritten PORT/EPRT behind NAT, the explicit proxy's
+    /// and NAT64 sessions' endpoints), LOW-HIGH; all taken: 425 [default: any]
+    #[arg(long, value_name = "LOW-HIGH", value_parser = parse_port_range)]
+    pub data_ports: Option<(u16, u16)>,
     /// Explicit FTP proxy listener, ADDR:PORT or [IPV6]:PORT (repeatable), beside transparent interception
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Vec<std::net::SocketAddr>,
@@ -194,6 +198,13 @@ pub struct RunArgs {
     /// RNFR, MKD, RMD, SITE): the client gets 550, the server never sees it
     #[arg(long, value_name = "CMD")]
     pub deny_command: Vec<String>,
+    /// Bandwidth limit of each session's downloads (cache hits too), bytes per second with K, M
+    /// or G (binary: 8M = 8 MiB/s); all sessions of one client address share one such limit
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub rate_down: Option<u64>,
+    /// Bandwidth limit of each session's uploads, as --rate-down
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub rate_up: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
@@ -239,6 +250,7 @@ impl RunArgs {
             data_forwarding: self.data_forwarding,
             max_sessions: self.max_sessions,
             max_data: self.max_data,
+            data_ports: self.data_ports,
             listen: vec_opt(&self.listen),
             proxy_users: self.proxy_users.clone(),
             allow_from: vec_opt(&self.allow_from),
@@ -247,6 +259,8 @@ impl RunArgs {
             nat64_prefix: vec_opt(&self.nat64_prefix),
             nat64_interface: None,
             deny_command: vec_opt(&self.deny_command),
+            rate_down: self.rate_down,
+            rate_up: self.rate_up,
             policy: None,
             metrics: self.metrics,
             xferlog: self.xferlog.clone(),

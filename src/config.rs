@@ -40,6 +40,9 @@ pub struct Options {
     pub data_forwarding: Option<Forwarding>,
     pub max_sessions: Option<usize>,
     pub max_data: Option<usize>,
+    /// The ports ftpgate chooses itself, `LOW-HIGH`.
+    #[serde(default, deserialize_with = "port_range")]
+    pub data_ports: Option<(u16, u16)>,
     pub listen: Option<Vec<core::net::SocketAddr>>,
     pub proxy_users: Option<PathBuf>,
     #[serde(default, deserialize_with = "cidrs")]
@@ -56,6 +59,11 @@ pub struct Options {
     pub nat64_interface: Option<String>,
     /// Commands no client may send through the gateway (`--deny-command`).
     pub deny_command: Option<Vec<String>>,
+    /// Bandwidth limits per session (and per client address), bytes per second.
+    #[serde(default, deserialize_with = "rate")]
+    pub rate_down: Option<u64>,
+    #[serde(default, deserialize_with = "rate")]
+    pub rate_up: Option<u64>,
     /// The `[[policy]]` tables, per server and client network; first match wins.
     pub policy: Option<Vec<crate::policy::Rule>>,
     pub metrics: Option<SocketAddr>,
@@ -101,10 +109,42 @@ enum NumOrStr {
     Str(String),
 }
 
+/// Parses `LOW-HIGH` (ports, LOW <= HIGH, neither 0).
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{s:?}: expected LOW-HIGH, two ports from 1 to 65535, LOW <= HIGH (e.g. 50000-50100)");
+    let (lo, hi) = s.trim().split_once('-').ok_or_else(bad)?;
+    let (lo, hi) = (lo.trim().parse::<u16>().map_err(|_| bad())?, hi.trim().parse::<u16>().map_err(|_| bad())?);
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+fn port_range<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(u16, u16)>, D::Error> {
+    parse_port_range(&String::deserialize(d)?).map(Some).map_err(de::Error::custom)
+}
+
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     match NumOrStr::deserialize(d)? {
         NumOrStr::Num(n) => Ok(Some(n)),
         NumOrStr::Str(s) => parse_size(&s).map(Some).map_err(de::Error::custom),
+    }
+}
+
+/// Parses a rate in bytes per second as [`parse_size`] does (`8M`, `512K`, `100000`); 0 is
+/// refused (leave the option out for no limit).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    match parse_size(s) {
+        Ok(0) => Err(format!("bad rate {s:?}: 0 would stop every transfer (leave it out for no limit)")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("bad rate {s:?} (expected bytes per second, optionally with K, M or G, e.g. 8M)")),
+    }
+}
+
+pub(crate) fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => parse_rate(&n.to_string()).map(Some).map_err(de::Error::custom),
+        NumOrStr::Str(s) => parse_rate(&s).map(Some).map_err(de::Error::custom),
     }
 }
 
@@ -227,6 +267,7 @@ impl Options {
             data_forwarding,
             max_sessions,
             max_data,
+            data_ports,
             listen,
             proxy_users,
             allow_from,
@@ -235,6 +276,8 @@ impl Options {
             nat64_prefix,
             nat64_interface,
             deny_command,
+            rate_down,
+            rate_up,
             policy,
             metrics,
             xferlog,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use serde::Deserialize;
 
 use crate::proto::explicit::Cidr;
-use crate::proto::SessionPolicy;
+use crate::proto::{Rates, SessionPolicy};
 
 /// One `[[policy]]` table.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -27,6 +27,11 @@ pub struct Rule {
     pub cache: Option<bool>,
     /// Added to `--deny-command` for the sessions this rule matches.
     pub deny_commands: Option<Vec<String>>,
+    /// Bandwidth limits (bytes per second, `8M`), instead of `--rate-down` / `--rate-up`.
+    #[serde(default, deserialize_with = "crate::config::rate")]
+    pub rate_down: Option<u64>,
+    #[serde(default, deserialize_with = "crate::config::rate")]
+    pub rate_up: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -56,6 +61,8 @@ pub enum Verdict {
 pub struct Policies {
     pub rules: Vec<Rule>,
     pub deny: Vec<String>,
+    /// `--rate-down` / `--rate-up`: every session's, unless its rule says otherwise.
+    pub rates: Rates,
 }
 
 /// A command name `--deny-command` cannot take (FTP commands are 3 or 4 letters).
@@ -81,25 +88,26 @@ fn command(c: &str) -> Result<String, BadCommand> {
 
 impl Policies {
     /// The policy of `deny` (every session) and `rules`, with every command name checked.
-    pub fn new(deny: &[String], mut rules: Vec<Rule>) -> Result<Policies, BadCommand> {
+    pub fn new(deny: &[String], rates: Rates, mut rules: Vec<Rule>) -> Result<Policies, BadCommand> {
         let deny = deny.iter().map(|c| command(c)).collect::<Result<Vec<_>, _>>()?;
         for r in &mut rules {
             if let Some(d) = &mut r.deny_commands {
                 *d = d.iter().map(|c| command(c)).collect::<Result<Vec<_>, _>>()?;
             }
         }
-        Ok(Policies { rules, deny })
+        Ok(Policies { rules, deny, rates })
     }
 
     /// The verdict for a session from `client` to `server`: the first rule that matches both.
     pub fn decide(&self, client: IpAddr, server: IpAddr) -> Verdict {
-        let mut p = SessionPolicy { deny: self.deny.clone(), ..SessionPolicy::default() };
+        let mut p = SessionPolicy { deny: self.deny.clone(), rates: self.rates, ..SessionPolicy::default() };
         let Some((i, r)) = self.rules.iter().enumerate().find(|(_, r)| r.matches(client, server)) else { return Verdict::Allow(p) };
         if r.action == Some(Action::Deny) {
             return Verdict::Deny(i + 1);
         }
         p.anonymous_only = r.anonymous_only.unwrap_or(false);
         p.cache = r.cache.unwrap_or(true);
+        p.rates = Rates { down: r.rate_down.or(self.rates.down), up: r.rate_up.or(self.rates.up) };
         for c in r.deny_commands.iter().flatten() {
             if !p.deny.contains(c) {
                 p.deny.push(c.clone());
@@ -138,19 +146,24 @@ mod tests {
             anonymous-only = true
             cache = false
             deny-commands = ["dele"]
+            rate-down = "8M"
             "#,
         )
         .unwrap()
         .remove("policy")
         .unwrap();
-        let p = Policies::new(&["STOR".into()], rules).unwrap();
+        let p = Policies::new(&["STOR".into()], Rates { down: None, up: Some(1000) }, rules).unwrap();
         assert_eq!(p.decide(ip("10.0.1.2"), ip("10.0.2.2")), Verdict::Deny(1));
         let Verdict::Allow(s) = p.decide(ip("10.0.1.2"), ip("10.0.2.3")) else { panic!() };
-        assert_eq!(s, SessionPolicy { deny: vec!["STOR".into(), "DELE".into()], anonymous_only: true, cache: false });
+        let rates = Rates { down: Some(8 << 20), up: Some(1000) }; // the rule's, else the global one
+        assert_eq!(s, SessionPolicy { deny: vec!["STOR".into(), "DELE".into()], anonymous_only: true, cache: false, rates });
         let Verdict::Allow(s) = p.decide(ip("fd00:1::2"), ip("fd00:2::2")) else { panic!() };
         assert!(s.anonymous_only);
         // no rule matches: only the global denials
-        assert_eq!(p.decide(ip("10.0.5.2"), ip("10.0.2.3")), Verdict::Allow(SessionPolicy { deny: vec!["STOR".into()], ..Default::default() }));
-        assert_eq!(Policies::new(&["ST0R".into()], vec![]), Err(BadCommand("ST0R".into())));
+        assert_eq!(
+            p.decide(ip("10.0.5.2"), ip("10.0.2.3")),
+            Verdict::Allow(SessionPolicy { deny: vec!["STOR".into()], rates: Rates { down: None, up: Some(1000) }, ..Default::default() })
+        );
+        assert_eq!(Policies::new(&["ST0R".into()], Rates::default(), vec![]), Err(BadCommand("ST0R".into())));
     }
 }

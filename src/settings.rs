@@ -199,12 +199,16 @@ impl Settings {
                 .iter()
                 .map(|c| match c.0 {
                     ipnet::IpNet::V6(n) if n.prefix_len() == 96 => Ok(n.trunc()),
-                    _ => Err(SettingsError::Nat64Prefix(c.clone())),
+                    _ => Err(SettingsError::Nat64Prefix(*c)),
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let policies = crate::policy::Policies::new(o.deny_command.as_deref().unwrap_or_default(), o.policy.clone().unwrap_or_default())
-            .map_err(SettingsError::DenyCommand)?;
+        let policies = crate::policy::Policies::new(
+            o.deny_command.as_deref().unwrap_or_default(),
+            crate::proto::Rates { down: o.rate_down, up: o.rate_up },
+            o.policy.clone().unwrap_or_default(),
+        )
+        .map_err(SettingsError::DenyCommand)?;
         let state_dir = o.state_dir.clone().or_else(|| std::env::var_os(d::STATE_DIR_ENV).map(PathBuf::from)).unwrap_or_else(|| cache_dir.clone());
         Ok(Settings {
             rules: rule_set(&o),
@@ -214,6 +218,7 @@ impl Settings {
                 accept_timeout: secs(o.data_timeout, d::DATA_TIMEOUT_S),
                 idle_timeout: secs(o.idle_timeout, d::IDLE_TIMEOUT_S),
                 max_data: o.max_data.unwrap_or(d::MAX_DATA),
+                data_ports: crate::relay::DataPorts(o.data_ports),
                 rt_priority: o.data_priority.unwrap_or(queue_priority / 2),
                 nice: o.data_nice.unwrap_or(0),
             },

@@ -131,7 +131,8 @@ impl Session {
         if let Err(reason) = policy::check_active(self.client.ip(), named.ip(), named.port()) {
             return self.refuse(500, Refusal::Bounce, reason.to_string());
         }
-        let req = DataRequest { mode: Mode::Active, client: self.client, server: self.server, target: named, via: self.via };
+        let req =
+            DataRequest { mode: Mode::Active, client: self.client, server: self.server, target: named, via: self.via, rates: self.policy.rates };
         match dp.open(&req) {
             Ok(Opened { announce, id }) => {
                 self.data = Some(id);
@@ -305,7 +306,10 @@ impl Session {
             // until a PWD reply says where, the working directory is the login's home
             self.cwd.get_or_insert_with(|| "~".into());
         }
-        let cmd = self.cmds.pop_front().unwrap_or(Cmd::Other);
+        // a reply that cannot end the transfer in progress answers a command sent meanwhile
+        let transferring = matches!(self.cmds.front(), Some(Cmd::Retr(..)) | Some(Cmd::Xfer(_)));
+        let cmd = if transferring && !ftp::may_end_transfer(code) && self.cmds.len() > 1 { self.cmds.remove(1) } else { self.cmds.pop_front() }
+            .unwrap_or(Cmd::Other);
         match (cmd, code) {
             (Cmd::Refused(text), _) => Some(text),
             (Cmd::Hidden, code) => {
@@ -383,7 +387,7 @@ impl Session {
         if let Some(n) = note {
             self.events.push_back(Event::Refused { kind: Refusal::ThirdParty, reason: n });
         }
-        let req = DataRequest { mode: Mode::Passive, client: self.client, server: self.server, target, via: self.via };
+        let req = DataRequest { mode: Mode::Passive, client: self.client, server: self.server, target, via: self.via, rates: self.policy.rates };
         let named = SocketAddr::new(named_ip.unwrap_or(self.server.ip()), ep.port);
         let opened = dp.open(&req);
         if let Ok(o) = &opened {

@@ -69,6 +69,24 @@ pub fn verb(line: &[u8]) -> Option<[u8; 4]> {
     Some(v)
 }
 
+/// Whether a final reply with `code` can end a transfer command (RETR, STOR, LIST, …): any but
+/// a 2xx other than 225, 226 and 250. A `200` while a transfer runs answers a command sent
+/// meanwhile (a `NOOP`: pyftpdlib answers it during the transfer), not the transfer.
+pub fn may_end_transfer(code: u16) -> bool {
+    !(200..300).contains(&code) || matches!(code, 225 | 226 | 250)
+}
+
+/// [`may_end_transfer`] for a reply line of which only `l` has arrived so far: whether it may
+/// still turn out to end the transfer (not a `1xx`, not a `2xx` but 225, 226 or 250).
+pub fn may_end_transfer_prefix(l: &[u8]) -> bool {
+    match l.first() {
+        None => true,
+        Some(b'1') => false,
+        Some(b'2') => [&b"225"[..], b"226", b"250"].iter().any(|c| c.starts_with(&l[..l.len().min(3)])),
+        Some(_) => true,
+    }
+}
+
 /// Reply code and whether this is the last line of the reply (`"227 "` vs `"227-"`).
 pub fn reply_code(line: &[u8]) -> Option<(u16, bool)> {
     let b = body(line);
@@ -257,6 +275,22 @@ pub fn render(kind: Kind, to: SocketAddr) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn which_replies_may_end_a_transfer() {
+        for c in [225, 226, 250, 421, 425, 426, 451, 550] {
+            assert!(may_end_transfer(c), "{c}");
+        }
+        for c in [200, 211, 213, 257] {
+            assert!(!may_end_transfer(c), "{c}");
+        }
+        for l in [&b""[..], b"2", b"22", b"226 done", b"25", b"4", b"550 no"] {
+            assert!(may_end_transfer_prefix(l), "{l:?}");
+        }
+        for l in [&b"1"[..], b"150 go", b"20", b"200 NOOP ok", b"21", b"227"] {
+            assert!(!may_end_transfer_prefix(l), "{l:?}");
+        }
+    }
 
     #[test]
     fn rendered_lines_parse_back() {

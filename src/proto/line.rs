@@ -53,8 +53,18 @@ impl Session {
                     // hold the segment up to the end of this reply until the data connection
                     // is done; what followed it is left for the server to send again
                     let now = self.last_seen;
-                    self.reply_hold =
-                        Some(ReplyHold { id, start, len, at: p, deadline: now + REPLY_HOLD_STEP, moved: 0, code, mapped: held_before, packet: None });
+                    self.reply_hold = Some(ReplyHold {
+                        id,
+                        start,
+                        len,
+                        at: p,
+                        deadline: now + REPLY_HOLD_STEP,
+                        moved: 0,
+                        code,
+                        mapped: held_before,
+                        packet: None,
+                        passed_behind: false,
+                    });
                     let st = self.stream(dir);
                     st.next = start.add(len);
                     return (emit_from, out);
@@ -153,9 +163,10 @@ impl Session {
                 match self.cmds.front() {
                     Some(Cmd::Pasv) => is_prefix_ci(l, b"227 ") || (self.translates() && is_prefix_ci(l, b"229 ")),
                     Some(Cmd::Epsv) => is_prefix_ci(l, b"229 ") || (self.translates() && is_prefix_ci(l, b"227 ")),
-                    Some(Cmd::Refused(_)) | Some(Cmd::Hidden) | Some(Cmd::Retr(_, Some(_))) | Some(Cmd::Xfer(_)) => {
-                        l.first().is_none_or(|&c| c != b'1')
-                    }
+                    Some(Cmd::Refused(_)) | Some(Cmd::Hidden) => l.first().is_none_or(|&c| c != b'1'),
+                    // a transfer's final reply (held until its bytes are delivered); not a 200
+                    // to a NOOP sent during the transfer
+                    Some(Cmd::Retr(_, Some(_))) | Some(Cmd::Xfer(_)) => ftp::may_end_transfer_prefix(l) || self.cmds.len() == 1,
                     _ => false,
                 }
             }

@@ -24,6 +24,27 @@ pub(super) struct ReplyHold {
     pub(super) mapped: bool,
     /// The held segment (set as soon as the segment that completed the reply is decided).
     pub(super) packet: Option<HeldPacket>,
+    /// Bytes after the reply went on while it was held: a replacement must keep its length.
+    pub(super) passed_behind: bool,
+}
+
+/// `new` (a reply line) fitted to exactly `len` bytes, keeping its code and line ending: its
+/// text cut or padded with spaces. For a held reply whose successors already went out at the
+/// sequence numbers its original length gave them.
+pub(super) fn fit_reply(new: &[u8], len: usize) -> Vec<u8> {
+    let body = ftp::body(new);
+    let (code, text) = body.split_at(body.len().min(3));
+    let ending: &[u8] = if len >= code.len() + 2 { b"\r\n" } else { b"\n" };
+    let room = len.saturating_sub(code.len() + ending.len());
+    let mut out = code.to_vec();
+    if room > 0 {
+        let text = text.strip_prefix(b" ").unwrap_or(text);
+        out.push(b' ');
+        out.extend(text.iter().copied().chain(core::iter::repeat(b' ')).take(room - 1));
+    }
+    out.extend_from_slice(ending);
+    out.truncate(len.max(code.len() + 1));
+    out
 }
 
 impl Session {
@@ -92,6 +113,7 @@ impl Session {
         let p = h.packet.take()?;
         let mut payload = p.prefix;
         let st = &mut self.s2c;
+        let new = new.map(|n| if h.passed_behind { fit_reply(&n, h.len) } else { n });
         match new {
             Some(new) => {
                 payload.truncate(h.at);

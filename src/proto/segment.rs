@@ -65,16 +65,23 @@ impl Session {
         }
         let tls = self.tls;
         let holding = dir == Dir::ToServer && self.hold.is_some();
-        let reply_held_from = if dir == Dir::ToClient { self.reply_hold.as_ref().map(|h| h.start) } else { None };
+        let reply_held = if dir == Dir::ToClient { self.reply_hold.as_ref().map(|h| (h.start, h.start.add(h.len))) } else { None };
         let refusing = dir == Dir::ToClient && self.refuse_greeting.is_some() && !self.greeted;
+        if let (Some((_, after)), Some(h)) = (reply_held, self.reply_hold.as_mut()) {
+            // what the server sent after it (a NOOP's reply during the transfer) goes on: the
+            // client's TCP keeps it until the reply is released, and a replaced reply keeps
+            // its length, so these bytes are where they will be
+            h.passed_behind |= seg.seq >= after && !seg.payload.is_empty() && !seg.flags.fin;
+        }
         let st = self.stream(dir);
         let end = seg.seq.add(seg.payload.len());
         if holding && (end > st.next || seg.flags.fin) {
             return Verdict::Drop; // nothing may pass the held RETR; TCP retransmits it later
         }
-        if let Some(start) = reply_held_from {
-            if (!seg.payload.is_empty() && end > start) || seg.flags.fin {
-                // nothing may overtake the held final reply, nor repeat it; TCP retransmits
+        if let Some((start, after)) = reply_held {
+            if seg.flags.fin || (!seg.payload.is_empty() && end > start && seg.seq < after) {
+                // nothing may repeat the held final reply (TCP retransmits it later), nor end
+                // the stream before it
                 return Verdict::Drop;
             }
         }

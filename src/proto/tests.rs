@@ -34,8 +34,8 @@ impl DataPlane for FakeDp {
         }
         let announce = match (req.mode, req.via) {
             // explicit proxy: on the gateway's own address of the side that connects
-            (Mode::Active, Some(v)) => SocketAddr::new(v.server_side.into(), 7000),
-            (Mode::Passive, Some(v)) => SocketAddr::new(v.client_side.into(), 6000),
+            (Mode::Active, Some(v)) => SocketAddr::new(v.server_side, 7000),
+            (Mode::Passive, Some(v)) => SocketAddr::new(v.client_side, 6000),
             (Mode::Active, None) if req.target.is_ipv6() => "[fd00:2::1]:5000".parse().unwrap(),
             (Mode::Active, None) => "10.0.2.1:5000".parse().unwrap(),
             (Mode::Passive, None) => SocketAddr::new(req.target.ip(), req.target.port() + 1),
@@ -405,6 +405,7 @@ fn policy_denies_commands_and_logins() {
         deny: vec!["STOR".into(), "DELE".into()],
         anonymous_only: true,
         cache: false,
+        rates: Rates::default(),
     });
     p.dp.cache.insert("/pub/f.bin".into(), 10);
     p.send(Dir::ToClient, b"220 hello\r\n", &[]);
@@ -1045,6 +1046,40 @@ fn client_unreachable_gets_425_and_the_stream_stays_mapped() {
     p.send(Dir::ToServer, b"QUIT\r\n", &[1]);
     p.send(Dir::ToClient, b"221 bye\r\n", &[3]);
     assert!(p.received(Dir::ToClient).ends_with("425 Can't open data connection.\r\n221 bye\r\n"));
+}
+
+/// A server that answers commands during a transfer (pyftpdlib): the `200` to a `NOOP` sent
+/// meanwhile passes at once, not held as the transfer's final reply; the `226` after it is.
+#[test]
+fn a_noop_answered_during_a_transfer_is_not_its_final_reply() {
+    let mut p = transfer_in_progress();
+    p.send(Dir::ToServer, b"NOOP\r\n", &[]);
+    p.send(Dir::ToClient, b"200 NOOP ok\r\n", &[3]);
+    assert!(p.received(Dir::ToClient).ends_with("150 go\r\n200 NOOP ok\r\n"), "{}", p.received(Dir::ToClient));
+    assert_eq!(p.s.awaiting_data(), None);
+    let (seq, ack) = (p.v.snd_nxt, p.v.rcv_nxt);
+    let now = p.now;
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq, ack, b"226 done\r\n"), &mut p.dp, now), Verdict::Hold);
+    assert_eq!(p.s.awaiting_data(), Some(1));
+    // a NOOP sent after the server's 226 is answered behind it: that segment goes on (the
+    // client's TCP keeps it until the 226 is released); the 226's retransmission does not
+    let noop = p.c.snd_nxt;
+    assert_eq!(p.s.handle_segment(Dir::ToServer, &seg(noop, seq.add(10), b"NOOP\r\n"), &mut p.dp, now), Verdict::Pass);
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq.add(10), noop.add(6), b"200 ok\r\n"), &mut p.dp, now), Verdict::Pass);
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq, ack, b"226 done\r\n"), &mut p.dp, now), Verdict::Drop);
+    // the transfer broke: its 426 takes the 226's place at the 226's length
+    p.dp.state = Some(DataState::Done(DataOutcome::Failed("reset".into())));
+    let Some(Verdict::Edit(e)) = p.s.data_done(&mut p.dp) else { panic!("not released") };
+    assert_eq!(e.payload.as_deref(), Some(&b"426 Conn\r\n"[..]));
+}
+
+#[test]
+fn a_replacement_reply_fitted_to_a_length() {
+    use super::reply_hold::fit_reply;
+    assert_eq!(fit_reply(b"426 Connection closed.\r\n", 10), b"426 Conn\r\n");
+    assert_eq!(fit_reply(b"425 No.\r\n", 14), b"425 No.     \r\n");
+    assert_eq!(fit_reply(b"425 Can't open\r\n", 5), b"425\r\n");
+    assert_eq!(fit_reply(b"425 Can't open\r\n", 4), b"425\n");
 }
 
 #[test]

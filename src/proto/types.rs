@@ -90,6 +90,25 @@ pub struct DataRequest {
     pub target: SocketAddr,
     /// Explicit proxy mode: the gateway's own addresses on the two connections.
     pub via: Option<Via>,
+    /// The session's bandwidth limits, for the relay to pace the bytes with.
+    pub rates: Rates,
+}
+
+/// Bytes per second, each direction (`--rate-down`, `--rate-up`, a `[[policy]]` table's
+/// `rate-down` / `rate-up`); `None`: unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rates {
+    /// Server to client (downloads, listings, cache hits).
+    pub down: Option<u64>,
+    /// Client to server (uploads).
+    pub up: Option<u64>,
+}
+
+impl Rates {
+    /// Whether either direction is limited (the relay must then move the bytes itself).
+    pub fn is_limited(&self) -> bool {
+        self.down.is_some() || self.up.is_some()
+    }
 }
 
 /// What the operator's policy asks of one session (`--deny-command`, a `[[policy]]` table's
@@ -102,11 +121,13 @@ pub struct SessionPolicy {
     pub anonymous_only: bool,
     /// Whether this session's downloads may be cached and served from the cache.
     pub cache: bool,
+    /// Its bandwidth limits.
+    pub rates: Rates,
 }
 
 impl Default for SessionPolicy {
     fn default() -> Self {
-        SessionPolicy { deny: Vec::new(), anonymous_only: false, cache: true }
+        SessionPolicy { deny: Vec::new(), anonymous_only: false, cache: true, rates: Rates::default() }
     }
 }
 

@@ -105,6 +105,9 @@ pub(super) struct Job {
     pub(super) notify: Option<Notify>,
     /// Kernel forwarding, for a connection the command hands over ([`Relay::hand_over`]).
     pub(super) fwd: Option<Arc<Forwarder>>,
+    /// The bandwidth limits of the bytes to the client and to the server.
+    pub(super) pace_down: pace::Pacer,
+    pub(super) pace_up: pace::Pacer,
 }
 
 /// A capture to confirm with the server once the client has its bytes.
@@ -231,6 +234,13 @@ impl Job {
             Mode::Passive => (outbound, inbound),
             Mode::Active => (inbound, outbound),
         };
+        // a paced side is read no faster than the pace: its sender may not run far ahead
+        if let Some(r) = self.req.rates.down {
+            sockets::limit_receive_buffer(&srv, r);
+        }
+        if let Some(r) = self.req.rates.up {
+            sockets::limit_receive_buffer(&cli, r);
+        }
         let (srv2, cli2) = match (srv.try_clone(), cli.try_clone()) {
             (Ok(a), Ok(b)) => (a, b),
             _ => {
@@ -239,8 +249,8 @@ impl Job {
                 return None;
             }
         };
-        let slot = self.slot.clone();
-        let up = std::thread::spawn(move || splice::pump(&cli2, &srv2, &slot.to_server));
+        let (slot, pace_up) = (self.slot.clone(), self.pace_up.clone());
+        let up = std::thread::spawn(move || splice::pump(&cli2, &srv2, &slot.to_server, &pace_up));
         let (down, keep) = self.down(&srv, &cli);
         // the server's side has ended and the client has every byte and our FIN: its final
         // reply may go on (an upload's reply comes after its bytes reached the server anyway)
@@ -309,14 +319,14 @@ impl Job {
         }
         let plan = self.slot.lock().plan.take();
         let r = match plan {
-            None => splice::pump(srv, cli, &self.slot.to_client),
+            None => splice::pump(srv, cli, &self.slot.to_client, &self.pace_down),
             Some(Plan::Serve { file, meta, offset }) => {
                 if !splice::at_eof(srv) {
                     log!("cache: server sent data for {} although told REST {}; relaying it", meta.key.path, meta.size);
-                    return (splice::pump(srv, cli, &self.slot.to_client), None);
+                    return (splice::pump(srv, cli, &self.slot.to_client, &self.pace_down), None);
                 }
                 let t = Instant::now();
-                let r = splice::send_file(&file, offset, meta.size, cli, &self.slot.to_client);
+                let r = splice::send_file(&file, offset, meta.size, cli, &self.slot.to_client, &self.pace_down);
                 if let Ok(n) = &r {
                     metrics::m().cache_served_bytes.inc_by(*n);
                 }
@@ -334,7 +344,7 @@ impl Job {
             Some(Plan::Capture { cap, login, buffer }) => {
                 let started = unix_secs();
                 let t = Instant::now();
-                let (n, copy) = match splice::pump_tee(srv, cli, &cap.file, &self.slot.to_client, buffer) {
+                let (n, copy) = match splice::pump_tee(srv, cli, &cap.file, &self.slot.to_client, buffer, &self.pace_down) {
                     Ok(r) => r,
                     Err(e) => {
                         log!("cache miss {}: transfer failed ({e}); not kept", cap.key.path);

@@ -19,12 +19,14 @@
 
 pub mod forward;
 mod job;
+pub mod pace;
 mod sockets;
 pub mod splice;
 
 use crate::sched::lower_priority;
 use job::{ForwardJob, Job};
 pub use sockets::transparent_listener;
+pub use sockets::DataPorts;
 use sockets::{connect_from, local_port, reserve_port};
 
 use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -56,6 +58,8 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
     /// Data connections (waiting or transferring) at once; more are refused (425).
     pub max_data: usize,
+    /// The ports ftpgate chooses itself (`--data-ports`).
+    pub data_ports: DataPorts,
     /// Real-time (SCHED_FIFO) priority of the relay's threads, 0 = none (threads they start
     /// inherit it).
     pub rt_priority: u8,
@@ -244,6 +248,8 @@ pub struct Relay {
     next_id: Arc<AtomicU64>,
     notify: Option<Notify>,
     forward: Option<Arc<Forwarder>>,
+    /// The client addresses' bandwidth shares, for every handle.
+    shares: Arc<pace::Shares>,
 }
 
 /// Kernel forwarding of data connections: the netlink handle on the table's elements and the
@@ -255,7 +261,17 @@ pub struct Forwarder {
 
 impl Relay {
     pub fn new(cfg: RelayConfig, nat: NatLookup, cache: Option<Arc<CacheCtx>>) -> Relay {
-        Relay { cfg, nat, cache, slots: Arc::default(), ended: Arc::default(), next_id: Arc::new(AtomicU64::new(1)), notify: None, forward: None }
+        Relay {
+            cfg,
+            nat,
+            cache,
+            slots: Arc::default(),
+            ended: Arc::default(),
+            next_id: Arc::new(AtomicU64::new(1)),
+            notify: None,
+            forward: None,
+            shares: Arc::default(),
+        }
     }
 
     /// Lets the kernel forward the data connections that need neither capture nor serving
@@ -309,6 +325,7 @@ impl Relay {
             next_id: self.next_id.clone(),
             notify: None,
             forward: self.forward.clone(),
+            shares: self.shares.clone(),
         }
     }
 
@@ -405,7 +422,7 @@ impl Relay {
                     (*req.server.ip(), req.target, None, None)
                 } else {
                     let port_of = |source| OpenError::Port { at: seen, source };
-                    let sock = reserve_port(seen.into(), req.target.port()).map_err(port_of)?;
+                    let sock = reserve_port(seen.into(), self.cfg.data_ports.prefer(req.target.port()), &self.cfg.data_ports).map_err(port_of)?;
                     let port = local_port(&sock).map_err(port_of)?;
                     (*req.server.ip(), SocketAddrV4::new(seen, port), Some(req.target), Some(sock))
                 }
@@ -460,7 +477,7 @@ impl Relay {
             let _ = socket::shutdown(l.as_raw_fd(), socket::Shutdown::Both);
         }
         // behind NAT the router's port stays taken while the transfer lasts
-        let reserved = dnat.and_then(|_| reserve_port((*announce.ip()).into(), announce.port()).ok());
+        let reserved = dnat.and_then(|_| reserve_port((*announce.ip()).into(), Some(announce.port()), &DataPorts::default()).ok());
         st.handed_over = Some((grant, reserved));
     }
 }
@@ -560,8 +577,8 @@ impl DataPlane for Relay {
         if self.data_connections() >= self.cfg.max_data {
             return Err(OpenError::TooMany { limit: self.cfg.max_data });
         }
-        // kernel forwarding is IPv4 so far: an IPv6 connection is relayed
-        let v4 = Req4::of(req);
+        // kernel forwarding is IPv4 so far: an IPv6 connection is relayed; so is one to pace
+        let v4 = Req4::of(req).filter(|_| !req.rates.is_limited());
         if let (Some(r4), Some(fwd)) = (&v4, self.forward.clone().filter(|_| self.cache.is_none() && req.via.is_none())) {
             if let Some(opened) = self.open_forwarded(r4, fwd)? {
                 return Ok(opened);
@@ -570,8 +587,8 @@ impl DataPlane for Relay {
         let (cip, sip) = (req.client.ip(), req.server.ip());
         let (listen_ip, port, peer, src): (IpAddr, u16, IpAddr, IpAddr) = match (req.mode, req.via) {
             // explicit proxy: announced on the gateway's own address on each side
-            (Mode::Passive, Some(v)) => (v.client_side.into(), 0, cip, v.server_side.into()),
-            (Mode::Active, Some(v)) => (v.server_side.into(), 0, sip, v.client_side.into()),
+            (Mode::Passive, Some(v)) => (v.client_side, 0, cip, v.server_side),
+            (Mode::Active, Some(v)) => (v.server_side, 0, sip, v.client_side),
             (Mode::Passive, None) => (sip, req.target.port(), cip, cip),
             (Mode::Active, None) => {
                 let seen = (self.nat)(req.client, req.server).unwrap_or(cip);
@@ -579,9 +596,14 @@ impl DataPlane for Relay {
                 (seen, port, sip, sip)
             }
         };
-        let listener = transparent_listener(SocketAddr::new(listen_ip, port), 4)
-            .or_else(|_| transparent_listener(SocketAddr::new(listen_ip, 0), 4))
-            .map_err(|source| OpenError::Listen { at: listen_ip, source })?;
+        // the exact endpoint where it is the peer's (passive: the server's port; active,
+        // routed: the client's), else one of ours
+        let ours = |p: u16| transparent_listener(SocketAddr::new(listen_ip, p), 4);
+        let listener = match port {
+            0 => self.cfg.data_ports.bind(ours),
+            p => ours(p).or_else(|_| self.cfg.data_ports.bind(ours)),
+        }
+        .map_err(|source| OpenError::Listen { at: listen_ip, source })?;
         let announce = listener.local_addr().map_err(|source| OpenError::Listen { at: listen_ip, source })?;
         listener.set_nonblocking(true).map_err(|source| OpenError::Listen { at: listen_ip, source })?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -610,6 +632,8 @@ impl DataPlane for Relay {
             cache: self.cache.clone(),
             notify: self.notify.clone(),
             fwd: self.forward.clone(),
+            pace_down: self.shares.pacer(req.client.ip(), pace::Way::Down, req.rates.down),
+            pace_up: self.shares.pacer(req.client.ip(), pace::Way::Up, req.rates.up),
         };
         let (rt, nice) = (self.cfg.rt_priority, self.cfg.nice);
         self.spawn_for(id, "ftpgate-data", move || {
@@ -630,6 +654,7 @@ pub(crate) struct Req4 {
     pub(crate) server: SocketAddrV4,
     pub(crate) target: SocketAddrV4,
     pub(crate) via: Option<crate::proto::Via>,
+    pub(crate) rates: crate::proto::Rates,
 }
 
 impl Req4 {
@@ -639,11 +664,18 @@ impl Req4 {
             SocketAddr::V4(a) => Some(a),
             SocketAddr::V6(_) => None,
         };
-        Some(Req4 { mode: r.mode, client: v4(r.client)?, server: v4(r.server)?, target: v4(r.target)?, via: r.via })
+        Some(Req4 { mode: r.mode, client: v4(r.client)?, server: v4(r.server)?, target: v4(r.target)?, via: r.via, rates: r.rates })
     }
 
     fn request(&self) -> DataRequest {
-        DataRequest { mode: self.mode, client: self.client.into(), server: self.server.into(), target: self.target.into(), via: self.via }
+        DataRequest {
+            mode: self.mode,
+            client: self.client.into(),
+            server: self.server.into(),
+            target: self.target.into(),
+            via: self.via,
+            rates: self.rates,
+        }
     }
 }
 
@@ -663,9 +695,23 @@ mod tests {
             Err(e) => return eprintln!("skipped: no IPv6 loopback ({e})"),
         };
         let target = server.local_addr().unwrap();
-        let cfg = RelayConfig { accept_timeout: Duration::from_secs(5), idle_timeout: Duration::from_secs(5), max_data: 4, rt_priority: 0, nice: 0 };
+        let cfg = RelayConfig {
+            accept_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+            max_data: 4,
+            data_ports: DataPorts::default(),
+            rt_priority: 0,
+            nice: 0,
+        };
         let mut relay = Relay::new(cfg, |_, _| None, None);
-        let req = DataRequest { mode: Mode::Passive, client: "[::1]:40000".parse().unwrap(), server: "[::1]:21".parse().unwrap(), target, via: None };
+        let req = DataRequest {
+            mode: Mode::Passive,
+            client: "[::1]:40000".parse().unwrap(),
+            server: "[::1]:21".parse().unwrap(),
+            target,
+            via: None,
+            rates: Default::default(),
+        };
         let opened = match relay.open(&req) {
             Ok(o) => o,
             Err(OpenError::Listen { source, .. }) if source.raw_os_error() == Some(libc::EPERM) => {

@@ -9,6 +9,8 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag, SpliceFFlags};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use super::pace::Pacer;
+
 /// A pipe used as the kernel-side buffer between two sockets; closed on drop.
 pub struct Pipe {
     r: OwnedFd,
@@ -87,7 +89,14 @@ impl std::fmt::Display for CopyError {
 /// more than `buffer` bytes behind what the client has been sent, or a write fails (disk full),
 /// the copy stops and the transfer goes on. Returns the bytes moved and whether the copy is
 /// complete.
-pub fn pump_tee(src: &TcpStream, dst: &TcpStream, file: &File, moved: &AtomicU64, buffer: usize) -> io::Result<(u64, Result<(), CopyError>)> {
+pub fn pump_tee(
+    src: &TcpStream,
+    dst: &TcpStream,
+    file: &File,
+    moved: &AtomicU64,
+    buffer: usize,
+    pace: &Pacer,
+) -> io::Result<(u64, Result<(), CopyError>)> {
     use std::sync::mpsc::{channel, sync_channel, TryRecvError};
     let pipe = Pipe::new()?;
     let (free_tx, free_rx) = channel::<Pipe>();
@@ -116,7 +125,7 @@ pub fn pump_tee(src: &TcpStream, dst: &TcpStream, file: &File, moved: &AtomicU64
     let mut work = Some(work_tx);
     let stopped = || CopyError::Write(io::Error::other("cache writer stopped"));
     loop {
-        let n = splice(src.as_fd(), pipe.w.as_fd(), CHUNK, false)?;
+        let n = paced_read(src, &pipe, pace)?;
         if n == 0 {
             break;
         }
@@ -153,14 +162,16 @@ pub fn pump_tee(src: &TcpStream, dst: &TcpStream, file: &File, moved: &AtomicU64
     Ok((total, capture.and(written.map_err(CopyError::Write))))
 }
 
-/// Sends `len` bytes of `file` from `offset` to `dst` with `sendfile(2)`, then half-closes `dst`.
-pub fn send_file(file: &File, mut offset: u64, len: u64, dst: &TcpStream, moved: &AtomicU64) -> io::Result<u64> {
+/// Sends `len` bytes of `file` from `offset` to `dst` with `sendfile(2)`, paced, then
+/// half-closes `dst`.
+pub fn send_file(file: &File, mut offset: u64, len: u64, dst: &TcpStream, moved: &AtomicU64, pace: &Pacer) -> io::Result<u64> {
     let end = len;
     let mut sent = 0u64;
     while offset < end {
         let mut off = offset as libc::off_t;
-        let want = (end - offset).min(1 << 30) as usize;
+        let want = pace.take((end - offset).min(1 << 30) as usize);
         let n = retrying(|| nix::sys::sendfile::sendfile(dst, file, Some(&mut off), want))?;
+        pace.give_back(want.saturating_sub(n));
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cache file shorter than its entry"));
         }
@@ -202,13 +213,21 @@ pub fn at_eof(s: &TcpStream) -> bool {
     matches!(s.peek(&mut b), Ok(0))
 }
 
-/// Moves bytes from `src` to `dst` until EOF, then half-closes `dst` (propagating the peer's
-/// FIN). Returns the bytes moved.
-pub fn pump(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::Result<u64> {
+/// Reads what `pace` grants (at most a chunk) from `src` into `pipe`; 0 at EOF.
+fn paced_read(src: &TcpStream, pipe: &Pipe, pace: &Pacer) -> io::Result<usize> {
+    let want = pace.take(CHUNK);
+    let n = splice(src.as_fd(), pipe.w.as_fd(), want, false)?;
+    pace.give_back(want - n);
+    Ok(n)
+}
+
+/// Moves bytes from `src` to `dst` until EOF, at `pace`, then half-closes `dst` (propagating the
+/// peer's FIN). Returns the bytes moved.
+pub fn pump(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64, pace: &Pacer) -> io::Result<u64> {
     let pipe = Pipe::new()?;
     let mut total = 0u64;
     loop {
-        let n = splice(src.as_fd(), pipe.w.as_fd(), CHUNK, false)?;
+        let n = paced_read(src, &pipe, pace)?;
         if n == 0 {
             break;
         }
@@ -248,7 +267,7 @@ mod tests {
                 a.shutdown(Shutdown::Write).unwrap();
             })
         };
-        let p = std::thread::spawn(move || pump(&b, &c, &AtomicU64::new(0)).unwrap());
+        let p = std::thread::spawn(move || pump(&b, &c, &AtomicU64::new(0), &Pacer::unlimited()).unwrap());
         let mut got = Vec::new();
         d.read_to_end(&mut got).unwrap();
         w.join().unwrap();
@@ -270,7 +289,7 @@ mod tests {
             })
         };
         let f = file.try_clone().unwrap();
-        let p = std::thread::spawn(move || pump_tee(&b, &c, &f, &AtomicU64::new(0), buffer).unwrap());
+        let p = std::thread::spawn(move || pump_tee(&b, &c, &f, &AtomicU64::new(0), buffer, &Pacer::unlimited()).unwrap());
         let mut got = Vec::new();
         d.read_to_end(&mut got).unwrap();
         w.join().unwrap();
