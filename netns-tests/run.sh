@@ -14,7 +14,7 @@ if (($#)); then
 else
   scenarios=("$HERE"/t-*.sh)
 fi
-order=(clients servers ftps security restart transfer-end load cache ipv6 nat64 proxy policy appliance)
+order=(clients servers ftps security restart transfer-end load cache ipv6 nat64 proxy policy servermode appliance)
 sorted=()
 for o in "${order[@]}"; do for s in "${scenarios[@]}"; do [[ $(basename "$s") == "t-$o.sh" ]] && sorted+=("$s"); done; done
 for s in "${scenarios[@]}"; do [[ " ${sorted[*]} " == *" $s "* ]] || sorted+=("$s"); done

@@ -198,6 +198,12 @@ pub struct RunArgs {
     /// RNFR, MKD, RMD, SITE): the client gets 550, the server never sees it
     #[arg(long, value_name = "CMD")]
     pub deny_command: Vec<String>,
+    /// The data connections' mode towards the server: client (as the client asked), passive
+    /// (a client's PORT/EPRT becomes PASV/EPSV: for servers that cannot connect outwards) or
+    /// active (a client's PASV/EPSV becomes PORT/EPRT: for servers whose passive ports are
+    /// closed) [default: client]
+    #[arg(long, value_name = "MODE")]
+    pub server_mode: Option<crate::proto::ServerMode>,
     /// Bandwidth limit of each session's downloads (cache hits too), bytes per second with K, M
     /// or G (binary: 8M = 8 MiB/s); all sessions of one client address share one such limit
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
@@ -259,6 +265,7 @@ impl RunArgs {
             nat64_prefix: vec_opt(&self.nat64_prefix),
             nat64_interface: None,
             deny_command: vec_opt(&self.deny_command),
+            server_mode: self.server_mode,
             rate_down: self.rate_down,
             rate_up: self.rate_up,
             policy: None,

@@ -59,6 +59,9 @@ pub struct Options {
     pub nat64_interface: Option<String>,
     /// Commands no client may send through the gateway (`--deny-command`).
     pub deny_command: Option<Vec<String>>,
+    /// The data connections' mode towards the server (`client`, `passive`, `active`).
+    #[serde(default, deserialize_with = "server_mode")]
+    pub server_mode: Option<crate::proto::ServerMode>,
     /// Bandwidth limits per session (and per client address), bytes per second.
     #[serde(default, deserialize_with = "rate")]
     pub rate_down: Option<u64>,
@@ -146,6 +149,10 @@ pub(crate) fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Er
         NumOrStr::Num(n) => parse_rate(&n.to_string()).map(Some).map_err(de::Error::custom),
         NumOrStr::Str(s) => parse_rate(&s).map(Some).map_err(de::Error::custom),
     }
+}
+
+pub(crate) fn server_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<crate::proto::ServerMode>, D::Error> {
+    String::deserialize(d)?.parse().map(Some).map_err(de::Error::custom)
 }
 
 fn number_or_hex<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
@@ -276,6 +283,7 @@ impl Options {
             nat64_prefix,
             nat64_interface,
             deny_command,
+            server_mode,
             rate_down,
             rate_up,
             policy,

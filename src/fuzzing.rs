@@ -20,9 +20,13 @@ impl DataPlane for Dp {
         }
         let announce = match req.mode {
             Mode::Active => "10.0.2.1:5000".parse().unwrap(),
-            Mode::Passive => SocketAddr::new(req.target.ip(), req.target.port().wrapping_add(1)),
+            Mode::Passive | Mode::ToBoth { .. } => SocketAddr::new(req.target.ip(), req.target.port().wrapping_add(1)),
+            Mode::FromBoth => {
+                let client_side = Some(SocketAddr::new(req.server.ip(), 6100));
+                return Ok(Opened { announce: "10.0.2.1:5100".parse().unwrap(), id: self.0, client_side });
+            }
         };
-        Ok(Opened { announce, id: self.0 })
+        Ok(Opened { announce, id: self.0, client_side: None })
     }
     fn cached(&mut self, _key: &Key) -> Option<u64> {
         self.0.is_multiple_of(2).then_some(1000)

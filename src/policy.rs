@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use serde::Deserialize;
 
 use crate::proto::explicit::Cidr;
-use crate::proto::{Rates, SessionPolicy};
+use crate::proto::{Rates, ServerMode, SessionPolicy};
 
 /// One `[[policy]]` table.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -27,6 +27,9 @@ pub struct Rule {
     pub cache: Option<bool>,
     /// Added to `--deny-command` for the sessions this rule matches.
     pub deny_commands: Option<Vec<String>>,
+    /// The data connections' mode towards the server, instead of `--server-mode`.
+    #[serde(default, deserialize_with = "crate::config::server_mode")]
+    pub server_mode: Option<ServerMode>,
     /// Bandwidth limits (bytes per second, `8M`), instead of `--rate-down` / `--rate-up`.
     #[serde(default, deserialize_with = "crate::config::rate")]
     pub rate_down: Option<u64>,
@@ -63,6 +66,8 @@ pub struct Policies {
     pub deny: Vec<String>,
     /// `--rate-down` / `--rate-up`: every session's, unless its rule says otherwise.
     pub rates: Rates,
+    /// `--server-mode`: every session's, unless its rule says otherwise.
+    pub server_mode: ServerMode,
 }
 
 /// A command name `--deny-command` cannot take (FTP commands are 3 or 4 letters).
@@ -88,19 +93,19 @@ fn command(c: &str) -> Result<String, BadCommand> {
 
 impl Policies {
     /// The policy of `deny` (every session) and `rules`, with every command name checked.
-    pub fn new(deny: &[String], rates: Rates, mut rules: Vec<Rule>) -> Result<Policies, BadCommand> {
+    pub fn new(deny: &[String], rates: Rates, server_mode: ServerMode, mut rules: Vec<Rule>) -> Result<Policies, BadCommand> {
         let deny = deny.iter().map(|c| command(c)).collect::<Result<Vec<_>, _>>()?;
         for r in &mut rules {
             if let Some(d) = &mut r.deny_commands {
                 *d = d.iter().map(|c| command(c)).collect::<Result<Vec<_>, _>>()?;
             }
         }
-        Ok(Policies { rules, deny, rates })
+        Ok(Policies { rules, deny, rates, server_mode })
     }
 
     /// The verdict for a session from `client` to `server`: the first rule that matches both.
     pub fn decide(&self, client: IpAddr, server: IpAddr) -> Verdict {
-        let mut p = SessionPolicy { deny: self.deny.clone(), rates: self.rates, ..SessionPolicy::default() };
+        let mut p = SessionPolicy { deny: self.deny.clone(), rates: self.rates, server_mode: self.server_mode, ..SessionPolicy::default() };
         let Some((i, r)) = self.rules.iter().enumerate().find(|(_, r)| r.matches(client, server)) else { return Verdict::Allow(p) };
         if r.action == Some(Action::Deny) {
             return Verdict::Deny(i + 1);
@@ -108,6 +113,7 @@ impl Policies {
         p.anonymous_only = r.anonymous_only.unwrap_or(false);
         p.cache = r.cache.unwrap_or(true);
         p.rates = Rates { down: r.rate_down.or(self.rates.down), up: r.rate_up.or(self.rates.up) };
+        p.server_mode = r.server_mode.unwrap_or(self.server_mode);
         for c in r.deny_commands.iter().flatten() {
             if !p.deny.contains(c) {
                 p.deny.push(c.clone());
@@ -147,16 +153,18 @@ mod tests {
             cache = false
             deny-commands = ["dele"]
             rate-down = "8M"
+            server-mode = "passive"
             "#,
         )
         .unwrap()
         .remove("policy")
         .unwrap();
-        let p = Policies::new(&["STOR".into()], Rates { down: None, up: Some(1000) }, rules).unwrap();
+        let p = Policies::new(&["STOR".into()], Rates { down: None, up: Some(1000) }, ServerMode::Client, rules).unwrap();
         assert_eq!(p.decide(ip("10.0.1.2"), ip("10.0.2.2")), Verdict::Deny(1));
         let Verdict::Allow(s) = p.decide(ip("10.0.1.2"), ip("10.0.2.3")) else { panic!() };
         let rates = Rates { down: Some(8 << 20), up: Some(1000) }; // the rule's, else the global one
-        assert_eq!(s, SessionPolicy { deny: vec!["STOR".into(), "DELE".into()], anonymous_only: true, cache: false, rates });
+        let server_mode = ServerMode::Passive;
+        assert_eq!(s, SessionPolicy { deny: vec!["STOR".into(), "DELE".into()], anonymous_only: true, cache: false, rates, server_mode });
         let Verdict::Allow(s) = p.decide(ip("fd00:1::2"), ip("fd00:2::2")) else { panic!() };
         assert!(s.anonymous_only);
         // no rule matches: only the global denials
@@ -164,6 +172,6 @@ mod tests {
             p.decide(ip("10.0.5.2"), ip("10.0.2.3")),
             Verdict::Allow(SessionPolicy { deny: vec!["STOR".into()], rates: Rates { down: None, up: Some(1000) }, ..Default::default() })
         );
-        assert_eq!(Policies::new(&["ST0R".into()], Rates::default(), vec![]), Err(BadCommand("ST0R".into())));
+        assert_eq!(Policies::new(&["ST0R".into()], Rates::default(), ServerMode::Client, vec![]), Err(BadCommand("ST0R".into())));
     }
 }

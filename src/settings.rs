@@ -206,6 +206,7 @@ impl Settings {
         let policies = crate::policy::Policies::new(
             o.deny_command.as_deref().unwrap_or_default(),
             crate::proto::Rates { down: o.rate_down, up: o.rate_up },
+            o.server_mode.unwrap_or_default(),
             o.policy.clone().unwrap_or_default(),
         )
         .map_err(SettingsError::DenyCommand)?;

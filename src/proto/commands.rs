@@ -42,6 +42,9 @@ impl Session {
         if let Some(sent) = self.algs(verb.as_ref().map(|v| &v[..]), line, whole) {
             return sent;
         }
+        if let Some(sent) = self.convert(verb.as_ref().map(|v| &v[..]), line, whole, dp) {
+            return sent;
+        }
         if let Some(sent) = self.translate_passive(verb.as_ref().map(|v| &v[..]), line, whole) {
             return sent;
         }
@@ -134,7 +137,7 @@ impl Session {
         let req =
             DataRequest { mode: Mode::Active, client: self.client, server: self.server, target: named, via: self.via, rates: self.policy.rates };
         match dp.open(&req) {
-            Ok(Opened { announce, id }) => {
+            Ok(Opened { announce, id, .. }) => {
                 self.data = Some(id);
                 self.cmds.push_back(Cmd::Other);
                 // across the families the server gets its own family's classic form: PORT to
@@ -263,7 +266,7 @@ impl Session {
     /// A fresh line of form `kind` naming `to` in place of `line` (a translation between the
     /// families); a form that cannot name `to` (never: the relay announces in the family asked
     /// for) leaves the line as it was.
-    fn render_as(&mut self, dir: Dir, line: &[u8], kind: ftp::Kind, to: SocketAddr) -> Vec<u8> {
+    pub(super) fn render_as(&mut self, dir: Dir, line: &[u8], kind: ftp::Kind, to: SocketAddr) -> Vec<u8> {
         let Some(new) = ftp::render(kind, to) else { return line.to_vec() };
         self.events.push_back(Event::Rewrote { dir, kind, from: show(line), to: show(&new) });
         new
@@ -351,6 +354,8 @@ impl Session {
                 self.transfer_end(id, code, whole, dp)
             }
             (Cmd::Xfer(id), code) => self.transfer_end(id, code, whole, dp),
+            (Cmd::ToPassive { client, eprt }, 227 | 229) => self.on_to_passive(line, code, client, eprt, whole, dp),
+            (Cmd::ToActive { epsv, client_side }, 200..=299) => self.on_to_active(line, epsv, client_side, whole),
             (Cmd::Pasv, 227) => self.on_passive(line, ftp::parse_227(line), ftp::Kind::Pasv227, whole, dp),
             (Cmd::Epsv, 229) => self.on_passive(line, ftp::parse_229(line), ftp::Kind::Epsv229, whole, dp),
             // translated (see translate_passive): answered in the form the client asked for

@@ -148,6 +148,8 @@ impl Session {
                     || (is_prefix_ci(l, b"RETR ") && self.data.is_some() && self.logged_in && self.binary)
                     // across the families PASV and EPSV are translated
                     || (self.translates() && (is_prefix_ci(l, b"PASV") || is_prefix_ci(l, b"EPSV")))
+                    // --server-mode active sends them on as PORT/EPRT
+                    || (self.policy.server_mode == ServerMode::Active && (is_prefix_ci(l, b"PASV") || is_prefix_ci(l, b"EPSV")))
                     || (self.alg64.is_some() && is_prefix_ci(l, b"ALGS "))
                     // the operator's policy answers some commands itself
                     || self.policy.deny.iter().any(|d| is_prefix_ci(l, d.as_bytes()))
@@ -164,6 +166,8 @@ impl Session {
                     Some(Cmd::Pasv) => is_prefix_ci(l, b"227 ") || (self.translates() && is_prefix_ci(l, b"229 ")),
                     Some(Cmd::Epsv) => is_prefix_ci(l, b"229 ") || (self.translates() && is_prefix_ci(l, b"227 ")),
                     Some(Cmd::Refused(_)) | Some(Cmd::Hidden) => l.first().is_none_or(|&c| c != b'1'),
+                    Some(Cmd::ToPassive { .. }) => is_prefix_ci(l, b"227 ") || is_prefix_ci(l, b"229 "),
+                    Some(Cmd::ToActive { .. }) => l.first().is_none_or(|&c| c == b'2'),
                     // a transfer's final reply (held until its bytes are delivered); not a 200
                     // to a NOOP sent during the transfer
                     Some(Cmd::Retr(_, Some(_))) | Some(Cmd::Xfer(_)) => ftp::may_end_transfer_prefix(l) || self.cmds.len() == 1,

@@ -32,12 +32,14 @@
 //! - `segment`: one segment — sequence/ACK/SACK mapping both ways, retransmissions, probes.
 //! - `line`: in-order bytes cut into lines; a candidate line absorbed while incomplete.
 //! - `commands`: the command/reply state, rewrites, refusals, the data connections prepared.
+//! - `convert`: `--server-mode`, the data connection towards the server in the other mode.
 //! - `retr`: the cache's part of a RETR (key, capture or hit, the hold for the freshness check).
 //! - `reply_hold`: a transfer's final reply held until its data connection is done.
 //! - [`path`]: names resolved against the working directory; [`ftp`]: line syntax;
 //!   [`seqmap`]: the per-direction map of rewritten regions; [`explicit`]: proxy mode's streams.
 
 mod commands;
+mod convert;
 pub mod explicit;
 pub mod ftp;
 mod line;
@@ -82,6 +84,16 @@ enum Cmd {
     Rest(u64),
     /// Injected by ftpgate (the `REST` before a cache hit): its reply is removed.
     Hidden,
+    /// A client's PORT/EPRT (naming `client`) sent to the server as PASV/EPSV.
+    ToPassive {
+        client: SocketAddr,
+        eprt: bool,
+    },
+    /// A client's PASV/EPSV sent to the server as PORT/EPRT; the client's endpoint.
+    ToActive {
+        epsv: bool,
+        client_side: SocketAddr,
+    },
     Other,
 }
 

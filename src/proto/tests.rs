@@ -39,8 +39,14 @@ impl DataPlane for FakeDp {
             (Mode::Active, None) if req.target.is_ipv6() => "[fd00:2::1]:5000".parse().unwrap(),
             (Mode::Active, None) => "10.0.2.1:5000".parse().unwrap(),
             (Mode::Passive, None) => SocketAddr::new(req.target.ip(), req.target.port() + 1),
+            // the relay connects to both: nothing to announce
+            (Mode::ToBoth { .. }, _) => req.target,
+            (Mode::FromBoth, _) => {
+                let client_side = SocketAddr::new(req.server.ip(), 6100);
+                return Ok(Opened { announce: "10.0.2.1:5100".parse().unwrap(), id: self.opened.len() as DataId, client_side: Some(client_side) });
+            }
         };
-        Ok(Opened { announce, id: self.opened.len() as DataId })
+        Ok(Opened { announce, id: self.opened.len() as DataId, client_side: None })
     }
     fn cached(&mut self, key: &Key) -> Option<u64> {
         self.cache.get(&key.path).copied()
@@ -406,6 +412,7 @@ fn policy_denies_commands_and_logins() {
         anonymous_only: true,
         cache: false,
         rates: Rates::default(),
+        server_mode: ServerMode::Client,
     });
     p.dp.cache.insert("/pub/f.bin".into(), 10);
     p.send(Dir::ToClient, b"220 hello\r\n", &[]);
@@ -1184,4 +1191,71 @@ fn a_later_connection_whose_syn_passed_unseen_is_recognised() {
     // started over (as the shell does), the greeting passes
     let mut fresh = Session::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), p.now);
     assert_eq!(fresh.handle_segment(Dir::ToClient, &greeting, &mut p.dp, p.now), Verdict::Pass);
+}
+
+fn converting(mode: ServerMode) -> Pair {
+    let mut p = Pair::new();
+    let policy = SessionPolicy { server_mode: mode, ..SessionPolicy::default() };
+    p.s = std::mem::replace(&mut p.s, Session::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), p.now)).with_policy(policy);
+    p.send(Dir::ToClient, b"220 hello\r\n", &[]);
+    p.send(Dir::ToServer, b"USER anonymous\r\nPASS x\r\nTYPE I\r\n", &[]);
+    p.send(Dir::ToClient, b"331 pw\r\n230 in\r\n200 binary\r\n", &[]);
+    p
+}
+
+/// `--server-mode passive`: the client's PORT/EPRT reaches the server as PASV, the server's
+/// 227/229 reaches the client as the 200 its command expects, the relay connects to both; one
+/// byte a segment too; a bounce is still refused; the server's refusal reaches the client.
+#[test]
+fn server_mode_passive_converts_port_to_pasv() {
+    let mut p = converting(ServerMode::Passive);
+    p.send(Dir::ToServer, b"PORT 10,0,1,2,156,64\r\n", &[1; 22]);
+    assert!(p.received(Dir::ToServer).ends_with("TYPE I\r\nPASV\r\n"), "{}", p.received(Dir::ToServer));
+    p.send(Dir::ToClient, b"227 Entering Passive Mode (10,0,2,2,117,48).\r\n", &[1; 47]);
+    assert!(p.received(Dir::ToClient).ends_with("200 binary\r\n200 PORT command successful (ftpgate: passive towards the server).\r\n"));
+    let req = p.dp.opened.last().unwrap();
+    assert_eq!(req.mode, Mode::ToBoth { client: "10.0.1.2:40000".parse().unwrap() });
+    assert_eq!(req.target, "10.0.2.2:30000".parse().unwrap());
+    // the download goes on as any, its 226 held until the data connection is done
+    p.send(Dir::ToServer, b"RETR f\r\n", &[]);
+    p.send(Dir::ToClient, b"150 go\r\n226 done\r\n", &[]);
+    assert!(p.received(Dir::ToClient).ends_with("150 go\r\n226 done\r\n"));
+    // EPRT, and a 229 naming only a port
+    p.send(Dir::ToServer, b"EPRT |1|10.0.1.2|40001|\r\n", &[]);
+    p.send(Dir::ToClient, b"227 Entering Passive Mode (10,0,2,2,117,49).\r\n", &[]);
+    assert!(p.received(Dir::ToClient).ends_with("200 EPRT command successful (ftpgate: passive towards the server).\r\n"));
+    assert_eq!(p.dp.opened.last().unwrap().mode, Mode::ToBoth { client: "10.0.1.2:40001".parse().unwrap() });
+    // a PORT at a third party: refused as ever, nothing opened, the server gets a NOOP
+    let n = p.dp.opened.len();
+    p.send(Dir::ToServer, b"PORT 10,0,1,9,156,64\r\n", &[]);
+    p.send(Dir::ToClient, b"200 NOOP ok.\r\n", &[]);
+    assert!(p.received(Dir::ToClient).contains("500 ftpgate: data address 10.0.1.9"));
+    assert_eq!(p.dp.opened.len(), n);
+    // a server that refuses PASV: the client gets its error
+    p.send(Dir::ToServer, b"PORT 10,0,1,2,156,65\r\n", &[]);
+    p.send(Dir::ToClient, b"500 PASV not allowed.\r\n", &[]);
+    assert!(p.received(Dir::ToClient).ends_with("500 PASV not allowed.\r\n"));
+    assert_eq!(p.dp.opened.len(), n);
+}
+
+/// `--server-mode active`: the client's PASV/EPSV reaches the server as PORT naming the relay,
+/// the server's 200 reaches the client as the 227/229 naming the relay's other endpoint.
+#[test]
+fn server_mode_active_converts_pasv_to_port() {
+    let mut p = converting(ServerMode::Active);
+    p.send(Dir::ToServer, b"PASV\r\n", &[1; 6]);
+    assert!(p.received(Dir::ToServer).ends_with("TYPE I\r\nPORT 10,0,2,1,19,236\r\n"), "{}", p.received(Dir::ToServer));
+    assert_eq!(p.dp.opened.last().unwrap().mode, Mode::FromBoth);
+    p.send(Dir::ToClient, b"200 PORT command successful.\r\n", &[1; 30]);
+    assert!(p.received(Dir::ToClient).ends_with("200 binary\r\n227 Entering Passive Mode (10,0,2,2,23,212).\r\n"), "{}", p.received(Dir::ToClient));
+    p.send(Dir::ToServer, b"EPSV\r\n", &[]);
+    p.send(Dir::ToClient, b"200 PORT command successful.\r\n", &[]);
+    assert!(p.received(Dir::ToClient).ends_with("229 Entering Extended Passive Mode (|||6100|)\r\n"));
+    // EPSV ALL is answered here (the server will hear EPRT/PORT), a refused PORT reaches the client
+    p.send(Dir::ToServer, b"EPSV ALL\r\n", &[]);
+    p.send(Dir::ToClient, b"200 NOOP ok.\r\n", &[]);
+    assert!(p.received(Dir::ToClient).ends_with("200 EPSV ALL ok.\r\n"));
+    p.send(Dir::ToServer, b"PASV\r\n", &[]);
+    p.send(Dir::ToClient, b"500 Illegal PORT command.\r\n", &[]);
+    assert!(p.received(Dir::ToClient).ends_with("500 Illegal PORT command.\r\n"));
 }

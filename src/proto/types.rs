@@ -68,14 +68,49 @@ pub enum Mode {
     Passive,
     /// The server connects (PORT/EPRT).
     Active,
+    /// `--server-mode passive`: the client sent PORT/EPRT naming `client`, ftpgate sent the
+    /// server PASV/EPSV; the relay connects to both (to the server at the request's `target`).
+    ToBoth { client: SocketAddr },
+    /// `--server-mode active`: the client sent PASV/EPSV, ftpgate sent the server PORT/EPRT;
+    /// both connect to the relay ([`Opened::client_side`] is the client's endpoint).
+    FromBoth,
 }
 
 impl Mode {
-    /// `passive` or `active`, as logs and metrics name it.
+    /// `passive`, `active` or the conversion, as logs and metrics name it.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Passive => "passive",
             Mode::Active => "active",
+            Mode::ToBoth { .. } => "active_to_passive",
+            Mode::FromBoth => "passive_to_active",
+        }
+    }
+}
+
+/// The data-connection mode ftpgate uses towards the server (`--server-mode`, a `[[policy]]`
+/// table's `server-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServerMode {
+    /// As the client asked.
+    #[default]
+    Client,
+    /// Always passive: a client's PORT/EPRT becomes PASV/EPSV (for servers that cannot open
+    /// connections outwards).
+    Passive,
+    /// Always active: a client's PASV/EPSV becomes PORT/EPRT (for servers whose passive ports
+    /// are closed).
+    Active,
+}
+
+impl core::str::FromStr for ServerMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "client" => Ok(ServerMode::Client),
+            "passive" => Ok(ServerMode::Passive),
+            "active" => Ok(ServerMode::Active),
+            _ => Err(format!("{s:?}: expected client, passive or active")),
         }
     }
 }
@@ -123,11 +158,13 @@ pub struct SessionPolicy {
     pub cache: bool,
     /// Its bandwidth limits.
     pub rates: Rates,
+    /// The data-connection mode towards the server.
+    pub server_mode: ServerMode,
 }
 
 impl Default for SessionPolicy {
     fn default() -> Self {
-        SessionPolicy { deny: Vec::new(), anonymous_only: false, cache: true, rates: Rates::default() }
+        SessionPolicy { deny: Vec::new(), anonymous_only: false, cache: true, rates: Rates::default(), server_mode: ServerMode::Client }
     }
 }
 
@@ -155,6 +192,8 @@ pub struct Opened {
     /// The endpoint to announce in the (possibly rewritten) line.
     pub announce: SocketAddr,
     pub id: DataId,
+    /// [`Mode::FromBoth`]: where the client connects (`announce` is the server's).
+    pub client_side: Option<SocketAddr>,
 }
 
 /// What a prepared data connection carries, once the transfer command is known. Connections

@@ -66,8 +66,9 @@ impl ForwardJob {
             None => (0, 0, true),
         };
         let (d, u) = match self.req.mode {
-            Mode::Passive => (to_peer, from_peer),
             Mode::Active => (from_peer, to_peer),
+            // (only plain passive and active connections are forwarded)
+            Mode::Passive | Mode::ToBoth { .. } | Mode::FromBoth => (to_peer, from_peer),
         };
         self.slot.to_client.store(d, Ordering::Relaxed);
         self.slot.to_server.store(u, Ordering::Relaxed);
@@ -108,6 +109,19 @@ pub(super) struct Job {
     /// The bandwidth limits of the bytes to the client and to the server.
     pub(super) pace_down: pace::Pacer,
     pub(super) pace_up: pace::Pacer,
+    /// What a converted mode needs besides (`--server-mode`).
+    pub(super) second: Second,
+}
+
+/// The second endpoint of a data connection in a converted mode.
+pub(super) enum Second {
+    None,
+    /// `--server-mode passive`: the source address of the connection to the server (the one to
+    /// the client is made from `Job::src`).
+    Source(IpAddr),
+    /// `--server-mode active`: the listener the server connects to, and the server's address
+    /// (the client connects to `Job::listener`).
+    Listener(TcpListener, IpAddr),
 }
 
 /// A capture to confirm with the server once the client has its bytes.
@@ -154,19 +168,17 @@ impl Job {
         }
     }
 
-    /// Accepts the peer, connects onwards and moves the bytes; says when it is done.
-    pub(super) fn relay_bytes(&mut self) -> Option<KeepLater> {
+    /// Waits within `deadline` for `peer` to connect to `listener` (a thief's connection is
+    /// refused and counted); says how it failed when it did not.
+    fn accept_peer(&self, listener: &TcpListener, peer: IpAddr, deadline: Instant) -> Option<(TcpStream, SocketAddr)> {
         let name = self.name();
-        let started = Instant::now();
-        let deadline = started + self.cfg.accept_timeout;
-        let (inbound, from) = loop {
-            let Some(listener) = &self.listener else { return None };
+        loop {
             match splice::wait_readable(listener, deadline.saturating_duration_since(Instant::now())) {
                 Ok(true) => {}
                 Ok(false) => {
                     self.count("timeout", 0, 0);
                     self.done(DataOutcome::NoPeer);
-                    log!("{name}: no connection from {} within {:?}", self.peer, self.cfg.accept_timeout);
+                    log!("{name}: no connection from {peer} within {:?}", self.cfg.accept_timeout);
                     return None;
                 }
                 Err(e) => {
@@ -183,7 +195,7 @@ impl Job {
                 return None; // the kernel forwards it
             }
             match listener.accept() {
-                Ok((s, a)) if a.ip() == self.peer => {
+                Ok((s, a)) if a.ip() == peer => {
                     self.slot.connected.store(true, Ordering::Relaxed);
                     st.listener = None;
                     drop(st);
@@ -191,12 +203,12 @@ impl Job {
                         self.done(DataOutcome::Failed(e.to_string()));
                         return None;
                     }
-                    break (s, a);
+                    return Some((s, a));
                 }
                 Ok((_, a)) => {
                     drop(st);
                     metrics::m().refusal("data_port_theft");
-                    crate::warn!("{name}: refused connection from {a} (expected {})", self.peer)
+                    crate::warn!("{name}: refused connection from {a} (expected {peer})")
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -207,33 +219,70 @@ impl Job {
                     return None;
                 }
             }
-        };
-        self.listener = None; // one connection per announced port
-        let avoid = from.port();
-        let outbound = match connect_from(self.src, avoid, self.req.target, self.cfg.accept_timeout) {
-            Ok(s) => s,
+        }
+    }
+
+    /// Connects to `target` from `src` (any port but `avoid`); says how it failed when it did not.
+    fn connect_to(&self, src: IpAddr, avoid: u16, target: SocketAddr) -> Option<TcpStream> {
+        match connect_from(src, avoid, target, self.cfg.accept_timeout) {
+            Ok(s) => Some(s),
             Err(e) => {
                 self.count("failed", 0, 0);
                 self.done(DataOutcome::Unreachable(e.to_string()));
                 if e.kind() == io::ErrorKind::ConnectionRefused {
                     // the peer closed its data port: a client that gave up, or a port that was
                     // never open; the client is answered 425
-                    log!("{name}: {} refused the data connection; transfer abandoned", self.req.target);
+                    log!("{}: {target} refused the data connection; transfer abandoned", self.name());
                 } else {
-                    crate::warn!("{name}: cannot connect to {}: {e}", self.req.target);
+                    crate::warn!("{}: cannot connect to {target}: {e}", self.name());
                 }
-                return None;
+                None
             }
-        };
-        for s in [&inbound, &outbound] {
+        }
+    }
+
+    /// The connection to the server and the one to the client, as the mode makes them: one
+    /// accepted and one made (passive, active), both made (`--server-mode passive`), both
+    /// accepted (`--server-mode active`: the client first, then the server, which connects
+    /// once it has the transfer command).
+    fn connections(&mut self, deadline: Instant) -> Option<(TcpStream, TcpStream)> {
+        match self.req.mode {
+            Mode::Passive | Mode::Active => {
+                let listener = self.listener.take()?; // one connection per announced port
+                let (inbound, from) = self.accept_peer(&listener, self.peer, deadline)?;
+                drop(listener);
+                let outbound = self.connect_to(self.src, from.port(), self.req.target)?;
+                Some(if self.req.mode == Mode::Passive { (outbound, inbound) } else { (inbound, outbound) })
+            }
+            Mode::ToBoth { client } => {
+                let Second::Source(towards_server) = self.second else { return None };
+                let srv = self.connect_to(towards_server, 0, self.req.target)?;
+                let cli = self.connect_to(self.src, 0, client)?;
+                self.slot.connected.store(true, Ordering::Relaxed);
+                Some((srv, cli))
+            }
+            Mode::FromBoth => {
+                let listener = self.listener.take()?;
+                let (cli, _) = self.accept_peer(&listener, self.peer, deadline)?;
+                drop(listener);
+                let Second::Listener(l, server) = std::mem::replace(&mut self.second, Second::None) else { return None };
+                let (srv, _) = self.accept_peer(&l, server, Instant::now() + self.cfg.accept_timeout)?;
+                Some((srv, cli))
+            }
+        }
+    }
+
+    /// Accepts the peer, connects onwards and moves the bytes; says when it is done.
+    pub(super) fn relay_bytes(&mut self) -> Option<KeepLater> {
+        let name = self.name();
+        let started = Instant::now();
+        let deadline = started + self.cfg.accept_timeout;
+        let (srv, cli) = self.connections(deadline)?;
+        for s in [&srv, &cli] {
             let _ = s.set_read_timeout(Some(self.cfg.idle_timeout));
             let _ = s.set_nodelay(true);
         }
         // server -> client is "down"
-        let (srv, cli) = match self.req.mode {
-            Mode::Passive => (outbound, inbound),
-            Mode::Active => (inbound, outbound),
-        };
         // a paced side is read no faster than the pace: its sender may not run far ahead
         if let Some(r) = self.req.rates.down {
             sockets::limit_receive_buffer(&srv, r);

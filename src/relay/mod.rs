@@ -24,7 +24,7 @@ mod sockets;
 pub mod splice;
 
 use crate::sched::lower_priority;
-use job::{ForwardJob, Job};
+use job::{ForwardJob, Job, Second};
 pub use sockets::transparent_listener;
 pub use sockets::DataPorts;
 use sockets::{connect_from, local_port, reserve_port};
@@ -412,7 +412,7 @@ impl Relay {
     fn open_forwarded(&mut self, req: &Req4, fwd: Arc<Forwarder>) -> Result<Option<Opened>, OpenError> {
         let (peer, announce, dnat, reserved) = match req.mode {
             Mode::Passive if req.target.ip() == req.server.ip() => (*req.client.ip(), req.target, None, None),
-            Mode::Passive => return Ok(None),
+            Mode::Passive | Mode::ToBoth { .. } | Mode::FromBoth => return Ok(None),
             Mode::Active => {
                 let seen = match (self.nat)(req.client.into(), req.server.into()) {
                     Some(IpAddr::V4(a)) => a,
@@ -451,7 +451,7 @@ impl Relay {
             fwd.nft.lock().unwrap_or_else(|e| e.into_inner()).revoke(&grant);
             return Err(OpenError::Thread(e));
         }
-        Ok(Some(Opened { announce: announce.into(), id }))
+        Ok(Some(Opened { announce: announce.into(), id, client_side: None }))
     }
 }
 
@@ -578,39 +578,60 @@ impl DataPlane for Relay {
             return Err(OpenError::TooMany { limit: self.cfg.max_data });
         }
         // kernel forwarding is IPv4 so far: an IPv6 connection is relayed; so is one to pace
-        let v4 = Req4::of(req).filter(|_| !req.rates.is_limited());
+        let v4 = Req4::of(req).filter(|_| !req.rates.is_limited() && matches!(req.mode, Mode::Passive | Mode::Active));
         if let (Some(r4), Some(fwd)) = (&v4, self.forward.clone().filter(|_| self.cache.is_none() && req.via.is_none())) {
             if let Some(opened) = self.open_forwarded(r4, fwd)? {
                 return Ok(opened);
             }
         }
         let (cip, sip) = (req.client.ip(), req.server.ip());
-        let (listen_ip, port, peer, src): (IpAddr, u16, IpAddr, IpAddr) = match (req.mode, req.via) {
+        // a transparent listener on `ip`: on `port` (the exact endpoint where it is the peer's:
+        // passive, the server's port; active, routed, the client's) if free, else one of ours
+        let data_ports = self.cfg.data_ports;
+        let bind = |ip: IpAddr, port: u16| -> Result<TcpListener, OpenError> {
+            let ours = |p: u16| transparent_listener(SocketAddr::new(ip, p), 4);
+            let l = match port {
+                0 => data_ports.bind(ours),
+                p => ours(p).or_else(|_| data_ports.bind(ours)),
+            }
+            .map_err(|source| OpenError::Listen { at: ip, source })?;
+            l.set_nonblocking(true).map_err(|source| OpenError::Listen { at: ip, source })?;
+            Ok(l)
+        };
+        let seen = || (self.nat)(req.client, req.server).unwrap_or(cip);
+        // the listener (the peer allowed on it), the source of the onward connection, and what
+        // a converted mode needs besides
+        let (listener, peer, src, second) = match (req.mode, req.via) {
             // explicit proxy: announced on the gateway's own address on each side
-            (Mode::Passive, Some(v)) => (v.client_side, 0, cip, v.server_side),
-            (Mode::Active, Some(v)) => (v.server_side, 0, sip, v.client_side),
-            (Mode::Passive, None) => (sip, req.target.port(), cip, cip),
+            (Mode::Passive, Some(v)) => (Some(bind(v.client_side, 0)?), cip, v.server_side, Second::None),
+            (Mode::Active, Some(v)) => (Some(bind(v.server_side, 0)?), sip, v.client_side, Second::None),
+            (Mode::Passive, None) => (Some(bind(sip, req.target.port())?), cip, cip, Second::None),
             (Mode::Active, None) => {
-                let seen = (self.nat)(req.client, req.server).unwrap_or(cip);
+                let seen = seen();
                 let port = if seen == cip { req.target.port() } else { 0 };
-                (seen, port, sip, sip)
+                (Some(bind(seen, port)?), sip, sip, Second::None)
+            }
+            // --server-mode passive: to the client as the server would, to the server as the client
+            (Mode::ToBoth { .. }, via) => (None, cip, via.map_or(sip, |v| v.client_side), Second::Source(via.map_or(cip, |v| v.server_side))),
+            // --server-mode active: the client connects where the server's port would be, the
+            // server where the client's would be (behind NAT, an address of the router's)
+            (Mode::FromBoth, via) => {
+                let to_client = bind(via.map_or(sip, |v| v.client_side), 0)?;
+                let to_server = bind(via.map_or_else(seen, |v| v.server_side), 0)?;
+                (Some(to_client), cip, sip, Second::Listener(to_server, sip))
             }
         };
-        // the exact endpoint where it is the peer's (passive: the server's port; active,
-        // routed: the client's), else one of ours
-        let ours = |p: u16| transparent_listener(SocketAddr::new(listen_ip, p), 4);
-        let listener = match port {
-            0 => self.cfg.data_ports.bind(ours),
-            p => ours(p).or_else(|_| self.cfg.data_ports.bind(ours)),
-        }
-        .map_err(|source| OpenError::Listen { at: listen_ip, source })?;
-        let announce = listener.local_addr().map_err(|source| OpenError::Listen { at: listen_ip, source })?;
-        listener.set_nonblocking(true).map_err(|source| OpenError::Listen { at: listen_ip, source })?;
+        let local = |l: &TcpListener| l.local_addr().map_err(|source| OpenError::Listen { at: sip, source });
+        let (announce, client_side) = match (&listener, &second) {
+            (Some(l), Second::Listener(s, _)) => (local(s)?, Some(local(l)?)),
+            (Some(l), _) => (local(l)?, None),
+            (None, _) => (req.target, None), // nothing to announce: the relay connects to both
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot::new(format!("{} {} <-> {}", req.mode.as_str(), req.client.ip(), req.target)));
         {
             let mut st = slot.lock();
-            st.listener = listener.as_fd().try_clone_to_owned().ok();
+            st.listener = listener.as_ref().and_then(|l| l.as_fd().try_clone_to_owned().ok());
             if let (true, Some(r4), SocketAddr::V4(announce), IpAddr::V4(peer)) =
                 (self.forward.is_some() && req.mode == Mode::Active && req.via.is_none(), &v4, announce, peer)
             {
@@ -626,7 +647,7 @@ impl DataPlane for Relay {
             req: req.clone(),
             peer,
             src,
-            listener: Some(listener),
+            listener,
             cfg: self.cfg.clone(),
             slot: slot.clone(),
             cache: self.cache.clone(),
@@ -634,6 +655,7 @@ impl DataPlane for Relay {
             fwd: self.forward.clone(),
             pace_down: self.shares.pacer(req.client.ip(), pace::Way::Down, req.rates.down),
             pace_up: self.shares.pacer(req.client.ip(), pace::Way::Up, req.rates.up),
+            second,
         };
         let (rt, nice) = (self.cfg.rt_priority, self.cfg.nice);
         self.spawn_for(id, "ftpgate-data", move || {
@@ -641,7 +663,7 @@ impl DataPlane for Relay {
             job.run();
         })
         .map_err(OpenError::Thread)?;
-        Ok(Opened { announce, id })
+        Ok(Opened { announce, id, client_side })
     }
 }
 
