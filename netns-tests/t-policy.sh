@@ -52,6 +52,12 @@ EOC
   printf 'cache-dir = "%s"\n[[policy]]\ndeny-commands = ["ST0R"]\n' "$WORK/cache" >"$WORK/badpolicy.toml"
   r=$(inR "$BIN" check-config --config "$WORK/badpolicy.toml" 2>&1); rc=$?
   [[ $rc != 0 && $r == *ST0R* ]] && pass "$t a bad command name is a clear error ($r)" || fail "$t bad command: rc=$rc $r"
+  printf 'cache-dir = "%s"\n[[policy]]\nservers = ["10.0.2.0/24"]\nrate-down = "fast"\n' "$WORK/cache" >"$WORK/badpolicy.toml"
+  r=$(inR "$BIN" check-config --config "$WORK/badpolicy.toml" 2>&1); rc=$?
+  [[ $rc != 0 && $r == *badpolicy.toml:4* && $r == *rate-down* ]] && pass "$t a bad rate in a [[policy]] is a clear error ($r)" || fail "$t bad rate: rc=$rc $r"
+  printf 'cache-dir = "%s"\n[[policy]]\nserver-mode = "sideways"\n' "$WORK/cache" >"$WORK/badpolicy.toml"
+  r=$(inR "$BIN" check-config --config "$WORK/badpolicy.toml" 2>&1); rc=$?
+  [[ $rc != 0 && $r == *badpolicy.toml:3* && $r == *server-mode* ]] && pass "$t a bad server-mode in a [[policy]] is a clear error ($r)" || fail "$t bad server-mode: rc=$rc $r"
 }
 
 data_ports() { # topology label: every port ftpgate chooses lies in --data-ports
