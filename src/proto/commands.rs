@@ -387,6 +387,15 @@ impl Session {
             return None;
         }
         let named_ip = ep.ip;
+        if let (true, ftp::Kind::Epsv229, Some(ip)) =
+            (self.translates() && self.alg64.is_some(), answer, named_ip.filter(|&ip| ip != self.server.ip()))
+        {
+            // RFC 6384: a 227 naming another host cannot become a 229 (which names only a port
+            // at the server's address): answered 425, not followed
+            let reason = format!("the server's 227 names {ip}, not the server {}; not followed", self.server.ip());
+            self.events.push_back(Event::Refused { kind: Refusal::ThirdParty, reason: reason.clone() });
+            return Some(format!("425 ftpgate: {reason}.\r\n").into_bytes());
+        }
         let (target, note) = policy::passive_target(self.server.ip(), named_ip);
         let target = SocketAddr::new(target, ep.port);
         if let Some(n) = note {

@@ -380,6 +380,11 @@ fn nat64_session_translates_and_answers_algs() {
     p.send(Dir::ToClient, b"200 ok\r\n", &[]);
     assert!(p.received(Dir::ToServer).ends_with("PORT 10,0,2,1,27,88\r\n"), "{}", p.received(Dir::ToServer));
     assert_eq!(p.dp.opened[1].target, "[fd00:1::2]:40001".parse().unwrap());
+    // a 227 naming another host: 425, nothing opened (RFC 6384)
+    p.send(Dir::ToServer, b"EPSV\r\n", &[]);
+    p.send(Dir::ToClient, b"227 Entering Passive Mode (10,0,2,99,117,48).\r\n", &[]);
+    assert!(p.received(Dir::ToClient).ends_with("425 ftpgate: the server's 227 names 10.0.2.99, not the server 10.0.2.2; not followed.\r\n"));
+    assert_eq!(p.dp.opened.len(), 2);
     // PASV from the IPv6 client: its 227 could not name an address it reaches; refused
     p.send(Dir::ToServer, b"PASV\r\n", &[]);
     p.send(Dir::ToClient, b"200 NOOP ok.\r\n", &[]);
