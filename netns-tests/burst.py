@@ -30,7 +30,11 @@ def one(host, name, ref, timeout):
         t["session"] = time.monotonic() - t0
         print(json.dumps(t))
     except Exception as e:
-        print(json.dumps({"error": repr(e)[:200], "phase": phase, "after": time.monotonic() - t0}))
+        try:
+            port = f.sock.getsockname()[1]  # to find the session in ftpgate's log
+        except Exception:
+            port = None
+        print(json.dumps({"error": repr(e)[:200], "phase": phase, "after": time.monotonic() - t0, "port": port}))
 
 def pct(v, p):
     v = sorted(v)

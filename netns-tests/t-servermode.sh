@@ -43,10 +43,12 @@ cases() { # topology label
   reference "$t server cannot connect out, curl PORT" ip netns exec $C curl -sS --connect-timeout 5 -m 10 -P - --disable-eprt -o "$OUT" ftp://$SRV_IP/big.bin
   gate_stop
   for args in "--no-cache" ""; do
-    gate_start --server-mode passive $args || { fail "$t ftpgate --server-mode passive did not start"; return; }
+    gate_start --server-mode passive --metrics 127.0.0.1:9121 $args || { fail "$t ftpgate --server-mode passive did not start"; return; }
     m=$(logmark)
     active_clients "$t --server-mode passive ${args:-(cache)}:"
     logsince "$m" "sent to the server as PASV" && pass "$t --server-mode passive ${args:-(cache)}: the server was asked PASV" || fail "$t no PASV conversion logged"
+    scrape "$WORK/mc" && (( $(metric "$WORK/mc" 'ftpgate_data_transfers_total{mode="active_to_passive",result="ok"}') >= 4 )) &&
+      pass "$t --server-mode passive ${args:-(cache)}: metrics count the converted transfers" || fail "$t metrics: $(grep data_transfers_total "$WORK/mc" | tr '\n' ' ')"
     gate_stop
   done
   logsince 0 "cache hit .*big.bin" && pass "$t --server-mode passive: cache hits" || fail "$t --server-mode passive: no cache hit"
@@ -66,9 +68,11 @@ cases() { # topology label
   reference "$t server's passive ports closed, curl EPSV" ip netns exec $C curl -sS --connect-timeout 5 -m 10 -o "$OUT" ftp://$SRV_IP/big.bin
   gate_stop
   for args in "--no-cache" ""; do
-    gate_start --server-mode active $args || { fail "$t ftpgate --server-mode active did not start"; return; }
+    gate_start --server-mode active --metrics 127.0.0.1:9121 $args || { fail "$t ftpgate --server-mode active did not start"; return; }
     m=$(logmark)
     passive_clients "$t --server-mode active ${args:-(cache)}:"
+    scrape "$WORK/mc" && (( $(metric "$WORK/mc" 'ftpgate_data_transfers_total{mode="passive_to_active",result="ok"}') >= 4 )) &&
+      pass "$t --server-mode active ${args:-(cache)}: metrics count the converted transfers" || fail "$t metrics: $(grep data_transfers_total "$WORK/mc" | tr '\n' ' ')"
     logsince "$m" 'rewrote "(PASV|EPSV)" -> "PORT' && pass "$t --server-mode active ${args:-(cache)}: the server was sent PORT" || fail "$t no PORT conversion logged"
     [[ -n $args ]] || { logsince "$m" "cache hit .*big.bin" && pass "$t --server-mode active: cache hits" || fail "$t --server-mode active: no cache hit"; }
     gate_stop

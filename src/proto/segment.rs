@@ -143,8 +143,12 @@ impl Session {
             }
         }
         let st = self.stream(dir);
-        if out.is_empty() && st.absorbing {
-            // Probe: a one-byte duplicate of the '\n' before the held line.
+        // Bytes that all vanished (absorbed into a held line, or a removed reply such as the
+        // 350 to ftpgate's REST) must still be acknowledged by the receiver, or the sender
+        // retransmits them for ever and, with Nagle, sends nothing after them: a segment
+        // without data is not acknowledged, so it goes as a probe, a one-byte duplicate of the
+        // '\n' before the current line, which the receiver acknowledges at once.
+        if out.is_empty() && (st.absorbing || (!seg.payload.is_empty() && !seg.flags.fin)) {
             let seq = st.map.map(st.line_start).sub(1);
             return finish(seg, seq, ack, sack, Some(b"\n".to_vec()));
         }

@@ -158,6 +158,9 @@ impl Pair {
                 }
             }
         };
+        if payload.is_empty() {
+            return; // as TCP: a segment without data (or FIN) is not acknowledged
+        }
         let (_, rx) = self.ends(dir);
         let end = oseq.add(payload.len());
         let probe = payload == b"\n" && end == rx.rcv_nxt;
@@ -612,6 +615,21 @@ fn cache_hit_sends_rest_and_hides_its_reply() {
         assert_eq!(p.dp.transfers, vec![(1, Transfer::Serve { key, offset: 0 })]);
         assert_eq!(p.dp.finished, vec![(1, true)]);
     }
+}
+
+/// The server's reply to ftpgate's REST alone in a segment (proftpd under load: its 150 comes
+/// later, and with Nagle only once the 350 is acknowledged): removed, the segment would reach
+/// the client empty, which TCP does not acknowledge, and the server would wait for ever. It
+/// goes as a probe instead, whose ACK covers the removed reply.
+#[test]
+fn a_hidden_reply_alone_in_a_segment_is_acknowledged() {
+    let mut p = cache_session(&[]);
+    p.answer.push_back(Decision::Hit);
+    p.send(Dir::ToServer, b"RETR f.bin\r\n", &[]);
+    p.send(Dir::ToClient, b"350 Restarting at 1000. Send STORE or RETRIEVE to initiate transfer\r\n", &[]);
+    p.send(Dir::ToClient, b"150 Opening\r\n226 done\r\n", &[]);
+    assert_eq!(p.received(Dir::ToClient), format!("{CACHE_PREFIX_TO_CLIENT}150 Opening\r\n226 done\r\n"));
+    assert_eq!(p.probes, 1);
 }
 
 #[test]
