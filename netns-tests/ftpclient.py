@@ -17,6 +17,7 @@
                                            # on the same session
   ftpclient.py ops HOST                    # ftpuser: PWD CWD MKD STOR LIST RNFR/RNTO DELE RMD
   ftpclient.py closedport HOST FILE        # PORT naming a port nobody listens on, RETR: must end in 425
+  ftpclient.py portreply HOST              # PORT naming our own endpoint; prints the reply
   ftpclient.py paced HOST MODE FILE OUT    # a download while NOOPs go every 100 ms on the same session
                                            # (a server that answers during a transfer: pyftpdlib);
                                            # prints "SECONDS NOOPS MAX_NOOP_MS"
@@ -247,6 +248,16 @@ def main():
         s, _ = l.accept()
         save_stream(s, out)
         c.expect("226"); c.cmd("QUIT", "221")
+    elif what == "portreply":
+        # PORT naming our own endpoint; prints the reply (e.g. 425 when no port is left)
+        host = sys.argv[2]
+        c = Raw(host)
+        c.login("reply@")
+        l = socket.socket(); l.bind((c.s.getsockname()[0], 0)); l.listen(1)
+        ip, port = l.getsockname()
+        c.send("PORT %s,%d,%d\r\n" % (ip.replace(".", ","), port >> 8, port & 255))
+        print(c.expect("").strip())
+        c.cmd("QUIT", "221")
     elif what == "grab":
         # a thief: connect to HOST PORT, print how many bytes it got (0 also when refused)
         host, port = sys.argv[2], int(sys.argv[3])

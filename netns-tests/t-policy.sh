@@ -118,6 +118,20 @@ rate_cases() { # topology label; pyftpdlib on $SRV2 (it answers NOOP during a tr
     pass "$t --rate-down 0 is a clear error ($r)" || fail "$t --rate-down 0: $r"
 }
 
+data_ports_full() { # topology label: a range of one port, taken by a waiting session: 425, then free again
+  local t=$1 r sig=$WORK/full
+  gate_start --data-ports 50000-50000 || { fail "$t ftpgate with --data-ports 50000-50000 did not start"; return; }
+  rm -f "$sig".*
+  inC $PY portwait $SRV_IP big.bin "$OUT.w" "$sig" >"$WORK/wait.log" 2>&1 & local w=$!
+  busywait 5000 test -s "$sig.ep"
+  r=$(inC $PY portreply $SRV_IP 2>&1)
+  [[ $r == 425* ]] && pass "$t --data-ports: the range taken, a second PORT gets 425 ($r)" || fail "$t --data-ports full: $r"
+  touch "$sig.go"; wait $w
+  cmp -s "$OUT.w" "$WORK/pub/big.bin" && pass "$t --data-ports: the session holding the port downloads" || fail "$t --data-ports: waiting session ($(tail -c 200 "$WORK/wait.log"))"
+  dl "$t --data-ports: the port free again, curl PORT downloads" big.bin -- ip netns exec $C curl -sS -P - --disable-eprt -o "$OUT" ftp://$SRV_IP/big.bin
+  gate_stop
+}
+
 pyftpd_start_second() { # pyftpdlib on $SRV2 beside vsftpd
   ip netns exec "$S" "$SYSPY" "$HERE/pyftpd.py" "$SRV2" "$WORK/pub" "$WORK/home" >"$WORK/pyftpd2.log" 2>&1 &
   busywait 5000 inS bash -c "exec 3<>/dev/tcp/$SRV2/21" 2>/dev/null
@@ -127,6 +141,7 @@ for topo in $(topos nat); do
   setup $topo
   vsftpd_start
   data_ports "$topo"
+  data_ports_full "$topo"
   policy_cases "$topo"
   rate_cases "$topo"
 done
