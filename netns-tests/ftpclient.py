@@ -176,10 +176,13 @@ def main():
         f.login()
         f.voidcmd("TYPE I")
         def active(port):
-            l = socket.socket()
+            l = socket.socket(f.sock.family)
             l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             l.bind((f.sock.getsockname()[0], port)); l.listen(1); l.settimeout(20)
-            f.sendport(f.sock.getsockname()[0], port)
+            if f.sock.family == socket.AF_INET6:
+                f.sendeprt(f.sock.getsockname()[0], port)  # EPRT |2|: translated on NAT64
+            else:
+                f.sendport(f.sock.getsockname()[0], port)
             r = f.sendcmd("RETR " + name)
             assert r.startswith("1"), r
             conn, _ = l.accept()

@@ -85,6 +85,21 @@ for topo in $(topos nat); do
   cdl "$topo NAT64 cache hit (EPRT, wget active)" hit "$WORK/pub/big.bin" -- ip netns exec $C wget -q --no-passive-ftp -O "$OUT" "ftp://[$SRV64]/big.bin"
   [[ $(inR "$BIN" cache list --cache-dir "$WORK/cache" | grep -c '10.0.2.2') -ge 1 ]] && pass "$topo NAT64 cache entry keyed by the IPv4 server" ||
     fail "$topo NAT64 cache entry: $(inR "$BIN" cache list --cache-dir "$WORK/cache" | head -3 | tr '\n' ' ')"
+  # kill -9 in the middle of a NAT64 session whose lines changed length (EPRT |2| -> PORT): the
+  # restarted ftpgate resumes it translated, and the same session downloads again (EPRT, EPSV)
+  rm -f "$WORK"/sig.*
+  inC $PY restart $SRV64 small.txt "$WORK/pub/small.txt" "$WORK/sig" >"$WORK/case.log" 2>&1 & cpid=$!
+  if busywait 10000 test -f "$WORK/sig.ready"; then
+    m=$(logmark)
+    gate_kill_keep_rules; gate_start --nat64-prefix $PFX/96; touch "$WORK/sig.go"
+    if wait $cpid && logsince "$m" "resumed [0-9]+ sessions"; then
+      pass "$topo NAT64 kill -9 mid-session: the resumed session is translated again (EPRT and EPSV downloads)"
+    else
+      fail "$topo NAT64 kill -9 mid-session ($(tail -c 300 "$WORK/case.log" | tr '\n' ' '))"
+    fi
+  else
+    kill $cpid; fail "$topo NAT64 kill -9 mid-session: client not ready ($(tail -c 300 "$WORK/case.log"))"
+  fi
   # the bounce: EPRT |2| naming the third party behind the server (through the prefix)
   server_stop; pyftpd_start foreign; third_party_start
   inC $PY bounceattack $SRV64 fd77:64::10.0.4.2 >"$WORK/case.log" 2>&1

@@ -144,7 +144,8 @@ impl Helper {
         let mut sessions = HashMap::new();
         if let Some(f) = &cfg.state_file {
             for (key, st) in state::load(f) {
-                sessions.insert(key, Session::resume(key.0, key.1, st, now));
+                // made as a new one would be (a NAT64 session translated again, its policy)
+                sessions.insert(key, new_session(&cfg, key, now).resumed(st));
             }
             if !sessions.is_empty() {
                 log!("resumed {} sessions with changed lengths from {}", sessions.len(), f.display());

@@ -279,12 +279,17 @@ impl Session {
     /// A session the helper tracked before a restart: its sequence offsets are restored, the
     /// rest (lines, commands) is picked up from the next segment that starts a line.
     pub fn resume(client: SocketAddr, server: SocketAddr, st: SeqState, now: Instant) -> Self {
-        let mut s = Session::new(client, server, now);
-        s.c2s.map = SeqMap::from_offset(st.c2s.0, st.c2s.1);
-        s.s2c.map = SeqMap::from_offset(st.s2c.0, st.s2c.1);
-        s.greeted = true;
-        s.resumed_unseen = true;
-        s
+        Session::new(client, server, now).resumed(st)
+    }
+
+    /// This session (as made for its addresses: a NAT64 one, with its policy) restored from
+    /// saved state, as [`Session::resume`].
+    pub fn resumed(mut self, st: SeqState) -> Self {
+        self.c2s.map = SeqMap::from_offset(st.c2s.0, st.c2s.1);
+        self.s2c.map = SeqMap::from_offset(st.s2c.0, st.s2c.1);
+        self.greeted = true;
+        self.resumed_unseen = true;
+        self
     }
 
     /// A live connection: not closing, and not merely restored from saved state.
