@@ -52,7 +52,11 @@ cases() { # topology label
     gate_stop
   done
   logsince 0 "cache hit .*big.bin" && pass "$t --server-mode passive: cache hits" || fail "$t --server-mode passive: no cache hit"
-  gate_start --server-mode passive --no-cache
+  gate_start --server-mode passive --no-cache --listen 10.0.1.1:2121 --allow-from 10.0.1.0/24
+  dl "$t --server-mode passive: the explicit proxy, client PORT" big.bin -- \
+    ip netns exec $C $SYSPY $HERE/proxyclient.py userhost 10.0.1.1:2121 $SRV_IP anonymous x port big.bin "$OUT"
+  dl "$t --server-mode passive: the explicit proxy, client EPRT" big.bin -- \
+    ip netns exec $C $SYSPY $HERE/proxyclient.py userhost 10.0.1.1:2121 $SRV_IP anonymous x eprt big.bin "$OUT"
   rm -f "$WORK/home/conv-up.bin"
   inC curl -sS -P - --disable-eprt -T "$WORK/pub/big.bin" ftp://ftpuser:ftppass@$SRV_IP/conv-up.bin &&
     cmp -s "$WORK/home/conv-up.bin" "$WORK/pub/big.bin" && pass "$t --server-mode passive: curl PORT upload identical on the server" ||
@@ -77,6 +81,12 @@ cases() { # topology label
     [[ -n $args ]] || { logsince "$m" "cache hit .*big.bin" && pass "$t --server-mode active: cache hits" || fail "$t --server-mode active: no cache hit"; }
     gate_stop
   done
+  gate_start --server-mode active --no-cache --listen 10.0.1.1:2121 --allow-from 10.0.1.0/24
+  dl "$t --server-mode active: the explicit proxy, client PASV" big.bin -- \
+    ip netns exec $C $SYSPY $HERE/proxyclient.py userhost 10.0.1.1:2121 $SRV_IP anonymous x pasv big.bin "$OUT"
+  dl "$t --server-mode active: the explicit proxy, client EPSV" big.bin -- \
+    ip netns exec $C $SYSPY $HERE/proxyclient.py userhost 10.0.1.1:2121 $SRV_IP anonymous x epsv big.bin "$OUT"
+  gate_stop
   # a [[policy]] table: active towards this server only
   cat >"$WORK/mode.toml" <<EOC
 cache-dir = "$WORK/cache"
