@@ -175,7 +175,7 @@ pub struct RunArgs {
     /// and NAT64 sessions' endpoints), LOW-HIGH; all taken: 425 [default: any]
     #[arg(long, value_name = "LOW-HIGH", value_parser = parse_port_range)]
     pub data_ports: Option<(u16, u16)>,
-    /// Explicit FTP proxy listener, ADDR:PORT or [IPV6]:PORT (repeatable), beside transparent interception
+    /// Explicit FTP proxy listener, ADDR:PORT (an IPv6 ADDR in brackets; repeatable), beside transparent interception
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Vec<std::net::SocketAddr>,
     /// Explicit proxy users, `name:argon2-hash` a line (`ftpgate proxy-passwd NAME`); makes a proxy login mandatory
