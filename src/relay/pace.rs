@@ -95,6 +95,11 @@ impl Pacer {
         Pacer::default()
     }
 
+    /// Whether it never waits.
+    pub fn is_unlimited(&self) -> bool {
+        self.bucket.is_none()
+    }
+
     /// Waits until some of `want` bytes may go, and returns how many (all of `want` when
     /// unlimited).
     pub fn take(&self, want: usize) -> usize {

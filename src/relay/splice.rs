@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::io;
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag, SpliceFFlags};
@@ -207,6 +207,13 @@ pub fn readable_now(fd: &impl std::os::fd::AsFd) -> bool {
     matches!(poll(&mut pfd, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
+/// Like [`at_eof`], without waiting: false while nothing has arrived.
+fn at_eof_now(s: &TcpStream) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut b = [0u8; 1];
+    matches!(recv(s.as_raw_fd(), &mut b, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT), Ok(0))
+}
+
 /// True when the peer closed without sending anything more (the next read gives EOF).
 pub fn at_eof(s: &TcpStream) -> bool {
     let mut b = [0u8; 1];
@@ -215,6 +222,11 @@ pub fn at_eof(s: &TcpStream) -> bool {
 
 /// Reads what `pace` grants (at most a chunk) from `src` into `pipe`; 0 at EOF.
 fn paced_read(src: &TcpStream, pipe: &Pipe, pace: &Pacer) -> io::Result<usize> {
+    if !pace.is_unlimited() && at_eof_now(src) {
+        // the end takes no tokens: seen at once, not after the next grant (the server's final
+        // reply, held until then, and whatever follows it would wait for the pace)
+        return Ok(0);
+    }
     let want = pace.take(CHUNK);
     let n = splice(src.as_fd(), pipe.w.as_fd(), want, false)?;
     pace.give_back(want - n);
