@@ -134,11 +134,13 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     }
 }
 
-/// Parses a rate in bytes per second as [`parse_size`] does (`8M`, `512K`, `100000`); 0 is
-/// refused (leave the option out for no limit).
+/// Parses a rate in bytes per second as [`parse_size`] does (`8M`, `512K`, `100000`); 0 and
+/// anything below 1K are refused (leave the option out for no limit).
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     match parse_size(s) {
         Ok(0) => Err(format!("bad rate {s:?}: 0 would stop every transfer (leave it out for no limit)")),
+        // bytes per second: a few hundred is a unit mistaken, and would stall every client
+        Ok(n) if n < 1024 => Err(format!("bad rate {s:?}: at least 1K (1024 bytes per second); rates are in bytes, e.g. 8M")),
         Ok(n) => Ok(n),
         Err(_) => Err(format!("bad rate {s:?} (expected bytes per second, optionally with K, M or G, e.g. 8M)")),
     }
@@ -298,6 +300,20 @@ impl Options {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_and_port_ranges_parse_or_say_why() {
+        assert_eq!(parse_rate("8M"), Ok(8 << 20));
+        assert_eq!(parse_rate("1K"), Ok(1024));
+        assert!(parse_rate("0").unwrap_err().contains("stop every transfer"));
+        assert!(parse_rate("500").unwrap_err().contains("at least 1K"));
+        assert!(parse_rate("fast").unwrap_err().contains("bytes per second"));
+        assert_eq!(parse_port_range("50000-50100"), Ok((50000, 50100)));
+        assert_eq!(parse_port_range(" 7 - 7 "), Ok((7, 7)));
+        for bad in ["50100-50000", "0-10", "50000", "a-b", "1-70000"] {
+            assert!(parse_port_range(bad).unwrap_err().contains("LOW-HIGH"), "{bad}");
+        }
+    }
 
     #[test]
     fn every_option_parses() {
