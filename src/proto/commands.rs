@@ -157,6 +157,16 @@ impl Session {
         }
     }
 
+    /// Where a passive data connection goes for the server's `227`/`229` `ep`: the control
+    /// server, at the port it named (another host it names is noted as a third party).
+    pub(super) fn passive_peer(&mut self, ep: &ftp::Endpoint) -> SocketAddr {
+        let (target, note) = policy::passive_target(self.server.ip(), ep.ip);
+        if let Some(n) = note {
+            self.events.push_back(Event::Refused { kind: Refusal::ThirdParty, reason: n });
+        }
+        SocketAddr::new(target, ep.port)
+    }
+
     /// Whether the client and the server are of different families (an explicit-proxy session
     /// from an IPv4 client to an IPv6 server, or the other way round, or a NAT64 session): the
     /// passive and active commands and replies are then translated between the forms of the
@@ -396,11 +406,7 @@ impl Session {
             self.events.push_back(Event::Refused { kind: Refusal::ThirdParty, reason: reason.clone() });
             return Some(format!("425 ftpgate: {reason}.\r\n").into_bytes());
         }
-        let (target, note) = policy::passive_target(self.server.ip(), named_ip);
-        let target = SocketAddr::new(target, ep.port);
-        if let Some(n) = note {
-            self.events.push_back(Event::Refused { kind: Refusal::ThirdParty, reason: n });
-        }
+        let target = self.passive_peer(&ep);
         let req = DataRequest { mode: Mode::Passive, client: self.client, server: self.server, target, via: self.via, rates: self.policy.rates };
         let named = SocketAddr::new(named_ip.unwrap_or(self.server.ip()), ep.port);
         let opened = dp.open(&req);

@@ -94,11 +94,7 @@ impl Session {
                 return Some(b"425 ftpgate: the server's passive reply could not be read.\r\n".to_vec());
             }
         };
-        let (target, note) = policy::passive_target(self.server.ip(), ep.ip);
-        if let Some(n) = note {
-            self.events.push_back(Event::Refused { kind: Refusal::ThirdParty, reason: n });
-        }
-        let target = SocketAddr::new(target, ep.port);
+        let target = self.passive_peer(&ep);
         let req =
             DataRequest { mode: Mode::ToBoth { client }, client: self.client, server: self.server, target, via: self.via, rates: self.policy.rates };
         let verb = if eprt { "EPRT" } else { "PORT" };

@@ -43,7 +43,6 @@ pub(super) fn fit_reply(new: &[u8], len: usize) -> Vec<u8> {
         out.extend(text.iter().copied().chain(core::iter::repeat(b' ')).take(room - 1));
     }
     out.extend_from_slice(ending);
-    out.truncate(len.max(code.len() + 1));
     out
 }
 

@@ -1,7 +1,7 @@
 //! Bandwidth limits (`--rate-down`, `--rate-up`, a `[[policy]]` table's `rate-down` /
-//! `rate-up`): each transfer is paced by its session's token bucket and by one bucket per client
-//! address, shared by every session of that host, so that ten sessions from one LAN host get
-//! one share, not ten.
+//! `rate-up`): each transfer is paced by one token bucket per client address, direction and
+//! rate, shared by every session of that host under that limit, so that ten sessions from one
+//! LAN host get one share, not ten (a session alone gets the whole rate).
 //!
 //! [`Bucket`] is the pure part (bytes and `now` in, a grant or a wait out); [`Pacer`] is the
 //! shell the byte movers call before each read, which sleeps when a bucket is empty. Only the

@@ -207,22 +207,17 @@ pub fn readable_now(fd: &impl std::os::fd::AsFd) -> bool {
     matches!(poll(&mut pfd, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
-/// Like [`at_eof`], without waiting: false while nothing has arrived.
-fn at_eof_now(s: &TcpStream) -> bool {
+/// True when the peer closed without sending anything more (the next read gives EOF); never
+/// waits: false while nothing has arrived.
+pub fn at_eof(s: &TcpStream) -> bool {
     use nix::sys::socket::{recv, MsgFlags};
     let mut b = [0u8; 1];
     matches!(recv(s.as_raw_fd(), &mut b, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT), Ok(0))
 }
 
-/// True when the peer closed without sending anything more (the next read gives EOF).
-pub fn at_eof(s: &TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    matches!(s.peek(&mut b), Ok(0))
-}
-
 /// Reads what `pace` grants (at most a chunk) from `src` into `pipe`; 0 at EOF.
 fn paced_read(src: &TcpStream, pipe: &Pipe, pace: &Pacer) -> io::Result<usize> {
-    if !pace.is_unlimited() && at_eof_now(src) {
+    if !pace.is_unlimited() && at_eof(src) {
         // the end takes no tokens: seen at once, not after the next grant (the server's final
         // reply, held until then, and whatever follows it would wait for the pace)
         return Ok(0);
