@@ -120,6 +120,8 @@ pub struct Helper {
     done_rx: Receiver<DataId>,
     /// Held segments of connections that were replaced, waiting for their drop verdict.
     stale: Vec<Message>,
+    /// Held segments released while another packet was decided, their verdicts set.
+    ready: Vec<Message>,
     checks: Checks<Key>,
     wake: Arc<Wake>,
     state_writer: Option<Sender<String>>,
@@ -163,6 +165,7 @@ impl Helper {
             held_replies: HashMap::new(),
             done_rx,
             stale: Vec::new(),
+            ready: Vec::new(),
             wake,
             state_writer,
             state_dirty: false,
@@ -260,6 +263,13 @@ impl Helper {
             // a to-client hold always names its data connection; without one (never), 0 matches
             // no notification and the session's deadline releases it
             let id = self.sessions.get(&key).and_then(|s| s.awaiting_data()).unwrap_or(0);
+            if let Some(v) = self.sessions.get_mut(&key).and_then(|s| s.take_moved_carrier()) {
+                // replies that came behind the held reply go ahead of it: the segment that held
+                // it goes on carrying them, this one carries the reply from now on
+                let mut out = std::mem::take(&mut self.ready);
+                self.finish(key, Dir::ToClient, Some(v), &mut out);
+                self.ready = out;
+            }
             if let Some((_, old)) = self.held_replies.insert(key, (id, Held { msg, ts, newest: None })) {
                 self.stale.push(old.msg);
             }
@@ -504,6 +514,9 @@ pub fn run(mut helper: Helper) -> Result<()> {
             if let Some(msg) = helper.handle(msg, arrived) {
                 queue.verdict(msg).context("NFQUEUE verdict failed")?;
                 crate::metrics::m().verdict_seconds.observe(arrived.elapsed().as_secs_f64());
+            }
+            for msg in std::mem::take(&mut helper.ready) {
+                queue.verdict(msg).context("NFQUEUE verdict failed")?;
             }
         }
         let now = Instant::now();

@@ -312,6 +312,8 @@ pub struct Streams {
     /// A transfer's final reply held until its data connection is done, and the server bytes
     /// that came behind it.
     held_reply: Option<(Seq, Vec<u8>)>,
+    /// Server bytes the session decided while the reply was held, to follow it.
+    s_behind: Vec<(Verdict, Seq, Vec<u8>)>,
     s_pending: Vec<u8>,
     s_pending_fin: bool,
 }
@@ -344,6 +346,7 @@ impl Streams {
             pending: Vec::new(),
             pending_fin: false,
             held_reply: None,
+            s_behind: Vec::new(),
             s_pending: Vec::new(),
             s_pending_fin: false,
         }
@@ -376,6 +379,9 @@ impl Streams {
         let Some(v) = v else { return Fed::default() };
         let Some((seq, bytes)) = self.held_reply.take() else { return Fed::default() };
         let mut out = self.deliver(Dir::ToClient, v, seq, &bytes);
+        for (v, seq, bytes) in std::mem::take(&mut self.s_behind) {
+            out.extend(self.deliver(Dir::ToClient, v, seq, &bytes));
+        }
         let (pending, fin) = (std::mem::take(&mut self.s_pending), std::mem::take(&mut self.s_pending_fin));
         if !pending.is_empty() || fin {
             let more = self.feed(Dir::ToClient, &pending, fin, dp, now);
@@ -399,6 +405,26 @@ impl Streams {
         if dir == Dir::ToClient && self.held_reply.is_some() {
             self.s_pending.extend_from_slice(data);
             self.s_pending_fin |= fin;
+            // whole replies right behind the held one go ahead of it (`Session::move_ahead`)
+            let whole = super::reply_hold::ahead_len(&self.s_pending);
+            if whole == 0 {
+                return Fed::default();
+            }
+            let bytes: Vec<u8> = self.s_pending.drain(..whole).collect();
+            let seq = self.s_next;
+            let flags = Flags { ack: true, ..Default::default() };
+            let seg = Segment { seq, ack: self.srv_rcv, flags, sack: &[], payload: &bytes };
+            let v = self.session.handle_segment(dir, &seg, dp, now);
+            self.s_next = seq.add(whole);
+            let moved = self.session.take_moved_carrier();
+            if let (Verdict::Hold, Some(m), Some((old, held))) = (&v, moved, self.held_reply.take()) {
+                let out = self.deliver(dir, m, old, &held);
+                self.held_reply = Some((seq, bytes));
+                return Fed { out, held: false };
+            }
+            // (never: the session took them as going on behind the held reply) they go to the
+            // client after it
+            self.s_behind.push((v, seq, bytes));
             return Fed::default();
         }
         let (seq, ack) = match dir {

@@ -64,6 +64,7 @@ impl Session {
                         mapped: held_before,
                         packet: None,
                         passed_behind: false,
+                        line: None,
                     });
                     let st = self.stream(dir);
                     st.next = start.add(len);

@@ -182,6 +182,8 @@ pub struct Session {
     reply_hold: Option<ReplyHold>,
     /// Set by `on_reply` when the line just completed is to be held.
     reply_hold_new: Option<(DataId, u16)>,
+    /// The held final reply's former segment, released carrying replies that went ahead.
+    moved_carrier: Option<Verdict>,
     /// Over the gateway's session limit: the server's greeting is replaced by this.
     refuse_greeting: Option<Vec<u8>>,
     events: VecDeque<Event>,
@@ -237,6 +239,7 @@ impl Session {
             hold_new: false,
             reply_hold: None,
             reply_hold_new: None,
+            moved_carrier: None,
             refuse_greeting: None,
             events: VecDeque::new(),
             last_seen: now,

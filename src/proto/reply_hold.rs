@@ -26,6 +26,43 @@ pub(super) struct ReplyHold {
     pub(super) packet: Option<HeldPacket>,
     /// Bytes after the reply went on while it was held: a replacement must keep its length.
     pub(super) passed_behind: bool,
+    /// The final reply's own bytes once the held segment carries other replies instead (those
+    /// the server sent behind it, which went ahead: see [`Session::move_ahead`]); then
+    /// `start`/`len` are that segment's bytes, which the reply takes the place of.
+    pub(super) line: Option<Vec<u8>>,
+}
+
+/// Whether server bytes that arrive behind a held final reply may go to the client ahead of it:
+/// whole replies, each a 2xx that cannot end a transfer (a `NOOP`'s `200`, a `STAT`'s or
+/// `SIZE`'s `211`/`213`, a `PWD`'s `257`), the last one complete. The client asked for them
+/// while its transfer runs, as far as it can tell; a reply that may end a transfer, or an
+/// error, keeps its place behind the held one.
+pub(super) fn may_go_ahead(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && ahead_len(bytes) == bytes.len()
+}
+
+/// The length of the longest start of `bytes` that [`may_go_ahead`] (0 if none).
+pub(super) fn ahead_len(bytes: &[u8]) -> usize {
+    let mut open: Option<u16> = None; // the code of a multi-line reply not yet ended
+    let (mut pos, mut whole) = (0, 0);
+    for line in bytes.split_inclusive(|&c| c == b'\n') {
+        if line.last() != Some(&b'\n') {
+            break;
+        }
+        pos += line.len();
+        match (open, ftp::reply_code(line)) {
+            (Some(c), Some((code, true))) if code == c => open = None,
+            (Some(_), _) => {} // a line inside a multi-line reply
+            (None, Some((code, last))) if (200..300).contains(&code) && !ftp::may_end_transfer(code) => {
+                open = (!last).then_some(code);
+            }
+            (None, _) => break,
+        }
+        if open.is_none() {
+            whole = pos;
+        }
+    }
+    whole
 }
 
 /// `new` (a reply line) fitted to exactly `len` bytes, keeping its code and line ending: its
@@ -112,6 +149,8 @@ impl Session {
         let p = h.packet.take()?;
         let mut payload = p.prefix;
         let st = &mut self.s2c;
+        // after replies went ahead, the segment carries them: the reply takes their place
+        let new = new.or(h.line.take());
         let new = new.map(|n| if h.passed_behind { fit_reply(&n, h.len) } else { n });
         match new {
             Some(new) => {
@@ -123,6 +162,41 @@ impl Session {
             None => {}
         }
         Some(Verdict::Edit(Edit { seq: p.seq, ack: p.ack, sack: p.sack, payload: Some(payload) }))
+    }
+
+    /// Server bytes `out` (whole replies that [`may_go_ahead`], unchanged) arrived in a segment
+    /// right behind the held final reply: they go to the client now, in the held reply's place
+    /// (the held segment is released carrying them instead, see
+    /// [`Session::take_moved_carrier`]), and this segment is held in its stead, to carry the
+    /// final reply in their place once the data connection is done. Both are equal-length
+    /// exchanges in the server's stream as a whole, recorded in its sequence map, so
+    /// retransmissions of either are rendered the same way; the client reads the replies to what
+    /// it sent during the transfer while the transfer still runs (a paced cache hit takes
+    /// seconds), not all at its end.
+    pub(super) fn move_ahead(&mut self, seq: Seq, out: Vec<u8>, ack: Seq, sack: Option<Vec<(Seq, Seq)>>) -> Verdict {
+        let h = self.reply_hold.as_mut().expect("a held reply");
+        let p = h.packet.take().expect("its segment");
+        let line = h.line.take().unwrap_or_else(|| p.prefix[h.at..].to_vec());
+        let mut payload = p.prefix;
+        payload.truncate(h.at);
+        payload.extend_from_slice(&out);
+        let st = &mut self.s2c;
+        st.map.push(h.start, h.len, out.clone());
+        self.moved_carrier = Some(Verdict::Edit(Edit { seq: p.seq, ack: p.ack, sack: p.sack, payload: Some(payload) }));
+        h.start = seq;
+        h.len = out.len();
+        h.at = 0;
+        h.line = Some(line);
+        h.packet = Some(HeldPacket { seq: st.map.map(seq), ack, sack, prefix: Vec::new() });
+        Verdict::Hold
+    }
+
+    /// After [`Session::handle_segment`] held a segment towards the client: the segment that
+    /// held the final reply before, if it goes on now carrying replies that went ahead of it
+    /// (see [`Session::move_ahead`]), with its verdict. The shell sends it at once, with the
+    /// newest TCP timestamps its sender sent meanwhile.
+    pub fn take_moved_carrier(&mut self) -> Option<Verdict> {
+        self.moved_carrier.take()
     }
 
     /// A transfer command's final reply: the client must not see it before its data connection

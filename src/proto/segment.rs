@@ -67,11 +67,19 @@ impl Session {
         let holding = dir == Dir::ToServer && self.hold.is_some();
         let reply_held = if dir == Dir::ToClient { self.reply_hold.as_ref().map(|h| (h.start, h.start.add(h.len))) } else { None };
         let refusing = dir == Dir::ToClient && self.refuse_greeting.is_some() && !self.greeted;
+        // whole replies right behind the held one (a NOOP's during a paced cache hit) go ahead
+        // of it (`move_ahead`), if nothing went on behind it yet
+        let next = self.s2c.next;
+        let ahead = reply_held.is_some_and(|(_, after)| seg.seq == after && next == after)
+            && !tls
+            && !seg.flags.fin
+            && self.reply_hold.as_ref().is_some_and(|h| h.packet.is_some() && !h.passed_behind)
+            && reply_hold::may_go_ahead(seg.payload);
         if let (Some((_, after)), Some(h)) = (reply_held, self.reply_hold.as_mut()) {
-            // what the server sent after it (a NOOP's reply during the transfer) goes on: the
-            // client's TCP keeps it until the reply is released, and a replaced reply keeps
-            // its length, so these bytes are where they will be
-            h.passed_behind |= seg.seq >= after && !seg.payload.is_empty() && !seg.flags.fin;
+            // anything else the server sent after it goes on: the client's TCP keeps it until
+            // the reply is released, and a replaced reply keeps its length, so these bytes are
+            // where they will be
+            h.passed_behind |= !ahead && seg.seq >= after && !seg.payload.is_empty() && !seg.flags.fin;
         }
         let st = self.stream(dir);
         let end = seg.seq.add(seg.payload.len());
@@ -126,7 +134,18 @@ impl Session {
         let has_new = end > st.next || (seg.flags.fin && st.absorbing);
         if has_new {
             let from = (st.next.diff(seg.seq).max(0) as usize).min(seg.payload.len());
+            let delta = self.stream(dir).map.total_delta();
             let (emit_from, bytes) = self.feed(dir, &seg.payload[from..], seg.flags.fin, dp);
+            if ahead {
+                let st = self.stream(dir);
+                let whole = bytes == seg.payload && st.map.total_delta() == delta && !st.absorbing && st.line_len == 0;
+                if whole && self.reply_hold.as_ref().is_some_and(|h| h.packet.is_some()) {
+                    return self.move_ahead(seg.seq, bytes, ack, sack);
+                }
+                if let Some(h) = self.reply_hold.as_mut() {
+                    h.passed_behind = true; // (never: the replies were whole and unchanged)
+                }
+            }
             let st = self.stream(dir);
             let s = st.map.map(emit_from);
             out_seq.get_or_insert(s);

@@ -1008,6 +1008,35 @@ mod explicit_streams {
         }
     }
 
+    /// Through the proxy too, the replies to what the client sends during a (paced) cache hit
+    /// reach it while the hit runs, ahead of the server's held `226`; one that keeps its place
+    /// (an error) follows the `226`.
+    #[test]
+    fn explicit_replies_behind_a_held_final_reply_go_ahead() {
+        for size in [1, 1000] {
+            let mut e = Ends::new();
+            e.dp.cache.insert("/home/alice/f.bin".into(), 1000);
+            e.send(Dir::ToClient, b"220 hi\r\n", size, None);
+            e.send(Dir::ToServer, b"USER alice\r\nPASS pw\r\nPWD\r\nTYPE I\r\nPASV\r\n", size, None);
+            e.send(Dir::ToClient, b"331 pw\r\n230 in\r\n257 \"/home/alice\"\r\n200 I\r\n227 ok (10,0,2,2,117,48)\r\n", size, None);
+            e.send(Dir::ToServer, b"RETR f.bin\r\n", size, Some(Decision::Hit));
+            e.dp.state = Some(DataState::Busy { moved: 0 });
+            e.send(Dir::ToClient, b"350 Restarting at 1000.\r\n150 go\r\n226 done\r\n", size, None);
+            assert!(e.st.awaiting_data().is_some(), "size {size}");
+            e.send(Dir::ToServer, b"NOOP\r\nNOOP\r\nXYZ\r\n", size, None);
+            e.send(Dir::ToClient, b"200 NOOP ok\r\n", size, None);
+            e.send(Dir::ToClient, b"200 NOOP ok\r\n500 what?\r\n", size, None);
+            let got = String::from_utf8_lossy(&e.to_client).into_owned();
+            assert!(got.ends_with("150 go\r\n200 NOOP ok\r\n200 NOOP ok\r\n"), "size {size}: {got:?}");
+            e.dp.state = Some(DataState::Done(DataOutcome::Ok));
+            let f = e.st.data_done(&mut e.dp, e.now);
+            let rest = String::from_utf8_lossy(&f.out).into_owned();
+            // the 500 keeps its place: it follows the 226
+            assert!(rest.starts_with("226 done") && rest.ends_with("500 what?\r\n"), "size {size}: {rest:?}");
+            assert_eq!(e.st.awaiting_data(), None);
+        }
+    }
+
     /// With TCP the client would send again what followed a held RETR; through the proxy
     /// nobody would, so it must follow the released RETR (here a second RETR, held in turn).
     #[test]
@@ -1091,16 +1120,100 @@ fn a_noop_answered_during_a_transfer_is_not_its_final_reply() {
     let now = p.now;
     assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq, ack, b"226 done\r\n"), &mut p.dp, now), Verdict::Hold);
     assert_eq!(p.s.awaiting_data(), Some(1));
-    // a NOOP sent after the server's 226 is answered behind it: that segment goes on (the
-    // client's TCP keeps it until the 226 is released); the 226's retransmission does not
+    // a command sent after the server's 226 is answered behind it with a reply that keeps its
+    // place (an error): that segment goes on (the client's TCP keeps it until the 226 is
+    // released); the 226's retransmission does not
     let noop = p.c.snd_nxt;
-    assert_eq!(p.s.handle_segment(Dir::ToServer, &seg(noop, seq.add(10), b"NOOP\r\n"), &mut p.dp, now), Verdict::Pass);
-    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq.add(10), noop.add(6), b"200 ok\r\n"), &mut p.dp, now), Verdict::Pass);
+    assert_eq!(p.s.handle_segment(Dir::ToServer, &seg(noop, seq.add(10), b"XYZ\r\n"), &mut p.dp, now), Verdict::Pass);
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq.add(10), noop.add(5), b"500 what?\r\n"), &mut p.dp, now), Verdict::Pass);
     assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq, ack, b"226 done\r\n"), &mut p.dp, now), Verdict::Drop);
     // the transfer broke: its 426 takes the 226's place at the 226's length
     p.dp.state = Some(DataState::Done(DataOutcome::Failed("reset".into())));
     let Some(Verdict::Edit(e)) = p.s.data_done(&mut p.dp) else { panic!("not released") };
     assert_eq!(e.payload.as_deref(), Some(&b"426 Conn\r\n"[..]));
+}
+
+/// A paced cache hit takes seconds after the server's `226`: the replies to `NOOP`s the client
+/// sends meanwhile go ahead of the held `226` (each takes its place in turn, the segment that
+/// brought it then carries the `226`), so the client reads them at once; retransmissions are
+/// rendered the same way, and the stream is whole again afterwards.
+#[test]
+fn replies_behind_a_held_final_reply_go_ahead_of_it() {
+    let mut p = transfer_in_progress();
+    let (seq, ack) = (p.v.snd_nxt, p.v.rcv_nxt);
+    let now = p.now;
+    let at = p.s.s2c.map.map(seq); // where the client expects the next server byte
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq, ack, b"226 done\r\n"), &mut p.dp, now), Verdict::Hold);
+    assert_eq!(p.s.take_moved_carrier(), None);
+    let noop = p.c.snd_nxt;
+    assert_eq!(p.s.handle_segment(Dir::ToServer, &seg(noop, at, b"NOOP\r\n"), &mut p.dp, now), Verdict::Pass);
+    // the 200 arrives behind the held 226: its segment is held, the 226's goes on carrying it
+    let first = seq.add(10);
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(first, noop.add(6), b"200 NOOP ok\r\n"), &mut p.dp, now), Verdict::Hold);
+    let Some(Verdict::Edit(e)) = p.s.take_moved_carrier() else { panic!("the 226's segment not released") };
+    assert_eq!((e.seq, e.payload.as_deref()), (at, Some(&b"200 NOOP ok\r\n"[..])));
+    assert_eq!(p.s.awaiting_data(), Some(1), "the 226 is still held");
+    // the client acknowledges the 200: the server learns of its 226 only
+    let ackd = seg(noop.add(6), at.add(13), b"");
+    let Verdict::Edit(a) = p.s.handle_segment(Dir::ToServer, &ackd, &mut p.dp, now) else { panic!("ACK not mapped") };
+    assert_eq!(a.ack, first);
+    // the server retransmits its 226: it becomes the 200 again; the 200's segment is held
+    let Verdict::Edit(r) = p.s.handle_segment(Dir::ToClient, &seg(seq, ack, b"226 done\r\n"), &mut p.dp, now) else { panic!("not rendered") };
+    assert_eq!((r.seq, r.payload.as_deref()), (at, Some(&b"200 NOOP ok\r\n"[..])));
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(first, noop.add(6), b"200 NOOP ok\r\n"), &mut p.dp, now), Verdict::Drop);
+    // a second NOOP, and a STAT's multi-line reply in one segment, go ahead the same way
+    let second = first.add(13);
+    let text = b"200 ok\r\n211-status\r\n idle\r\n211 end\r\n";
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(second, noop.add(6), text), &mut p.dp, now), Verdict::Hold);
+    let Some(Verdict::Edit(e)) = p.s.take_moved_carrier() else { panic!("not released") };
+    assert_eq!((e.seq, e.payload.as_deref()), (at.add(13), Some(&text[..])));
+    // a reply that may end a transfer keeps its place behind the 226
+    let third = second.add(text.len());
+    assert!(matches!(p.s.handle_segment(Dir::ToClient, &seg(third, noop.add(6), b"226 x\r\n"), &mut p.dp, now), Verdict::Pass | Verdict::Edit(_)));
+    assert_eq!(p.s.take_moved_carrier(), None);
+    // the data connection is done: the 226 goes out in the last carrier's place, at its length
+    // (the segment after it went on where that length put it)
+    p.dp.state = Some(DataState::Done(DataOutcome::Ok));
+    let Some(Verdict::Edit(e)) = p.s.data_done(&mut p.dp) else { panic!("not released") };
+    assert_eq!(e.seq, at.add(13 + text.len()));
+    assert_eq!(e.payload, Some(super::reply_hold::fit_reply(b"226 done\r\n", text.len())));
+    assert!(e.payload.unwrap().starts_with(b"226 done   "));
+    // the stream goes on after what the client got: 200, status, the 226 at the status's
+    // length, the reply that went behind
+    assert_eq!(p.s.s2c.map.map(third.add(7)), at.add(13 + 2 * text.len() + 7));
+}
+
+/// Replies that went ahead of a held final reply exchange places with it: once it is released,
+/// the server's stream maps onto the client's as before, byte for byte.
+#[test]
+fn a_final_reply_that_replies_went_ahead_of_keeps_the_stream_length() {
+    let mut p = transfer_in_progress();
+    let (seq, ack) = (p.v.snd_nxt, p.v.rcv_nxt);
+    let now = p.now;
+    let at = p.s.s2c.map.map(seq);
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq, ack, b"226 done\r\n"), &mut p.dp, now), Verdict::Hold);
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq.add(10), ack, b"200 NOOP ok\r\n"), &mut p.dp, now), Verdict::Hold);
+    assert!(p.s.take_moved_carrier().is_some());
+    p.dp.state = Some(DataState::Done(DataOutcome::Ok));
+    let Some(Verdict::Edit(e)) = p.s.data_done(&mut p.dp) else { panic!("not released") };
+    assert_eq!((e.seq, e.payload.as_deref()), (at.add(13), Some(&b"226 done\r\n"[..])));
+    assert_eq!(p.s.s2c.map.map(seq.add(23)), at.add(23));
+    assert_eq!(p.s.s2c.map.total_delta(), 0);
+}
+
+#[test]
+fn only_whole_replies_that_cannot_end_a_transfer_go_ahead() {
+    use super::reply_hold::may_go_ahead;
+    assert!(may_go_ahead(b"200 NOOP ok.\r\n"));
+    assert!(may_go_ahead(b"213 12345\r\n257 \"/\"\r\n"));
+    assert!(may_go_ahead(b"211-status\r\n 211 in the text\r\n211 end\r\n"));
+    assert!(!may_go_ahead(b"211-status\r\n"), "a multi-line reply not ended");
+    assert!(!may_go_ahead(b"200 NOOP"), "an incomplete line");
+    assert!(!may_go_ahead(b""));
+    for ends in [&b"226 done\r\n"[..], b"225 ABOR ok\r\n", b"250 ok\r\n", b"426 aborted\r\n", b"500 what\r\n", b"150 go\r\n", b"421 bye\r\n"] {
+        assert!(!may_go_ahead(ends), "{}", String::from_utf8_lossy(ends));
+    }
+    assert!(!may_go_ahead(b"200 ok\r\n226 done\r\n"), "one reply that may end a transfer among them");
 }
 
 #[test]
