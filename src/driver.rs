@@ -99,12 +99,13 @@ impl<I: Copy + Send + Sync + 'static> Checks<I> {
         };
         let answer = Arc::new(answer);
         let from_thread = answer.clone();
-        let spawned = std::thread::Builder::new().name("ftpgate-check".into()).spawn(move || {
+        let checker = cache.checker.clone();
+        let ask = move || {
             let t = Instant::now();
             let decision = cache.freshness(&login, &entry);
             from_thread(decision, t.elapsed());
-        });
-        if spawned.is_err() {
+        };
+        if crate::sched::spawn_prompt("ftpgate-check", move || checker.ask_at_priority(), ask).is_err() {
             answer(Decision::Bypass, Duration::ZERO);
         }
     }

@@ -66,7 +66,12 @@ fn run(a: RunArgs) -> Result<()> {
             let store = Store::open(&s.cache_dir, c.max_bytes).with_context(|| format!("cache dir {}: cannot open", s.cache_dir.display()))?;
             Some(Arc::new(CacheCtx {
                 store,
-                checker: Checker::with_limits(c.check_timeout, Limits { per_login: c.check_connections, ..Limits::default() }),
+                checker: Checker::with_priority(
+                    c.check_timeout,
+                    Limits { per_login: c.check_connections, ..Limits::default() },
+                    s.relay.rt_priority,
+                    s.relay.nice,
+                ),
                 settle: c.settle_s,
                 write_buffer: c.write_buffer,
                 refetch: c.refetch,

@@ -97,6 +97,9 @@ impl Pool {
 pub struct Checker {
     timeout: Duration,
     limits: Limits,
+    /// The scheduling of the threads that ask (see [`Checker::ask_at_priority`]): real-time
+    /// priority and nice, as the relay's threads; `None` leaves them as they start.
+    priority: Option<(u8, i8)>,
     pool: Mutex<Pool>,
     freed: Condvar,
 }
@@ -136,7 +139,17 @@ impl Checker {
     }
 
     pub fn with_limits(timeout: Duration, limits: Limits) -> Arc<Checker> {
-        let c = Arc::new(Checker { timeout, limits, pool: Mutex::default(), freed: Condvar::new() });
+        Checker::build(timeout, limits, None)
+    }
+
+    /// A checker whose asking threads run at the relay's scheduling (`rt`, `nice`: see
+    /// [`crate::sched::lower_priority`]).
+    pub fn with_priority(timeout: Duration, limits: Limits, rt: u8, nice: i8) -> Arc<Checker> {
+        Checker::build(timeout, limits, Some((rt, nice)))
+    }
+
+    fn build(timeout: Duration, limits: Limits, priority: Option<(u8, i8)>) -> Arc<Checker> {
+        let c = Arc::new(Checker { timeout, limits, priority, pool: Mutex::default(), freed: Condvar::new() });
         let weak: Weak<Checker> = Arc::downgrade(&c);
         let _ = std::thread::Builder::new().name("ftpgate-checks".into()).spawn(move || loop {
             std::thread::sleep(Duration::from_millis(500));
@@ -145,6 +158,16 @@ impl Checker {
             quit_all(old);
         });
         c
+    }
+
+    /// Sets the calling thread (one about to ask, or to log in ahead) to the checker's
+    /// scheduling. A held RETR waits for its answer: asking at normal priority, behind a burst
+    /// of client processes on the same cores, each of its two round trips waited for the CPU
+    /// (measured: 19 ms p50, 57 ms p90 for round trips the server answered in 0.05 ms).
+    pub fn ask_at_priority(&self) {
+        if let Some((rt, nice)) = self.priority {
+            crate::sched::lower_priority(rt, nice);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Pool> {
@@ -158,7 +181,11 @@ impl Checker {
     /// the pool and closes after the idle time if no check comes.
     pub fn warm(self: &Arc<Self>, login: Login) {
         let me = self.clone();
-        let _ = std::thread::Builder::new().name("ftpgate-check".into()).spawn(move || {
+        let init = {
+            let me = me.clone();
+            move || me.ask_at_priority()
+        };
+        let _ = crate::sched::spawn_prompt("ftpgate-check", init, move || {
             let Some((mut slot, pooled)) = me.slot_within(&login, Duration::ZERO) else { return };
             slot.keep = match pooled {
                 Some(c) => Some(c),

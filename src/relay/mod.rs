@@ -369,19 +369,26 @@ impl Relay {
     /// Runs data connection `id`'s work on a thread of its own; when it returns, the slot
     /// moves to the ended ones (kept a while for [`DataPlane::data_state`]).
     /// Without a thread, the slot is forgotten at once.
+    /// Starts data connection `id`'s thread at the relay's scheduling (at once: see
+    /// [`crate::sched::spawn_prompt`]).
     fn spawn_for(&self, id: DataId, name: &str, work: impl FnOnce() + Send + 'static) -> io::Result<()> {
         let (slots, ended) = (self.slots.clone(), self.ended.clone());
-        let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
-            work();
-            let s = slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            if let Some(s) = s {
-                ended.lock().unwrap_or_else(|e| e.into_inner()).insert(id, s);
-            }
-        });
+        let (rt, nice) = (self.cfg.rt_priority, self.cfg.nice);
+        let spawned = crate::sched::spawn_prompt(
+            name,
+            move || lower_priority(rt, nice),
+            move || {
+                work();
+                let s = slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                if let Some(s) = s {
+                    ended.lock().unwrap_or_else(|e| e.into_inner()).insert(id, s);
+                }
+            },
+        );
         if spawned.is_err() {
             self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         }
-        spawned.map(drop)
+        spawned
     }
 
     /// Gives `grant` and watches its connection as data connection `id` on `slot`; `false`
@@ -657,12 +664,7 @@ impl DataPlane for Relay {
             pace_up: self.shares.pacer(req.client.ip(), pace::Way::Up, req.rates.up),
             second,
         };
-        let (rt, nice) = (self.cfg.rt_priority, self.cfg.nice);
-        self.spawn_for(id, "ftpgate-data", move || {
-            lower_priority(rt, nice);
-            job.run();
-        })
-        .map_err(OpenError::Thread)?;
+        self.spawn_for(id, "ftpgate-data", move || job.run()).map_err(OpenError::Thread)?;
         Ok(Opened { announce, id, client_side })
     }
 }
