@@ -21,6 +21,10 @@
   ftpclient.py paced HOST MODE FILE OUT    # a download while NOOPs go every 100 ms on the same session
                                            # (a server that answers during a transfer: pyftpdlib);
                                            # prints "SECONDS NOOPS MAX_NOOP_MS"
+  ftpclient.py fixedport HOST PORT FILE OUT [reset]  # a PASV download whose data connection comes
+                                           # from local port PORT; "reset": bytes are sent on it
+                                           # during the RETR, so that the server, closing it with
+                                           # them unread, resets it; prints the final reply
 MODE is one of pasv, epsv, port, eprt.
 """
 import ftplib, os, socket, sys, time, re
@@ -443,6 +447,29 @@ def main():
             c.expect("226")
         c.cmd("QUIT", "221")
         print("%.3f %d %.1f (ms: %s)" % (took, len(rtts), max(rtts, default=0) * 1000, " ".join("%.1f" % (r * 1000) for r in rtts)))
+    elif what == "fixedport":
+        host, port, name, out = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+        reset = sys.argv[6:7] == ["reset"]
+        sys.excepthook = lambda t, e, tb: print(f"error: {t.__name__}: {e}")
+        f = ftplib.FTP(host, timeout=8); f.login(); f.voidcmd("TYPE I")
+        ep = re.search(r"\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)", f.sendcmd("PASV")).groups()
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("", port)); s.settimeout(8)
+        s.connect((host, int(ep[4]) * 256 + int(ep[5])))
+        f.sendcmd("RETR " + name)
+        if reset:
+            s.sendall(b"x" * 1000)
+        with open(out, "wb") as o:
+            try:
+                while True:
+                    b = s.recv(65536)
+                    if not b:
+                        break
+                    o.write(b)
+            except ConnectionResetError:
+                pass
+        s.close()
+        print(f.getresp())
     elif what == "login":
         # USER/PASS: prints the reply to the login (or its error)
         host, user, pw = sys.argv[2:5]

@@ -3,7 +3,7 @@
 # connections never costing a client its server slot, bursts of separate client processes
 # against vsftpd's stock per-address limit.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-need vsftpd curl
+need vsftpd curl conntrack
 
 limits_and_load() { # topology label; vsftpd runs, ftpgate not
   local t=$1
@@ -75,9 +75,39 @@ burst_stock() { # topology label; vsftpd runs, ftpgate not. Issue 13: 100 separa
   gate_stop; server_stop; vsftpd_start
 }
 
+# issue 13: a data connection on the addresses and ports of a NATed one that the server ended
+# with a reset seconds before (conntrack keeps such an entry 10 s in CLOSE state, and a new SYN
+# in the other direction takes it over, NAT binding and all): through the relay it reached the
+# listener from the router's WAN address, was refused as a thief, and the session stalled. One
+# passive port at the server and one client port make the reuse certain.
+stale_nat() { # topology label; vsftpd runs, ftpgate not
+  local t=$1 r
+  server_stop; VSFTPD_PASV_MAX=30000 vsftpd_start
+  alg_start  # the earlier connection: forwarded and NATed by the kernel ALG, reset by the server
+  r=$(inC timeout 20 $PY fixedport $SRV_IP 40000 big.bin "$OUT" reset 2>&1)
+  alg_stop
+  if inR conntrack -L -p tcp --dport 30000 2>/dev/null | grep -q "CLOSE src=10.0.1.2 .*sport=40000 .*dst=10.0.2.1"; then
+    pass "$t stale NAT: the server's reset left a closed, NATed conntrack entry ($r)"
+  else
+    echo "INFO: $t stale NAT: no closed, NATed entry to reuse ($(inR conntrack -L -p tcp --dport 30000 2>&1 | head -2 | tr '\n' ' '); $r)"
+  fi
+  gate_start; local m; m=$(logmark)
+  r=$(inC timeout 20 $PY fixedport $SRV_IP 40000 big.bin "$OUT" 2>&1)
+  if [[ $r == 226* ]] && cmp -s "$OUT" "$WORK/pub/big.bin"; then
+    pass "$t stale NAT: a download on the same addresses and ports right after goes through the relay ($r)"
+  else
+    fail "$t stale NAT: the download on the same addresses and ports: $r; $(tail -n +$((m + 1)) "$WORK/ftpgate.log" | grep -E "refused connection|NATed" | tail -2 | tr "\n" " ")"
+  fi
+  logsince "$m" "NATed conntrack entry on its addresses deleted" >/dev/null &&
+    pass "$t stale NAT: the entry was deleted before conntrack took it over" ||
+    echo "INFO: $t stale NAT: no stale entry was found at the SYN"
+  gate_stop; server_stop; vsftpd_start
+}
+
 for topo in $(topos nat); do
   setup $topo
   vsftpd_start
+  stale_nat "$topo vsftpd"
   server_slots "$topo vsftpd"
   burst_stock "$topo vsftpd"
   limits_and_load "$topo vsftpd"

@@ -13,6 +13,13 @@ use crate::netlink::{attr, find, nested, Socket};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+/// `enum tcp_conntrack`: a connection closed (after FINs, after a reset).
+const TCP_CONNTRACK_TIME_WAIT: u8 = 7;
+const TCP_CONNTRACK_CLOSE: u8 = 8;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_TUPLE_IP: u16 = 1;
@@ -31,9 +38,18 @@ const CTA_COUNTERS_BYTES: u16 = 2;
 /// Builds the CT_GET request for the original-direction tuple `src → dst` (TCP). Both must be
 /// of one family (a mixed pair is asked as IPv6, which no entry matches).
 pub fn request(src: SocketAddr, dst: SocketAddr, seq: u32) -> Vec<u8> {
+    request_by(CTA_TUPLE_ORIG, src, dst, seq)
+}
+
+/// The CT_GET request for the connection whose tuple `which` (original or reply) is `src → dst`.
+fn request_by(which: u16, src: SocketAddr, dst: SocketAddr, seq: u32) -> Vec<u8> {
+    ct_message(IPCTNL_MSG_CT_GET, libc::NLM_F_REQUEST as u16, which, src, dst, seq)
+}
+
+fn ct_message(ty: u16, flags: u16, which: u16, src: SocketAddr, dst: SocketAddr, seq: u32) -> Vec<u8> {
     let family = if src.is_ipv4() && dst.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     let mut body = vec![family as u8, 0, 0, 0]; // nfgenmsg
-    nested(&mut body, CTA_TUPLE_ORIG, |t| {
+    nested(&mut body, which, |t| {
         nested(t, CTA_TUPLE_IP, |ip| match (src.ip(), dst.ip()) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 attr(ip, CTA_IP_V4_SRC, &s.octets());
@@ -52,8 +68,8 @@ pub fn request(src: SocketAddr, dst: SocketAddr, seq: u32) -> Vec<u8> {
     });
     let mut msg = Vec::with_capacity(16 + body.len());
     msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-    msg.extend_from_slice(&(NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET).to_ne_bytes());
-    msg.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    msg.extend_from_slice(&(NFNL_SUBSYS_CTNETLINK << 8 | ty).to_ne_bytes());
+    msg.extend_from_slice(&flags.to_ne_bytes());
     msg.extend_from_slice(&seq.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes());
     msg.extend_from_slice(&body);
@@ -69,17 +85,79 @@ fn v6(a: IpAddr) -> Ipv6Addr {
 
 /// From a CT_NEW answer: the reply tuple's destination address.
 pub fn parse_reply_dst(msg: &[u8]) -> Option<IpAddr> {
+    tuple_addr(msg, CTA_TUPLE_REPLY, (CTA_IP_V4_DST, CTA_IP_V6_DST))
+}
+
+/// From a CT_NEW answer: the original tuple's source address.
+pub fn parse_orig_src(msg: &[u8]) -> Option<IpAddr> {
+    tuple_addr(msg, CTA_TUPLE_ORIG, (CTA_IP_V4_SRC, CTA_IP_V6_SRC))
+}
+
+/// One address of tuple `which` of a CT_NEW answer (`(v4, v6)`: the attribute of each family).
+fn tuple_addr(msg: &[u8], which: u16, (v4, v6): (u16, u16)) -> Option<IpAddr> {
     let len = u32::from_ne_bytes(msg.get(..4)?.try_into().ok()?) as usize;
     let ty = u16::from_ne_bytes(msg.get(4..6)?.try_into().ok()?);
     if ty == libc::NLMSG_ERROR as u16 || len > msg.len() || len < 20 {
         return None;
     }
-    let reply = find(&msg[20..len], CTA_TUPLE_REPLY)?;
-    let ip = find(reply, CTA_TUPLE_IP)?;
-    if let Some(d) = find(ip, CTA_IP_V4_DST) {
+    let ip = find(find(&msg[20..len], which)?, CTA_TUPLE_IP)?;
+    if let Some(d) = find(ip, v4) {
         return <[u8; 4]>::try_from(d).ok().map(|d| IpAddr::V4(Ipv4Addr::from(d)));
     }
-    <[u8; 16]>::try_from(find(ip, CTA_IP_V6_DST)?).ok().map(|d| IpAddr::V6(Ipv6Addr::from(d)))
+    <[u8; 16]>::try_from(find(ip, v6)?).ok().map(|d| IpAddr::V6(Ipv6Addr::from(d)))
+}
+
+/// From a CT_NEW answer: whether the entry is a closed connection (`TIME_WAIT`, `CLOSE`) whose
+/// source was translated (its reply goes to another address than the original came from).
+pub fn is_closed_and_nated(msg: &[u8]) -> bool {
+    let closed = (|| {
+        let len = u32::from_ne_bytes(msg.get(..4)?.try_into().ok()?) as usize;
+        let tcp = find(find(msg.get(20..len)?, CTA_PROTOINFO)?, CTA_PROTOINFO_TCP)?;
+        let state = *find(tcp, CTA_PROTOINFO_TCP_STATE)?.first()?;
+        Some(state == TCP_CONNTRACK_TIME_WAIT || state == TCP_CONNTRACK_CLOSE)
+    })();
+    closed == Some(true) && matches!((parse_orig_src(msg), parse_reply_dst(msg)), (Some(a), Some(b)) if a != b)
+}
+
+/// Before a new connection `src → dst` to one of the relay's transparent listeners is tracked:
+/// deletes an entry of an earlier connection on the same addresses and ports that is closed and
+/// was source-NATed (a kernel-forwarded connection: the kernel ALG's, or ftpgate's own). Returns
+/// whether one was deleted.
+///
+/// Conntrack would otherwise take that entry over for the new SYN when the earlier connection
+/// ended by a reset from the server (`CLOSE`, kept 10 s; only a SYN after the connection's own
+/// FIN or the client's own reset starts afresh), NAT binding and all; translated on local
+/// delivery, the connection reaches the listener from the router's WAN address, and its later
+/// segments, looked up by their own addresses, miss the relay's socket and go on to the server,
+/// which resets them. Measured: a data connection from a client port and to a passive port
+/// that a download through the kernel ALG had used seconds before, ended by the server's reset.
+pub fn clear_stale_nat(src: SocketAddr, dst: SocketAddr) -> bool {
+    let Ok(mut sock) = Socket::open(Duration::from_millis(200)) else { return false };
+    if sock.send(&request(src, dst, 1)).is_err() {
+        return false;
+    }
+    match sock.recv() {
+        Ok(answer) if is_closed_and_nated(answer) => {}
+        _ => return false,
+    }
+    let delete = ct_message(IPCTNL_MSG_CT_DELETE, (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16, CTA_TUPLE_ORIG, src, dst, 2);
+    sock.request_acked(&delete, 2).is_ok()
+}
+
+/// Where a connection the router accepted as `peer → local` really came from: the source of
+/// its conntrack entry's original tuple (asked by its reply tuple `local → peer`), if
+/// conntrack knows it.
+///
+/// A connection can reach a local socket already source-NATed: a new SYN on the tuple of an
+/// earlier NATed connection whose entry is still there in `CLOSE` state (closed by a reset)
+/// takes that entry over, NAT binding and all, and the translation is applied on local
+/// delivery too. A data connection from the expected client then shows the router's own WAN
+/// address (measured: a burst after a burst through the kernel ALG, 1 session in 200, which
+/// was refused as a thief and stalled).
+pub fn original_source(local: SocketAddr, peer: SocketAddr) -> Option<IpAddr> {
+    let mut sock = Socket::open(Duration::from_millis(200)).ok()?;
+    sock.send(&request_by(CTA_TUPLE_REPLY, local, peer, 1)).ok()?;
+    parse_orig_src(sock.recv().ok()?)
 }
 
 /// The address the server sees for connection `client → server`, if conntrack knows it.
@@ -116,6 +194,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_request_by_the_reply_tuple() {
+        let m = request_by(CTA_TUPLE_REPLY, "10.0.2.2:30918".parse().unwrap(), "10.0.2.1:42626".parse().unwrap(), 1);
+        assert!(find(&m[20..], CTA_TUPLE_ORIG).is_none());
+        let reply = find(&m[20..], CTA_TUPLE_REPLY).unwrap();
+        assert_eq!(find(find(reply, CTA_TUPLE_IP).unwrap(), CTA_IP_V4_DST).unwrap(), &[10, 0, 2, 1]);
+        assert_eq!(find(find(reply, CTA_TUPLE_PROTO).unwrap(), CTA_PROTO_SRC_PORT).unwrap(), &30918u16.to_be_bytes());
+    }
+
+    #[test]
     fn request_layout() {
         let m = request("10.0.1.2:40000".parse().unwrap(), "10.0.2.2:21".parse().unwrap(), 7);
         assert_eq!(m[16], libc::AF_INET as u8);
@@ -149,6 +236,34 @@ mod tests {
         msg.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         msg.extend_from_slice(&body);
         assert_eq!(parse_reply_dst(&msg), Some(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1))));
+        assert_eq!(parse_orig_src(&msg), None, "no original tuple in it");
+        let mut body = vec![2, 0, 0, 0];
+        nested(&mut body, CTA_TUPLE_ORIG, |t| {
+            nested(t, CTA_TUPLE_IP, |ip| {
+                attr(ip, CTA_IP_V4_SRC, &[10, 0, 1, 2]);
+                attr(ip, CTA_IP_V4_DST, &[10, 0, 2, 2]);
+            })
+        });
+        let mut orig = ((16 + body.len()) as u32).to_ne_bytes().to_vec();
+        orig.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        orig.extend_from_slice(&body);
+        assert_eq!(parse_orig_src(&orig), Some(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 2))));
+        // closed, and its reply went to another address than the original came from: stale NAT
+        let entry = |state: u8, reply_dst: [u8; 4]| {
+            let mut body = vec![2, 0, 0, 0];
+            nested(&mut body, CTA_TUPLE_ORIG, |t| nested(t, CTA_TUPLE_IP, |ip| attr(ip, CTA_IP_V4_SRC, &[10, 0, 1, 2])));
+            nested(&mut body, CTA_TUPLE_REPLY, |t| nested(t, CTA_TUPLE_IP, |ip| attr(ip, CTA_IP_V4_DST, &reply_dst)));
+            nested(&mut body, CTA_PROTOINFO, |p| nested(p, CTA_PROTOINFO_TCP, |t| attr(t, CTA_PROTOINFO_TCP_STATE, &[state])));
+            let mut m = ((16 + body.len()) as u32).to_ne_bytes().to_vec();
+            m.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            m.extend_from_slice(&body);
+            m
+        };
+        assert!(is_closed_and_nated(&entry(TCP_CONNTRACK_CLOSE, [10, 0, 2, 1])));
+        assert!(is_closed_and_nated(&entry(TCP_CONNTRACK_TIME_WAIT, [10, 0, 2, 1])));
+        assert!(!is_closed_and_nated(&entry(3, [10, 0, 2, 1])), "established: a live connection");
+        assert!(!is_closed_and_nated(&entry(TCP_CONNTRACK_CLOSE, [10, 0, 1, 2])), "not translated");
+        assert!(!is_closed_and_nated(&[0xff; 40]));
         // the same behind NAT66
         let wan: Ipv6Addr = "fd00:2::1".parse().unwrap();
         let mut body6 = vec![10, 0, 0, 0];

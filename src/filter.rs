@@ -10,6 +10,10 @@
 //!   connections aimed at the server (passive) or at the client (active) reach the relay. Only
 //!   sockets ftpgate opened carry IP_TRANSPARENT, so no other traffic is diverted.
 //! - `filter INPUT`: accepts those marked packets, for routers whose INPUT policy is DROP.
+//! - `raw PREROUTING -p tcp --syn -m socket --transparent`: the SYN of a data connection to one
+//!   of the relay's listeners is queued before conntrack sees it, so that a closed, NATed entry
+//!   of an earlier connection on the same addresses is deleted rather than taken over
+//!   (`crate::conntrack::clear_stale_nat`).
 //! - kernel forwarding of data connections (`crate::nft`): the nftables table `ip ftpgate`
 //!   (loaded with `nft -f`; without `nft` data connections are relayed), plus three rules on
 //!   its conntrack marks: `mangle FORWARD` queues a forwarded connection's SYN/FIN/RST segments
@@ -121,6 +125,14 @@ impl RuleSet {
                 chain: "FORWARD",
                 first: false,
                 spec: words(&format!("{not_out}-p tcp --sport 21 {c} -j NFQUEUE --queue-num {q}{bypass}")),
+            },
+            Rule {
+                table: "raw",
+                chain: "PREROUTING",
+                first: false,
+                // a data connection's SYN to one of the relay's listeners, before conntrack: a
+                // closed, NATed entry on its addresses is deleted first (conntrack::clear_stale_nat)
+                spec: words(&format!("-p tcp --syn -m socket --transparent {c} -j NFQUEUE --queue-num {q}{bypass}")),
             },
             Rule {
                 table: "mangle",

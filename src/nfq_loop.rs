@@ -186,13 +186,17 @@ impl Helper {
         };
         let (src, dst) = (pkt.src(), pkt.dst());
         if src.port() != FTP_PORT && dst.port() != FTP_PORT {
-            // a data connection's segment: a kernel-forwarded one's SYN/FIN/RST, or a thief's SYN
-            // (only IPv4 data connections are forwarded by the kernel; an IPv6 one is relayed)
+            // a data connection's segment: a SYN to one of the relay's listeners (before
+            // conntrack), a kernel-forwarded one's SYN/FIN/RST, or a thief's SYN (only IPv4 data
+            // connections are forwarded by the kernel; an IPv6 one is relayed)
+            let f = pkt.flags();
+            if f.syn && !f.ack && crate::conntrack::clear_stale_nat(src, dst) {
+                log!("data connection {src} -> {dst}: a closed, NATed conntrack entry on its addresses deleted first");
+            }
             let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, dst) else {
                 msg.set_verdict(NfVerdict::Accept);
                 return Some(msg);
             };
-            let f = pkt.flags();
             let seg = Flagged { src, dst, seq: pkt.seq().raw(), len: pkt.payload.len() as u32, syn: f.syn, ack: f.ack, fin: f.fin, rst: f.rst };
             msg.set_verdict(if self.relay.observe(&seg) { NfVerdict::Accept } else { NfVerdict::Drop });
             return Some(msg);

@@ -195,7 +195,7 @@ impl Job {
                 return None; // the kernel forwards it
             }
             match listener.accept() {
-                Ok((s, a)) if a.ip() == peer => {
+                Ok((s, a)) if a.ip() == peer || self.nated_from(&s, a) == Some(peer) => {
                     self.slot.connected.store(true, Ordering::Relaxed);
                     st.listener = None;
                     drop(st);
@@ -220,6 +220,16 @@ impl Job {
                 }
             }
         }
+    }
+
+    /// The true source of an accepted connection that shows `a`, another address than expected:
+    /// the original source conntrack knows (see [`crate::conntrack::original_source`]), when it
+    /// differs from `a`. Logged, for that is unusual.
+    fn nated_from(&self, s: &TcpStream, a: SocketAddr) -> Option<IpAddr> {
+        let local = s.local_addr().ok()?;
+        let from = crate::conntrack::original_source(local, a).filter(|&f| f != a.ip())?;
+        log!("{}: connection from {a} came from {from} (a NAT binding conntrack kept for its addresses)", self.name());
+        Some(from)
     }
 
     /// Connects to `target` from `src` (any port but `avoid`); says how it failed when it did not.
