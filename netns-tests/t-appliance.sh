@@ -109,7 +109,7 @@ EOC
   # the command line overrides the file
   printf 'cache-dir = "%s"\nqueue = 7\n' "$WORK/cache" >"$WORK/q.toml"
   r=$(inR "$BIN" rules show --config "$WORK/q.toml" --queue 9 | grep -c 'queue-num 9'); n=$(inR "$BIN" rules show --config "$WORK/q.toml" | grep -c 'queue-num 7')
-  [[ $r == 6 && $n == 6 ]] && pass "$t: rules read the queue from the config; the command line overrides it" || fail "$t: config/CLI precedence ($r, $n)"
+  [[ $r == 8 && $n == 8 ]] && pass "$t: rules read the queue from the config; the command line overrides it" || fail "$t: config/CLI precedence ($r, $n)"
   # the systemd unit
   if command -v systemd-analyze >/dev/null; then
     mkdir -p "$WORK/unit"; sed "s#/usr/bin/ftpgate#$BIN#g" "$ROOT/dist/ftpgate.service" >"$WORK/unit/ftpgate.service"
@@ -148,8 +148,8 @@ rules_legacy() { # iptables-legacy as the system's iptables (both families): sam
   c=$( { ip netns exec $ns iptables-nft-save; ip netns exec $ns ip6tables-nft-save; } 2>/dev/null | grep -c ftpgate)
   ip netns exec $ns env PATH="$bin:$PATH" "$BIN" rules remove
   local after; after=$(lsave)
-  [[ $a == 11 && $b == 11 && $c == 0 && "$before" == "$after" ]] &&
-    pass "rules with iptables-legacy: apply twice = 7 IPv4 + 4 IPv6 rules, remove restores the rule set exactly" ||
+  [[ $a == 13 && $b == 13 && $c == 0 && "$before" == "$after" ]] &&
+    pass "rules with iptables-legacy: apply twice = 8 IPv4 + 5 IPv6 rules, remove restores the rule set exactly" ||
     fail "rules with iptables-legacy: $a then $b rules (nft: $c); remove changed: $(diff <(echo "$before") <(echo "$after") | tr '\n' ' ')"
   ip netns del $ns
 }
@@ -165,7 +165,7 @@ rules_idempotent() {
   inR "$BIN" rules apply && b=$(inR iptables-save | grep -c ftpgate) b6=$(inR ip6tables-save | grep -c ftpgate) && s2=$(save)
   local t1; t1=$(inR nft list table ip ftpgate 2>/dev/null | grep -c 'data_pass')
   local r6; r6=$(inR ip -6 rule | grep -c 'lookup 2121')
-  [[ $a == 7 && $b == 7 && $a6 == 4 && $b6 == 4 && $r6 == 1 && "$s1" == "$s2" && $t1 -ge 2 ]] &&
+  [[ $a == 8 && $b == 8 && $a6 == 5 && $b6 == 5 && $r6 == 1 && "$s1" == "$s2" && $t1 -ge 2 ]] &&
     pass "rules apply is idempotent ($a IPv4 rules, the nftables table, $a6 IPv6 rules and the ip -6 rule: the same set twice)" ||
     fail "rules apply twice: $a then $b IPv4 rules, $a6 then $b6 IPv6 rules, $r6 ip -6 rules (nft table: $t1 data_pass lines)"
   inR "$BIN" rules remove; inR "$BIN" rules remove
