@@ -11,8 +11,8 @@
 //!   sockets ftpgate opened carry IP_TRANSPARENT, so no other traffic is diverted.
 //! - `filter INPUT`: accepts those marked packets, for routers whose INPUT policy is DROP.
 //! - `raw PREROUTING -p tcp --syn -m socket --transparent`: the SYN of a data connection to one
-//!   of the relay's listeners is queued before conntrack sees it, so that a closed, NATed entry
-//!   of an earlier connection on the same addresses is deleted rather than taken over
+//!   of the relay's listeners is queued before conntrack sees it, so that a NATed entry of an
+//!   earlier connection on the same addresses is deleted rather than taken over
 //!   (`crate::conntrack::clear_stale_nat`).
 //! - kernel forwarding of data connections (`crate::nft`): the nftables table `ip ftpgate`
 //!   (loaded with `nft -f`; without `nft` data connections are relayed), plus three rules on
@@ -131,7 +131,7 @@ impl RuleSet {
                 chain: "PREROUTING",
                 first: false,
                 // a data connection's SYN to one of the relay's listeners, before conntrack: a
-                // closed, NATed entry on its addresses is deleted first (conntrack::clear_stale_nat)
+                // NATed entry on its addresses is deleted first (conntrack::clear_stale_nat)
                 spec: words(&format!("-p tcp --syn -m socket --transparent {c} -j NFQUEUE --queue-num {q}{bypass}")),
             },
             Rule {

@@ -191,7 +191,7 @@ impl Helper {
             // connections are forwarded by the kernel; an IPv6 one is relayed)
             let f = pkt.flags();
             if f.syn && !f.ack && crate::conntrack::clear_stale_nat(src, dst) {
-                log!("data connection {src} -> {dst}: a closed, NATed conntrack entry on its addresses deleted first");
+                log!("data connection {src} -> {dst}: a NATed conntrack entry on its addresses deleted first");
             }
             let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, dst) else {
                 msg.set_verdict(NfVerdict::Accept);
