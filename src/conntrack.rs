@@ -184,6 +184,28 @@ pub fn counters(src: SocketAddrV4, dst: SocketAddrV4) -> Option<(u64, u64)> {
 mod tests {
     use super::*;
 
+    /// A CT_NEW-shaped IPv4 answer with these tuples: (which, source, destination).
+    fn answer_v4(tuples: &[(u16, [u8; 4], [u8; 4])]) -> Vec<u8> {
+        let mut body = vec![2, 0, 0, 0];
+        for &(which, src, dst) in tuples {
+            nested(&mut body, which, |t| {
+                nested(t, CTA_TUPLE_IP, |ip| {
+                    attr(ip, CTA_IP_V4_SRC, &src);
+                    attr(ip, CTA_IP_V4_DST, &dst);
+                })
+            });
+        }
+        answer(&body)
+    }
+
+    /// A CT_NEW-shaped answer: the netlink header before `body` (which starts with the nfgenmsg).
+    fn answer(body: &[u8]) -> Vec<u8> {
+        let mut m = ((16 + body.len()) as u32).to_ne_bytes().to_vec();
+        m.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        m.extend_from_slice(body);
+        m
+    }
+
     #[test]
     fn a_request_by_the_reply_tuple() {
         let m = request_by(CTA_TUPLE_REPLY, "10.0.2.2:30918".parse().unwrap(), "10.0.2.1:42626".parse().unwrap(), 1);
@@ -216,39 +238,13 @@ mod tests {
         assert_eq!(parse_reply_dst(&[]), None);
         assert_eq!(parse_reply_dst(&[0xff; 40]), None);
         // a CT_NEW-shaped answer whose reply tuple is 10.0.2.2 -> 10.0.2.1
-        let mut body = vec![2, 0, 0, 0];
-        nested(&mut body, CTA_TUPLE_REPLY, |t| {
-            nested(t, CTA_TUPLE_IP, |ip| {
-                attr(ip, CTA_IP_V4_SRC, &[10, 0, 2, 2]);
-                attr(ip, CTA_IP_V4_DST, &[10, 0, 2, 1]);
-            })
-        });
-        let mut msg = ((16 + body.len()) as u32).to_ne_bytes().to_vec();
-        msg.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        msg.extend_from_slice(&body);
+        let msg = answer_v4(&[(CTA_TUPLE_REPLY, [10, 0, 2, 2], [10, 0, 2, 1])]);
         assert_eq!(parse_reply_dst(&msg), Some(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1))));
         assert_eq!(parse_orig_src(&msg), None, "no original tuple in it");
-        let mut body = vec![2, 0, 0, 0];
-        nested(&mut body, CTA_TUPLE_ORIG, |t| {
-            nested(t, CTA_TUPLE_IP, |ip| {
-                attr(ip, CTA_IP_V4_SRC, &[10, 0, 1, 2]);
-                attr(ip, CTA_IP_V4_DST, &[10, 0, 2, 2]);
-            })
-        });
-        let mut orig = ((16 + body.len()) as u32).to_ne_bytes().to_vec();
-        orig.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        orig.extend_from_slice(&body);
+        let orig = answer_v4(&[(CTA_TUPLE_ORIG, [10, 0, 1, 2], [10, 0, 2, 2])]);
         assert_eq!(parse_orig_src(&orig), Some(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 2))));
         // its reply went to another address than the original came from: source-NATed
-        let entry = |reply_dst: [u8; 4]| {
-            let mut body = vec![2, 0, 0, 0];
-            nested(&mut body, CTA_TUPLE_ORIG, |t| nested(t, CTA_TUPLE_IP, |ip| attr(ip, CTA_IP_V4_SRC, &[10, 0, 1, 2])));
-            nested(&mut body, CTA_TUPLE_REPLY, |t| nested(t, CTA_TUPLE_IP, |ip| attr(ip, CTA_IP_V4_DST, &reply_dst)));
-            let mut m = ((16 + body.len()) as u32).to_ne_bytes().to_vec();
-            m.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-            m.extend_from_slice(&body);
-            m
-        };
+        let entry = |reply_dst| answer_v4(&[(CTA_TUPLE_ORIG, [10, 0, 1, 2], [10, 0, 2, 2]), (CTA_TUPLE_REPLY, [10, 0, 2, 2], reply_dst)]);
         assert!(is_source_nated(&entry([10, 0, 2, 1])));
         assert!(!is_source_nated(&entry([10, 0, 1, 2])), "not translated");
         assert!(!is_source_nated(&[0xff; 40]));
@@ -256,17 +252,13 @@ mod tests {
         let wan: Ipv6Addr = "fd00:2::1".parse().unwrap();
         let mut body6 = vec![10, 0, 0, 0];
         nested(&mut body6, CTA_TUPLE_REPLY, |t| nested(t, CTA_TUPLE_IP, |ip| attr(ip, CTA_IP_V6_DST, &wan.octets())));
-        let mut msg6 = ((16 + body6.len()) as u32).to_ne_bytes().to_vec();
-        msg6.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        msg6.extend_from_slice(&body6);
+        let msg6 = answer(&body6);
         assert_eq!(parse_reply_dst(&msg6), Some(IpAddr::V6(wan)));
         assert_eq!(parse_counters(&msg), None);
         let mut body = vec![2, 0, 0, 0];
         nested(&mut body, CTA_COUNTERS_ORIG, |c| attr(c, CTA_COUNTERS_BYTES, &500u64.to_be_bytes()));
         nested(&mut body, CTA_COUNTERS_REPLY, |c| attr(c, CTA_COUNTERS_BYTES, &(5u64 << 32).to_be_bytes()));
-        let mut msg = ((16 + body.len()) as u32).to_ne_bytes().to_vec();
-        msg.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        msg.extend_from_slice(&body);
+        let msg = answer(&body);
         assert_eq!(parse_counters(&msg), Some((500, 5 << 32)));
     }
 }

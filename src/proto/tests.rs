@@ -898,6 +898,15 @@ mod explicit_streams {
             let st = Streams::new(CLIENT.parse().unwrap(), SERVER.parse().unwrap(), VIA, &mut dp, now);
             Ends { st, dp, to_server: vec![], to_client: vec![], now }
         }
+        /// alice logged in, in /home/alice, after PASV; /home/alice/f.bin (1000 bytes) cached.
+        fn logged_in_with_a_cached_file(size: usize) -> Ends {
+            let mut e = Ends::new();
+            e.dp.cache.insert("/home/alice/f.bin".into(), 1000);
+            e.send(Dir::ToClient, b"220 hi\r\n", size, None);
+            e.send(Dir::ToServer, b"USER alice\r\nPASS pw\r\nPWD\r\nTYPE I\r\nPASV\r\n", size, None);
+            e.send(Dir::ToClient, b"331 pw\r\n230 in\r\n257 \"/home/alice\"\r\n200 I\r\n227 ok (10,0,2,2,117,48)\r\n", size, None);
+            e
+        }
         fn send(&mut self, dir: Dir, data: &[u8], size: usize, hit: Option<Decision>) {
             for chunk in data.chunks(size.max(1)) {
                 let mut f = self.st.feed(dir, chunk, false, &mut self.dp, self.now);
@@ -1014,11 +1023,7 @@ mod explicit_streams {
     #[test]
     fn explicit_replies_behind_a_held_final_reply_go_ahead() {
         for size in [1, 1000] {
-            let mut e = Ends::new();
-            e.dp.cache.insert("/home/alice/f.bin".into(), 1000);
-            e.send(Dir::ToClient, b"220 hi\r\n", size, None);
-            e.send(Dir::ToServer, b"USER alice\r\nPASS pw\r\nPWD\r\nTYPE I\r\nPASV\r\n", size, None);
-            e.send(Dir::ToClient, b"331 pw\r\n230 in\r\n257 \"/home/alice\"\r\n200 I\r\n227 ok (10,0,2,2,117,48)\r\n", size, None);
+            let mut e = Ends::logged_in_with_a_cached_file(size);
             e.send(Dir::ToServer, b"RETR f.bin\r\n", size, Some(Decision::Hit));
             e.dp.state = Some(DataState::Busy { moved: 0 });
             e.send(Dir::ToClient, b"350 Restarting at 1000.\r\n150 go\r\n226 done\r\n", size, None);
@@ -1042,11 +1047,7 @@ mod explicit_streams {
     #[test]
     fn explicit_commands_behind_a_held_retr_follow_it() {
         for size in [1, 7, 1000] {
-            let mut e = Ends::new();
-            e.dp.cache.insert("/home/alice/f.bin".into(), 1000);
-            e.send(Dir::ToClient, b"220 hi\r\n", size, None);
-            e.send(Dir::ToServer, b"USER alice\r\nPASS pw\r\nPWD\r\nTYPE I\r\nPASV\r\n", size, None);
-            e.send(Dir::ToClient, b"331 pw\r\n230 in\r\n257 \"/home/alice\"\r\n200 I\r\n227 ok (10,0,2,2,117,48)\r\n", size, None);
+            let mut e = Ends::logged_in_with_a_cached_file(size);
             e.send(Dir::ToServer, b"RETR f.bin\r\nNOOP\r\nQUIT\r\n", size, Some(Decision::Hit));
             let seen = String::from_utf8_lossy(&e.to_server).into_owned();
             assert!(seen.ends_with("PASV\r\nREST 1000\r\nRETR f.bin\r\nNOOP\r\nQUIT\r\n"), "size {size}: {seen:?}");
