@@ -193,8 +193,9 @@ impl Session {
 
     /// After [`Session::handle_segment`] held a segment towards the client: the segment that
     /// held the final reply before, if it goes on now carrying replies that went ahead of it
-    /// (see [`Session::move_ahead`]), with its verdict. The shell sends it at once, with the
-    /// newest TCP timestamps its sender sent meanwhile.
+    /// (whole replies that cannot end a transfer, which arrived right behind the held one; the
+    /// new segment carries the final reply in their place from now on), with its verdict. The
+    /// shell sends it at once, with the newest TCP timestamps its sender sent meanwhile.
     pub fn take_moved_carrier(&mut self) -> Option<Verdict> {
         self.moved_carrier.take()
     }
