@@ -190,7 +190,11 @@ impl Helper {
             // conntrack), a kernel-forwarded one's SYN/FIN/RST, or a thief's SYN (only IPv4 data
             // connections are forwarded by the kernel; an IPv6 one is relayed)
             let f = pkt.flags();
-            if f.syn && !f.ack && crate::conntrack::clear_stale_nat(src, dst) {
+            // only before routing (the listeners' SYNs, and thieves' SYNs, whose fresh entries
+            // are not NATed yet): a forwarded connection's retransmitted SYN, queued in FORWARD,
+            // has a live entry already translated, which must stay
+            let before_routing = msg.get_hook() == libc::NF_INET_PRE_ROUTING as u8;
+            if f.syn && !f.ack && before_routing && crate::conntrack::clear_stale_nat(src, dst) {
                 log!("data connection {src} -> {dst}: a NATed conntrack entry on its addresses deleted first");
             }
             let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, dst) else {
