@@ -228,7 +228,8 @@ alg_stop() {
 wan_rx() { inR cat "/sys/class/net/${P}wan/statistics/rx_bytes"; }
 logmark() { wc -l <"$WORK/ftpgate.log"; }
 # logsince MARK PATTERN: the log gained a line matching PATTERN (extended regex) after MARK
-logsince() { tail -n +$(($1 + 1)) "$WORK/ftpgate.log" | grep -Eq "$2"; }
+# (not `tail | grep -q`: with pipefail, grep's early exit can kill tail with SIGPIPE and fail a match)
+logsince() { grep -Eq "$2" <(tail -n +$(($1 + 1)) "$WORK/ftpgate.log"); }
 
 relayed() { local n; n=$(grep -c "bytes to client" "$WORK/ftpgate.log" 2>/dev/null); echo "${n:-0}"; }
 
