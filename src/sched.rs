@@ -45,6 +45,15 @@ pub fn lower_priority(rt: u8, nice: i8) {
     unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, libc::c_int::from(nice)) };
 }
 
+/// Sets the calling thread to normal scheduling (`SCHED_OTHER`, nice 0): for long work ftpgate
+/// does in a server's place, which then gets a server's share of the cores — the rest of a large
+/// cache hit (see [`crate::relay::splice::PROMPT_BYTES`]).
+pub fn normal_priority() {
+    let p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets the calling thread's own policy with a live parameter.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &p) };
+}
+
 /// Starts a thread for data-path work (a relay job, a freshness check) that begins at the
 /// caller's real-time priority instead of normal priority, and first sets its own scheduling
 /// with `init` (e.g. [`lower_priority`]).
