@@ -45,7 +45,8 @@ pub fn lower_priority(rt: u8, nice: i8) {
     unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, libc::c_int::from(nice)) };
 }
 
-/// Sets the calling thread to normal scheduling (`SCHED_OTHER`, nice 0): for long work ftpgate
+/// Sets the calling thread to normal scheduling (`SCHED_OTHER`, its nice value unchanged: 0 but
+/// with `--data-nice`): for long work ftpgate
 /// does in a server's place, which then gets a server's share of the cores — the rest of a large
 /// cache hit (see [`crate::relay::splice::PROMPT_BYTES`]).
 pub fn normal_priority() {
