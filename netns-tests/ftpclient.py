@@ -18,7 +18,8 @@
   ftpclient.py ops HOST                    # ftpuser: PWD CWD MKD STOR LIST RNFR/RNTO DELE RMD
   ftpclient.py closedport HOST FILE        # PORT naming a port nobody listens on, RETR: must end in 425
   ftpclient.py portreply HOST              # PORT naming our own endpoint; prints the reply
-  ftpclient.py paced HOST MODE FILE OUT    # a download while NOOPs go every 100 ms on the same session
+  ftpclient.py paced HOST MODE FILE OUT [PROXY]  # a download while NOOPs go every 100 ms on the same session
+                                           # (PROXY: HOST:PORT of ftpgate's explicit proxy, USER anonymous@HOST)
                                            # (a server that answers during a transfer: pyftpdlib);
                                            # prints "SECONDS NOOPS MAX_NOOP_MS"
   ftpclient.py fixedport HOST PORT FILE OUT [reset]  # a PASV download whose data connection comes
@@ -40,9 +41,15 @@ def recv_reply(f):
     return line
 
 class Raw:
-    def __init__(self, host, byte_delay=0.0, nagle=False):
+    def __init__(self, host, byte_delay=0.0, nagle=False, proxy=None):
         self.host = host
-        self.s = socket.create_connection((host, 21), timeout=20)
+        self.user = "anonymous" if proxy is None else "anonymous@" + host
+        if proxy is not None:
+            ph, pp = proxy.rsplit(":", 1)
+            self.host = ph  # the data connections go where the proxy's 227/229 say
+            self.s = socket.create_connection((ph, int(pp)), timeout=20)
+        else:
+            self.s = socket.create_connection((host, 21), timeout=20)
         self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0 if nagle else 1)
         self.f = self.s.makefile("r", encoding="latin-1", newline="\r\n")
         self.delay = byte_delay
@@ -64,7 +71,7 @@ class Raw:
         return r
 
     def login(self, pw):
-        if self.cmd("USER anonymous", "").startswith("331"):
+        if self.cmd("USER " + self.user, "").startswith("331"):
             self.cmd("PASS " + pw, "230")
 
     def cmd(self, text, prefix):
@@ -414,7 +421,8 @@ def main():
     elif what == "paced":
         import threading
         host, mode, name, out = sys.argv[2:6]
-        c = Raw(host)
+        proxy = sys.argv[6] if len(sys.argv) > 6 else None  # HOST:PORT of an explicit proxy
+        c = Raw(host, proxy=proxy)
         c.login("paced@"); c.cmd("TYPE I", "200")
         s, l = data_conn(c, mode)
         t0 = time.monotonic()

@@ -85,7 +85,7 @@ within() { awk -v l="$1" -v h="$2" -v s="$3" 'BEGIN { exit !(s != "" && s >= l &
 
 rate_cases() { # topology label; pyftpdlib on $SRV2 (it answers NOOP during a transfer), vsftpd on $SRV_IP
   local t=$1 r secs noops slowest i m t0 a b
-  gate_start --rate-down 8M --rate-up 8M || { fail "$t ftpgate with --rate-down did not start"; return; }
+  gate_start --rate-down 8M --rate-up 8M --listen 10.0.1.1:2121 --allow-from 10.0.1.0/24 || { fail "$t ftpgate with --rate-down did not start"; return; }
   for i in "a download" "the same again (a cache hit)"; do
     rm -f "$OUT"; m=$(logmark)
     r=$(timeout 30 ip netns exec $C $PY paced $SRV2 pasv big.bin "$OUT" 2>&1)
@@ -99,6 +99,18 @@ rate_cases() { # topology label; pyftpdlib on $SRV2 (it answers NOOP during a tr
     fi
   done
   logsince "$m" "cache hit .*big.bin" && pass "$t --rate-down: the second download was a cache hit" || fail "$t --rate-down: no cache hit"
+  # the same hit through the explicit proxy: its replies go ahead of the held 226 there too
+  rm -f "$OUT"; m=$(logmark)
+  r=$(timeout 30 ip netns exec $C $PY paced $SRV2 pasv big.bin "$OUT" 10.0.1.1:2121 2>&1)
+  read -r secs noops slowest _ <<<"$r"
+  # (its time is not asserted: in about 1 run in 4 such a hit stalls for ~10 s, with the binary
+  # before this case was written too: an open question, in stop 27's note)
+  if cmp -s "$OUT" "$WORK/pub/big.bin" && within 0 50 "$slowest" && ((noops >= 10)) && logsince "$m" "cache hit .*big.bin"; then
+    pass "$t --rate-down 8M through the explicit proxy, a cache hit: $noops NOOPs meanwhile, the slowest $slowest ms ($secs s)"
+  else
+    fail "$t --rate-down 8M through the explicit proxy, a cache hit: $r"
+  fi
+  within 2 3.2 "$secs" || echo "INFO: $t --rate-down 8M through the explicit proxy: the hit took $secs s"
   # one host's two sessions at once share one limit: 40 MiB at 8 MiB/s
   t0=$(date +%s%N)
   inC curl -sS -o "$OUT.a" ftp://$SRV_IP/big.bin & a=$!
