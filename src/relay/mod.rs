@@ -368,23 +368,17 @@ impl Relay {
 
     /// Runs data connection `id`'s work on a thread of its own; when it returns, the slot
     /// moves to the ended ones (kept a while for [`DataPlane::data_state`]).
-    /// Without a thread, the slot is forgotten at once.
-    /// Starts data connection `id`'s thread at the relay's scheduling (at once: see
-    /// [`crate::sched::spawn_prompt`]).
-    fn spawn_for(&self, id: DataId, name: &str, work: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    /// Without a thread, the slot is forgotten at once. The thread starts at once (see
+    /// [`crate::sched::spawn_prompt`]) and first sets its scheduling with `init`.
+    fn spawn_for(&self, id: DataId, name: &str, init: impl FnOnce() + Send + 'static, work: impl FnOnce() + Send + 'static) -> io::Result<()> {
         let (slots, ended) = (self.slots.clone(), self.ended.clone());
-        let (rt, nice) = (self.cfg.rt_priority, self.cfg.nice);
-        let spawned = crate::sched::spawn_prompt(
-            name,
-            move || lower_priority(rt, nice),
-            move || {
-                work();
-                let s = slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                if let Some(s) = s {
-                    ended.lock().unwrap_or_else(|e| e.into_inner()).insert(id, s);
-                }
-            },
-        );
+        let spawned = crate::sched::spawn_prompt(name, init, move || {
+            work();
+            let s = slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            if let Some(s) = s {
+                ended.lock().unwrap_or_else(|e| e.into_inner()).insert(id, s);
+            }
+        });
         if spawned.is_err() {
             self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         }
@@ -453,7 +447,8 @@ impl Relay {
             notify: self.notify.clone(),
             _reserved: reserved,
         };
-        if let Err(e) = self.spawn_for(id, "ftpgate-fwd", move || job.run()) {
+        // the kernel moves the bytes: its watcher runs at normal priority, as it always did
+        if let Err(e) = self.spawn_for(id, "ftpgate-fwd", crate::sched::normal_priority, move || job.run()) {
             fwd.tracker.lock().unwrap_or_else(|e| e.into_inner()).forget(id);
             fwd.nft.lock().unwrap_or_else(|e| e.into_inner()).revoke(&grant);
             return Err(OpenError::Thread(e));
@@ -664,7 +659,8 @@ impl DataPlane for Relay {
             pace_up: self.shares.pacer(req.client.ip(), pace::Way::Up, req.rates.up),
             second,
         };
-        self.spawn_for(id, "ftpgate-data", move || job.run()).map_err(OpenError::Thread)?;
+        let (rt, nice) = (self.cfg.rt_priority, self.cfg.nice);
+        self.spawn_for(id, "ftpgate-data", move || lower_priority(rt, nice), move || job.run()).map_err(OpenError::Thread)?;
         Ok(Opened { announce, id, client_side })
     }
 }
