@@ -87,14 +87,19 @@ pub fn parse_orig_src(msg: &[u8]) -> Option<IpAddr> {
     tuple_addr(msg, CTA_TUPLE_ORIG, (CTA_IP_V4_SRC, CTA_IP_V6_SRC))
 }
 
-/// One address of tuple `which` of a CT_NEW answer (`(v4, v6)`: the attribute of each family).
-fn tuple_addr(msg: &[u8], which: u16, (v4, v6): (u16, u16)) -> Option<IpAddr> {
+/// The attributes of a CT_NEW answer (none for an error or a short message).
+fn answer_attrs(msg: &[u8]) -> Option<&[u8]> {
     let len = u32::from_ne_bytes(msg.get(..4)?.try_into().ok()?) as usize;
     let ty = u16::from_ne_bytes(msg.get(4..6)?.try_into().ok()?);
     if ty == libc::NLMSG_ERROR as u16 || len > msg.len() || len < 20 {
         return None;
     }
-    let ip = find(find(&msg[20..len], which)?, CTA_TUPLE_IP)?;
+    Some(&msg[20..len])
+}
+
+/// One address of tuple `which` of a CT_NEW answer (`(v4, v6)`: the attribute of each family).
+fn tuple_addr(msg: &[u8], which: u16, (v4, v6): (u16, u16)) -> Option<IpAddr> {
+    let ip = find(find(answer_attrs(msg)?, which)?, CTA_TUPLE_IP)?;
     if let Some(d) = find(ip, v4) {
         return <[u8; 4]>::try_from(d).ok().map(|d| IpAddr::V4(Ipv4Addr::from(d)));
     }
@@ -123,14 +128,10 @@ pub fn is_source_nated(msg: &[u8]) -> bool {
 /// port that a download through the kernel ALG had used seconds before, ended by the server's
 /// reset; and in bursts of 200 right after a burst through the kernel ALG, 1 or 2 sessions.
 pub fn clear_stale_nat(src: SocketAddr, dst: SocketAddr) -> bool {
-    let Ok(mut sock) = Socket::open(Duration::from_millis(200)) else { return false };
-    if sock.send(&request(src, dst, 1)).is_err() {
+    if query(&request(src, dst, 1), |a| is_source_nated(a).then_some(())).is_none() {
         return false;
     }
-    match sock.recv() {
-        Ok(answer) if is_source_nated(answer) => {}
-        _ => return false,
-    }
+    let Ok(mut sock) = Socket::open(QUERY_TIMEOUT) else { return false };
     let delete = ct_message(IPCTNL_MSG_CT_DELETE, (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16, CTA_TUPLE_ORIG, src, dst, 2);
     sock.request_acked(&delete, 2).is_ok()
 }
@@ -146,28 +147,30 @@ pub fn clear_stale_nat(src: SocketAddr, dst: SocketAddr) -> bool {
 /// address (measured: a burst after a burst through the kernel ALG, 1 session in 200, which
 /// was refused as a thief and stalled).
 pub fn original_source(local: SocketAddr, peer: SocketAddr) -> Option<IpAddr> {
-    let mut sock = Socket::open(Duration::from_millis(200)).ok()?;
-    sock.send(&request_by(CTA_TUPLE_REPLY, local, peer, 1)).ok()?;
-    parse_orig_src(sock.recv().ok()?)
+    query(&request_by(CTA_TUPLE_REPLY, local, peer, 1), parse_orig_src)
+}
+
+/// How long a ctnetlink question may wait for its answer.
+const QUERY_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Asks conntrack one question (`req`, a CT_GET) and reads its answer with `parse`.
+fn query<T>(req: &[u8], parse: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
+    let mut sock = Socket::open(QUERY_TIMEOUT).ok()?;
+    sock.send(req).ok()?;
+    parse(sock.recv().ok()?)
 }
 
 /// The address the server sees for connection `client → server`, if conntrack knows it.
 pub fn server_side_client_addr(client: SocketAddr, server: SocketAddr) -> Option<IpAddr> {
-    let mut sock = Socket::open(Duration::from_millis(200)).ok()?;
-    sock.send(&request(client, server, 1)).ok()?;
-    parse_reply_dst(sock.recv().ok()?)
+    query(&request(client, server, 1), parse_reply_dst)
 }
 
 /// From a CT_NEW answer: the bytes (IP lengths) conntrack counted each way, when accounting
 /// (`net.netfilter.nf_conntrack_acct`) is on.
 pub fn parse_counters(msg: &[u8]) -> Option<(u64, u64)> {
-    let len = u32::from_ne_bytes(msg.get(..4)?.try_into().ok()?) as usize;
-    let ty = u16::from_ne_bytes(msg.get(4..6)?.try_into().ok()?);
-    if ty == libc::NLMSG_ERROR as u16 || len > msg.len() || len < 20 {
-        return None;
-    }
+    let attrs = answer_attrs(msg)?;
     let bytes = |dir| -> Option<u64> {
-        let c = find(&msg[20..len], dir)?;
+        let c = find(attrs, dir)?;
         Some(u64::from_be_bytes(find(c, CTA_COUNTERS_BYTES)?.try_into().ok()?))
     };
     Some((bytes(CTA_COUNTERS_ORIG)?, bytes(CTA_COUNTERS_REPLY)?))
@@ -175,9 +178,7 @@ pub fn parse_counters(msg: &[u8]) -> Option<(u64, u64)> {
 
 /// Conntrack's byte counters of connection `src → dst` (original direction), if it counts them.
 pub fn counters(src: SocketAddrV4, dst: SocketAddrV4) -> Option<(u64, u64)> {
-    let mut sock = Socket::open(Duration::from_millis(200)).ok()?;
-    sock.send(&request(src.into(), dst.into(), 1)).ok()?;
-    parse_counters(sock.recv().ok()?)
+    query(&request(src.into(), dst.into(), 1), parse_counters)
 }
 
 #[cfg(test)]

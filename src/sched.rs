@@ -46,9 +46,10 @@ pub fn lower_priority(rt: u8, nice: i8) {
 }
 
 /// Sets the calling thread to normal scheduling (`SCHED_OTHER`, its nice value unchanged: 0 but
-/// with `--data-nice`): for long work ftpgate
-/// does in a server's place, which then gets a server's share of the cores — the rest of a large
-/// cache hit (see [`crate::relay::splice::PROMPT_BYTES`]).
+/// with `--data-nice`): for long work ftpgate does in a server's place, which then gets a
+/// server's share of the cores — the rest of a large cache hit (see
+/// [`crate::relay::splice::PROMPT_BYTES`]) — and for the watcher of a kernel-forwarded
+/// connection.
 pub fn normal_priority() {
     let p = libc::sched_param { sched_priority: 0 };
     // SAFETY: sets the calling thread's own policy with a live parameter.

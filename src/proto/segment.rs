@@ -134,11 +134,12 @@ impl Session {
         let has_new = end > st.next || (seg.flags.fin && st.absorbing);
         if has_new {
             let from = (st.next.diff(seg.seq).max(0) as usize).min(seg.payload.len());
-            let delta = self.stream(dir).map.total_delta();
+            // (only for replies that may go ahead: the sum runs over the stream's edits)
+            let delta = ahead.then(|| self.stream(dir).map.total_delta());
             let (emit_from, bytes) = self.feed(dir, &seg.payload[from..], seg.flags.fin, dp);
             if ahead {
                 let st = self.stream(dir);
-                let whole = bytes == seg.payload && st.map.total_delta() == delta && !st.absorbing && st.line_len == 0;
+                let whole = bytes == seg.payload && Some(st.map.total_delta()) == delta && !st.absorbing && st.line_len == 0;
                 if whole && self.reply_hold.as_ref().is_some_and(|h| h.packet.is_some()) {
                     return self.move_ahead(seg.seq, bytes, ack, sack);
                 }
