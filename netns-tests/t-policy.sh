@@ -99,18 +99,20 @@ rate_cases() { # topology label; pyftpdlib on $SRV2 (it answers NOOP during a tr
     fi
   done
   logsince "$m" "cache hit .*big.bin" && pass "$t --rate-down: the second download was a cache hit" || fail "$t --rate-down: no cache hit"
-  # the same hit through the explicit proxy: its replies go ahead of the held 226 there too
-  rm -f "$OUT"; m=$(logmark)
-  r=$(timeout 30 ip netns exec $C $PY paced $SRV2 pasv big.bin "$OUT" 10.0.1.1:2121 2>&1)
-  read -r secs noops slowest _ <<<"$r"
-  # (its time is not asserted: in about 1 run in 4 such a hit stalls for ~10 s, with the binary
-  # before this case was written too: an open question, in stop 27's note)
-  if cmp -s "$OUT" "$WORK/pub/big.bin" && within 0 50 "$slowest" && ((noops >= 10)) && logsince "$m" "cache hit .*big.bin"; then
-    pass "$t --rate-down 8M through the explicit proxy, a cache hit: $noops NOOPs meanwhile, the slowest $slowest ms ($secs s)"
-  else
-    fail "$t --rate-down 8M through the explicit proxy, a cache hit: $r"
-  fi
-  within 2 3.2 "$secs" || echo "INFO: $t --rate-down 8M through the explicit proxy: the hit took $secs s"
+  # the same hit through the explicit proxy, twice: its replies go ahead of the held 226 there
+  # too, and the server's 150, when it came in the same read as the 226 (pyftpdlib answers a
+  # hit's empty transfer at once), goes on before it (it was held with the 226 in about 1 run
+  # in 4: the client waits for the 150 before it reads, so the hit stalled ~10 s)
+  for i in 1 2; do
+    rm -f "$OUT"; m=$(logmark)
+    r=$(timeout 30 ip netns exec $C $PY paced $SRV2 pasv big.bin "$OUT" 10.0.1.1:2121 2>&1)
+    read -r secs noops slowest _ <<<"$r"
+    if cmp -s "$OUT" "$WORK/pub/big.bin" && within 2 3.2 "$secs" && within 0 50 "$slowest" && ((noops >= 10)) && logsince "$m" "cache hit .*big.bin"; then
+      pass "$t --rate-down 8M through the explicit proxy, a cache hit ($i): $secs s; $noops NOOPs meanwhile, the slowest $slowest ms"
+    else
+      fail "$t --rate-down 8M through the explicit proxy, a cache hit ($i): $r"
+    fi
+  done
   # one host's two sessions at once share one limit: 40 MiB at 8 MiB/s
   t0=$(date +%s%N)
   inC curl -sS -o "$OUT.a" ftp://$SRV_IP/big.bin & a=$!

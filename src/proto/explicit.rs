@@ -440,7 +440,15 @@ impl Streams {
             self.s_pending = data[used..].to_vec();
             self.s_pending_fin = fin;
             self.s_next = seq.add(used);
-            return Fed::default();
+            // what came before the reply in the same read (its transfer's 150) goes on now
+            let out = match self.session.held_reply_lead() {
+                Some((s, lead)) => {
+                    let lead = lead.to_vec();
+                    self.deliver_at(dir, s, &lead)
+                }
+                None => Vec::new(),
+            };
+            return Fed { out, held: false };
         }
         if v == Verdict::Hold {
             // the session took the bytes up to the end of the RETR line
@@ -484,11 +492,19 @@ impl Streams {
     }
 
     fn deliver(&mut self, dir: Dir, v: Verdict, seq: Seq, data: &[u8]) -> Vec<u8> {
-        let (oseq, payload) = match v {
-            Verdict::Pass => (seq, data.to_vec()),
-            Verdict::Edit(e) => (e.seq, e.payload.unwrap_or_else(|| data.to_vec())),
-            Verdict::Drop | Verdict::Hold => return Vec::new(),
-        };
+        match v {
+            Verdict::Pass => self.deliver_at(dir, seq, data),
+            Verdict::Edit(e) => match e.payload {
+                Some(p) => self.deliver_at(dir, e.seq, &p),
+                None => self.deliver_at(dir, e.seq, data),
+            },
+            Verdict::Drop | Verdict::Hold => Vec::new(),
+        }
+    }
+
+    /// `payload`, which starts at `oseq` in the receiver's sequence space: what lies past what
+    /// the receiver already has.
+    fn deliver_at(&mut self, dir: Dir, oseq: Seq, payload: &[u8]) -> Vec<u8> {
         let rcv = match dir {
             Dir::ToServer => &mut self.srv_rcv,
             Dir::ToClient => &mut self.cli_rcv,

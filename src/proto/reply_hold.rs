@@ -89,6 +89,15 @@ impl Session {
     pub fn awaiting_data(&self) -> Option<DataId> {
         self.reply_hold.as_ref().map(|h| h.id)
     }
+    /// What the server sent ahead of the held final reply in the segment that holds it (the
+    /// transfer's `150`, say, when both came at once), in the client's sequence space: nothing
+    /// if the reply starts the segment. A byte-stream shell (the explicit proxy) sends it at
+    /// once; the client may wait for the `150` before it reads the data the reply waits for.
+    pub fn held_reply_lead(&self) -> Option<(Seq, &[u8])> {
+        let h = self.reply_hold.as_ref()?;
+        let p = h.packet.as_ref()?;
+        (h.at > 0).then(|| (p.seq, &p.prefix[..h.at]))
+    }
     /// The held final reply's deadline (see [`Session::handle_timeout`]).
     pub(super) fn reply_timeout(&mut self, now: Instant, dp: &mut dyn DataPlane) -> Option<Verdict> {
         let h = self.reply_hold.as_mut()?;

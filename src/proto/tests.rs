@@ -1042,6 +1042,30 @@ mod explicit_streams {
         }
     }
 
+    /// The server's `150` and `226` read together (pyftpdlib answers a cache hit's zero-byte
+    /// transfer at once): the `150` reaches the client now, only the `226` waits for the data
+    /// connection. A client that reads the data only after the `150` (as most do) stalled until
+    /// the held reply's no-progress deadline, 1 paced hit in 4 through the proxy.
+    #[test]
+    fn explicit_replies_before_a_held_final_reply_in_the_same_read_go_on() {
+        for size in [1000, 50, 3] {
+            let mut e = Ends::logged_in_with_a_cached_file(size);
+            e.send(Dir::ToServer, b"RETR f.bin\r\n", size, Some(Decision::Hit));
+            e.dp.state = Some(DataState::Busy { moved: 0 });
+            e.send(Dir::ToClient, b"350 Restarting at 1000.\r\n150 go\r\n226 done\r\n", size, None);
+            assert!(e.st.awaiting_data().is_some(), "size {size}");
+            let got = String::from_utf8_lossy(&e.to_client).into_owned();
+            assert!(got.ends_with("(10,0,1,1,23,112)\r\n150 go\r\n"), "size {size}: {got:?}");
+            e.dp.state = Some(DataState::Done(DataOutcome::Ok));
+            let f = e.st.data_done(&mut e.dp, e.now);
+            assert_eq!(String::from_utf8_lossy(&f.out), "226 done\r\n", "size {size}");
+            e.send(Dir::ToServer, b"QUIT\r\n", size, None);
+            e.send(Dir::ToClient, b"221 bye\r\n", size, None);
+            let got = String::from_utf8_lossy(&e.to_client).into_owned();
+            assert!(got.ends_with("(10,0,1,1,23,112)\r\n150 go\r\n221 bye\r\n"), "size {size}: {got:?}");
+        }
+    }
+
     /// With TCP the client would send again what followed a held RETR; through the proxy
     /// nobody would, so it must follow the released RETR (here a second RETR, held in turn).
     #[test]
