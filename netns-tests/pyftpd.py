@@ -1,4 +1,5 @@
-"""pyftpdlib server for the netns tests: anonymous (read-only) and ftpuser/ftppass (read-write)."""
+"""pyftpdlib server for the netns tests: anonymous (read-only) and ftpuser/ftppass (read-write).
+Options: foreign, noext, masq, coalesce (below)."""
 import sys
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
@@ -18,4 +19,24 @@ if "noext" in opts:
     FTPHandler.proto_cmds = {k: v for k, v in FTPHandler.proto_cmds.items() if k not in ("EPSV", "EPRT")}
 if "masq" in opts:
     FTPHandler.masquerade_address = "192.0.2.9"  # a 227 naming a third party
-FTPServer((ip, 21), FTPHandler).serve_forever()
+handler = FTPHandler
+if "coalesce" in opts:
+    # a transfer after a nonzero REST answers its 125/150 in the same send as what follows (the
+    # 226 of an empty transfer, such as a cache hit's): one segment holding both
+    class Coalescing(FTPHandler):
+        _rest = False
+        _held = None
+
+        def ftp_REST(self, line):
+            super().ftp_REST(line)
+            self._rest = self._restart_position > 0
+
+        def respond(self, resp, logfun=None):
+            if resp[:3] in ("125", "150") and self._rest:
+                self._rest, self._held = False, resp
+                return
+            if self._held:
+                resp, self._held = self._held + "\r\n" + resp, None
+            super().respond(resp)
+    handler = Coalescing
+FTPServer((ip, 21), handler).serve_forever()

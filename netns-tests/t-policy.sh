@@ -3,7 +3,7 @@
 # anonymous-only), SIGHUP switching a rule for new sessions, check-config on a bad table.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need vsftpd curl
-SRV2=10.0.2.3
+SRV2=10.0.2.3 SRV3=10.0.2.4
 
 policy_cases() { # topology label; vsftpd runs on $SRV_IP
   local t=$1 r
@@ -113,6 +113,29 @@ rate_cases() { # topology label; pyftpdlib on $SRV2 (it answers NOOP during a tr
       fail "$t --rate-down 8M through the explicit proxy, a cache hit ($i): $r"
     fi
   done
+  # a server that sends a hit's 150 and 226 in one segment (pyftpdlib made to, on $SRV3): the
+  # 150 may not wait with the 226 for the data (the client reads only after the 150; it did,
+  # and the hit stalled until the hold's no-progress step: 10 s and more)
+  inS ip addr add $SRV3/24 dev ${P}s0
+  ip netns exec "$S" "$SYSPY" "$HERE/pyftpd.py" "$SRV3" "$WORK/pub" "$WORK/home" coalesce >"$WORK/pyftpd3.log" 2>&1 &
+  busywait 5000 inS bash -c "exec 3<>/dev/tcp/$SRV3/21" 2>/dev/null
+  # the misses that make the entries (curl's path is /big.bin, ftplib's ~/big.bin: no PWD)
+  inC curl -sS -o /dev/null ftp://$SRV3/big.bin
+  timeout 30 ip netns exec $C $PY paced $SRV3 pasv big.bin "$OUT" 10.0.1.1:2121 >/dev/null 2>&1
+  for i in "curl, EPSV" "ftplib paced, PASV, through the explicit proxy"; do
+    rm -f "$OUT"; m=$(logmark); r=
+    if [[ $i == curl* ]]; then
+      secs=$(inC curl -sS -o "$OUT" -w '%{time_total}' ftp://$SRV3/big.bin 2>&1)
+    else
+      r=$(timeout 30 ip netns exec $C $PY paced $SRV3 pasv big.bin "$OUT" 10.0.1.1:2121 2>&1); secs=${r%% *}
+    fi
+    if cmp -s "$OUT" "$WORK/pub/big.bin" && within 2 3.2 "$secs" && logsince "$m" "cache hit .*big.bin"; then
+      pass "$t --rate-down 8M, a cache hit whose 150 and 226 came in one segment ($i): $secs s"
+    else
+      fail "$t --rate-down 8M, a cache hit whose 150 and 226 came in one segment ($i): ${r:-$secs}"
+    fi
+  done
+  pkill -f "pyftpd.py $SRV3"; inS ip addr del $SRV3/24 dev ${P}s0
   # one host's two sessions at once share one limit: 40 MiB at 8 MiB/s
   t0=$(date +%s%N)
   inC curl -sS -o "$OUT.a" ftp://$SRV_IP/big.bin & a=$!

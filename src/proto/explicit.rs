@@ -441,11 +441,8 @@ impl Streams {
             self.s_pending_fin = fin;
             self.s_next = seq.add(used);
             // what came before the reply in the same read (its transfer's 150) goes on now
-            let out = match self.session.held_reply_lead() {
-                Some((s, lead)) => {
-                    let lead = lead.to_vec();
-                    self.deliver_at(dir, s, &lead)
-                }
+            let out = match self.session.take_held_reply_lead() {
+                Some((s, lead)) => self.deliver_at(dir, s, &lead),
                 None => Vec::new(),
             };
             return Fed { out, held: false };

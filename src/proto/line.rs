@@ -65,6 +65,8 @@ impl Session {
                         packet: None,
                         passed_behind: false,
                         line: None,
+                        lead_until: None,
+                        resend: false,
                     });
                     let st = self.stream(dir);
                     st.next = start.add(len);

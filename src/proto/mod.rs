@@ -56,7 +56,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use reply_hold::ReplyHold;
-pub use reply_hold::REPLY_HOLD_STEP;
+pub use reply_hold::{LEAD_WAIT, REPLY_HOLD_STEP};
 pub use retr::{CheckId, HOLD_LIMIT};
 use retr::{HeldPacket, Hold};
 pub use segment::released_timestamps;
@@ -429,7 +429,7 @@ impl Session {
     /// When [`Session::handle_timeout`] must be called next: the earlier of the held final
     /// reply's and the held RETR's deadlines.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let reply = self.reply_hold.as_ref().map(|h| h.deadline);
+        let reply = self.reply_hold.as_ref().map(|h| h.lead_until.map_or(h.deadline, |t| t.min(h.deadline)));
         let check = self.hold.as_ref().map(|h| h.deadline);
         reply.into_iter().chain(check).min()
     }

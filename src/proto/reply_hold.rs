@@ -8,6 +8,13 @@ use super::*;
 /// to the client as the server sent it.
 pub const REPLY_HOLD_STEP: Duration = Duration::from_secs(5);
 
+/// How long a held final reply keeps what the server sent ahead of it in the same segment (the
+/// transfer's `150`, when both came at once): if the data connection is not done by then, that
+/// part goes on alone, and the reply waits for the server to send it again (it is not
+/// acknowledged, so the server's TCP retransmits it). A client waits for the `150` before it
+/// reads; holding it with the reply stalled a large cache hit until [`REPLY_HOLD_STEP`].
+pub const LEAD_WAIT: Duration = Duration::from_millis(20);
+
 /// A transfer command's final reply, held until its data connection is done.
 #[derive(Debug)]
 pub(super) struct ReplyHold {
@@ -30,6 +37,11 @@ pub(super) struct ReplyHold {
     /// the server sent behind it, which went ahead: see [`Session::move_ahead`]); then
     /// `start`/`len` are that segment's bytes, which the reply takes the place of.
     pub(super) line: Option<Vec<u8>>,
+    /// When what precedes the reply in its segment goes on alone ([`LEAD_WAIT`]).
+    pub(super) lead_until: Option<Instant>,
+    /// That part went on alone: the reply waits for the server to send it again, and the
+    /// segment that does is held in the first one's stead.
+    pub(super) resend: bool,
 }
 
 /// Whether server bytes that arrive behind a held final reply may go to the client ahead of it:
@@ -98,10 +110,35 @@ impl Session {
         let p = h.packet.as_ref()?;
         (h.at > 0).then(|| (p.seq, &p.prefix[..h.at]))
     }
-    /// The held final reply's deadline (see [`Session::handle_timeout`]).
+    /// What the server sent ahead of the held final reply in the segment that holds it, for a
+    /// byte-stream shell to send at once (see [`Session::held_reply_lead`]); the session does
+    /// not send it on alone later ([`LEAD_WAIT`]).
+    pub fn take_held_reply_lead(&mut self) -> Option<(Seq, Vec<u8>)> {
+        let lead = self.held_reply_lead().map(|(s, b)| (s, b.to_vec()));
+        if let Some(h) = self.reply_hold.as_mut() {
+            h.lead_until = None;
+        }
+        lead
+    }
+    /// The held final reply's deadlines (see [`Session::handle_timeout`]).
     pub(super) fn reply_timeout(&mut self, now: Instant, dp: &mut dyn DataPlane) -> Option<Verdict> {
         let h = self.reply_hold.as_mut()?;
+        if h.lead_until.is_some_and(|t| now >= t) {
+            h.lead_until = None;
+            if let Some(p) = h.packet.take() {
+                // what came ahead of the reply goes on; the reply waits to be sent again
+                let lead = p.prefix[..h.at].to_vec();
+                h.resend = true;
+                h.at = 0;
+                return Some(Verdict::Edit(Edit { seq: p.seq, ack: p.ack, sack: p.sack, payload: Some(lead) }));
+            }
+        }
         if now < h.deadline {
+            return None;
+        }
+        if h.resend {
+            // nothing held: it goes as soon as the server sends it again
+            h.deadline = now + REPLY_HOLD_STEP;
             return None;
         }
         match dp.data_state(h.id) {
@@ -129,7 +166,7 @@ impl Session {
     /// (`None` if nothing is held or it has not ended). The reply goes on as the server sent it,
     /// or as `425` when the client could not be reached, `426` when the transfer broke off.
     pub fn data_done(&mut self, dp: &mut dyn DataPlane) -> Option<Verdict> {
-        let h = self.reply_hold.as_ref()?;
+        let h = self.reply_hold.as_ref().filter(|h| !h.resend)?;
         let DataState::Done(outcome) = dp.data_state(h.id) else { return None };
         let code = h.code;
         let new = self.failed_transfer_reply(&outcome, code);

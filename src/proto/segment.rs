@@ -81,6 +81,26 @@ impl Session {
             // where they will be
             h.passed_behind |= !ahead && seg.seq >= after && !seg.payload.is_empty() && !seg.flags.fin;
         }
+        let resent = self.reply_hold.as_ref().filter(|h| h.resend && dir == Dir::ToClient).map(|h| (h.start, h.start.add(h.len), h.len));
+        if let Some((start, after, len)) = resent {
+            let end = seg.seq.add(seg.payload.len());
+            if !seg.flags.fin && seg.seq <= start && end >= after && end <= self.s2c.next {
+                // the server sends the held reply again: this segment carries it from now on
+                // (at once if the data connection is done meanwhile); bytes before it (the
+                // client did not acknowledge them: lost on the way) go on alone once more
+                let before = start.diff(seg.seq) as usize;
+                let (seq, mut prefix) = self.s2c.map.render(seg.seq, &seg.payload[..before]);
+                let at = prefix.len();
+                prefix.extend_from_slice(&seg.payload[before..before + len]);
+                if let Some(h) = self.reply_hold.as_mut() {
+                    h.packet = Some(HeldPacket { seq, ack, sack, prefix });
+                    h.resend = false;
+                    h.at = at;
+                    h.lead_until = (at > 0).then(|| now + reply_hold::LEAD_WAIT);
+                }
+                return self.data_done(dp).unwrap_or(Verdict::Hold);
+            }
+        }
         let st = self.stream(dir);
         let end = seg.seq.add(seg.payload.len());
         if holding && (end > st.next || seg.flags.fin) {
@@ -156,8 +176,11 @@ impl Session {
                 self.held = Some(HeldPacket { seq, ack, sack, prefix: out });
                 return Verdict::Hold;
             }
-            if let Some(h) = self.reply_hold.as_mut().filter(|h| h.packet.is_none()) {
+            if let Some(h) = self.reply_hold.as_mut().filter(|h| h.packet.is_none() && !h.resend) {
                 let seq = out_seq.unwrap_or(s);
+                if h.at > 0 && !h.mapped && h.line.is_none() {
+                    h.lead_until = Some(now + reply_hold::LEAD_WAIT);
+                }
                 h.packet = Some(HeldPacket { seq, ack, sack, prefix: out });
                 return Verdict::Hold;
             }

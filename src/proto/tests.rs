@@ -1132,6 +1132,81 @@ fn client_unreachable_gets_425_and_the_stream_stays_mapped() {
     assert!(p.received(Dir::ToClient).ends_with("425 Can't open data connection.\r\n221 bye\r\n"));
 }
 
+/// A cache hit's `150` and `226` in one segment (a server that answers the empty transfer at
+/// once, with Nagle): a client reads the data only after the `150`, so it may not wait with the
+/// `226` for the data connection. After [`reply_hold::LEAD_WAIT`] it goes on alone; the `226`,
+/// never acknowledged, comes again from the server's TCP and is held then, or goes at once if
+/// the data connection is done by then.
+#[test]
+fn a_reply_ahead_of_a_held_final_reply_in_its_segment_goes_on_alone() {
+    for done_first in [false, true] {
+        let mut p = cache_session(&[]);
+        p.answer.push_back(Decision::Hit);
+        p.send(Dir::ToServer, b"RETR f.bin\r\n", &[]);
+        p.dp.state = Some(DataState::Busy { moved: 0 });
+        let (seq, ack) = (p.v.snd_nxt, p.v.rcv_nxt);
+        let lead = b"350 Restarting at 1000.\r\n150 Opening\r\n";
+        let both = [&lead[..], b"226 done\r\n"].concat();
+        let now = p.now;
+        assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq, ack, &both), &mut p.dp, now), Verdict::Hold);
+        // a data connection done at once takes the whole segment, as before
+        let due = p.s.poll_timeout().expect("a deadline");
+        assert!(due <= now + reply_hold::LEAD_WAIT, "{done_first}");
+        let r = p.s.handle_timeout(due, &mut p.dp);
+        let Some(Verdict::Edit(e)) = r.reply else { panic!("the 150 did not go on: {r:?}") };
+        assert_eq!(e.payload.as_deref(), Some(&b"150 Opening\r\n"[..]), "{done_first}");
+        let client_next = e.seq.add(b"150 Opening\r\n".len());
+        assert_eq!(p.s.awaiting_data(), Some(1));
+        // the held reply's deadline passes without it: nothing to release, nothing forgotten
+        assert_eq!(p.s.handle_timeout(due + REPLY_HOLD_STEP * 2, &mut p.dp), crate::proto::Released::default());
+        assert_eq!(p.s.awaiting_data(), Some(1));
+        if done_first {
+            p.dp.state = Some(DataState::Done(DataOutcome::Ok));
+            assert_eq!(p.s.data_done(&mut p.dp), None, "nothing held to release");
+        }
+        // the server's TCP sends the unacknowledged 226 again
+        let again = p.s.handle_segment(Dir::ToClient, &seg(seq.add(lead.len()), ack, b"226 done\r\n"), &mut p.dp, now);
+        let e = if done_first {
+            let Verdict::Edit(e) = again else { panic!("not released at once: {again:?}") };
+            e
+        } else {
+            assert_eq!(again, Verdict::Hold);
+            p.dp.state = Some(DataState::Done(DataOutcome::Ok));
+            let Some(Verdict::Edit(e)) = p.s.data_done(&mut p.dp) else { panic!("not released") };
+            e
+        };
+        assert_eq!((e.seq, e.payload.as_deref()), (client_next, Some(&b"226 done\r\n"[..])), "{done_first}");
+        assert_eq!(p.s.awaiting_data(), None);
+    }
+}
+
+/// The `150` that went on alone was lost after ftpgate: the server sends both again, and the
+/// `150` goes on alone once more.
+#[test]
+fn a_lead_lost_on_the_way_goes_on_alone_again() {
+    let mut p = cache_session(&[]);
+    p.answer.push_back(Decision::Hit);
+    p.send(Dir::ToServer, b"RETR f.bin\r\n", &[]);
+    p.dp.state = Some(DataState::Busy { moved: 0 });
+    let (seq, ack) = (p.v.snd_nxt, p.v.rcv_nxt);
+    let rest = b"150 Opening\r\n226 done\r\n";
+    let both = [&b"350 Restarting at 1000.\r\n"[..], rest].concat();
+    let now = p.now;
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq, ack, &both), &mut p.dp, now), Verdict::Hold);
+    let Some(Verdict::Edit(first)) = p.s.handle_timeout(now + reply_hold::LEAD_WAIT, &mut p.dp).reply else { panic!("no lead") };
+    // the client never got it; the server resends from the 350 (all of it unacknowledged)
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(seq, ack, &both), &mut p.dp, now), Verdict::Hold);
+    let later = now + reply_hold::LEAD_WAIT * 3;
+    let Some(Verdict::Edit(again)) = p.s.handle_timeout(later, &mut p.dp).reply else { panic!("no lead again") };
+    assert_eq!((again.seq, again.payload), (first.seq, first.payload));
+    // then the 226 alone, released when the data connection is done
+    let at = seq.add(both.len() - b"226 done\r\n".len());
+    assert_eq!(p.s.handle_segment(Dir::ToClient, &seg(at, ack, b"226 done\r\n"), &mut p.dp, later), Verdict::Hold);
+    p.dp.state = Some(DataState::Done(DataOutcome::Ok));
+    let Some(Verdict::Edit(e)) = p.s.data_done(&mut p.dp) else { panic!("not released") };
+    assert_eq!(e.payload.as_deref(), Some(&b"226 done\r\n"[..]));
+}
+
 /// A server that answers commands during a transfer (pyftpdlib): the `200` to a `NOOP` sent
 /// meanwhile passes at once, not held as the transfer's final reply; the `226` after it is.
 #[test]
