@@ -130,6 +130,10 @@ impl Session {
                 let lead = p.prefix[..h.at].to_vec();
                 h.resend = true;
                 h.at = 0;
+                let code = h.code;
+                self.events.push_back(Event::Note(format!(
+                    "the server's {code} reply came in one segment with what precedes it; that goes on alone, the {code} when the server sends it again"
+                )));
                 return Some(Verdict::Edit(Edit { seq: p.seq, ack: p.ack, sack: p.sack, payload: Some(lead) }));
             }
         }
