@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The download cache with vsftpd and pyftpdlib: misses kept, hits served, stale and gone files,
+# The download cache with vsftpd, pyftpdlib and proftpd: misses kept, hits served, stale and gone files,
 # logins kept apart, size limits, a full disk, cache list/clear; a slow cache disk never holds
 # the client (issue 14).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -31,12 +31,24 @@ slow_disk() { # topology label; vsftpd runs, ftpgate not. Issue 14: the cache di
   gate_stop; slowdisk_down
 }
 
-cache_tests() { # server label; the server runs, ftpgate not
-  local t="nat $1" U=ftp://$SRV_IP PYC="ip netns exec $C $PY"
+check_verb() { # label mlst|mdtm mark: how ftpgate's freshness checks asked this server (log since mark)
+  local said; said=$(tail -n +$(($3 + 1)) "$WORK/ftpgate.log" | grep -Eo 'cache: [^ ]+ (answers checks with MLST|has no MLST)' | sort -u)
+  if [[ $2 == mlst ]]; then
+    [[ $said == *"answers checks with MLST" ]] && pass "$1 cache: the freshness checks ask one MLST (RFC 3659) instead of MDTM and SIZE" ||
+      fail "$1 cache: checks did not use MLST (${said:-nothing logged})"
+  else
+    [[ $said == *"has no MLST" ]] && pass "$1 cache: a server without MLST is asked MDTM and SIZE" ||
+      fail "$1 cache: the fallback to MDTM and SIZE (${said:-nothing logged})"
+  fi
+}
+
+cache_tests() { # server label, mlst|mdtm; the server runs, ftpgate not
+  local t="nat $1" U=ftp://$SRV_IP PYC="ip netns exec $C $PY" start; start=$(logmark)
   rm -rf "$WORK/cache"; gate_start
   # miss, then hits from other clients in other modes
   cdl "$t cache: first download is a miss and kept" miss "$WORK/pub/big.bin" -- ip netns exec $C curl -sS -o "$OUT" $U/big.bin
   cdl "$t cache: curl PORT hit" hit "$WORK/pub/big.bin" -- ip netns exec $C curl -sS -P - --disable-eprt -o "$OUT" $U/big.bin
+  check_verb "$t" "$2" "$start"
   cdl "$t cache: curl EPSV hit" hit "$WORK/pub/big.bin" -- ip netns exec $C curl -sS -o "$OUT" $U/big.bin
   cdl "$t cache: lftp passive hit" hit "$WORK/pub/big.bin" -- ip netns exec $C lftp -e "set net:max-retries 1; set ftp:passive-mode on; get big.bin -o $OUT; bye" $U
   cdl "$t cache: lftp active hit" hit "$WORK/pub/big.bin" -- ip netns exec $C lftp -e "set net:max-retries 1; set ftp:passive-mode off; get big.bin -o $OUT; bye" $U
@@ -112,13 +124,39 @@ cache_tests() { # server label; the server runs, ftpgate not
     pass "$t cache clear ($n)" || fail "$t cache clear left entries"
 }
 
+proftpd_cache() { # proftpd runs, ftpgate not: its checks by MLST (mod_facts), hit, stale, gone
+  local t="nat proftpd" U=ftp://$SRV_IP start; start=$(logmark)
+  rm -rf "$WORK/cache"; gate_start
+  head -c 1048576 /dev/urandom >"$WORK/pub/pro.bin"; touch -d '1 hour ago' "$WORK/pub/pro.bin"
+  cdl "$t cache: miss and kept" miss "$WORK/pub/pro.bin" -- ip netns exec $C curl -sS -o "$OUT" $U/pro.bin
+  cdl "$t cache: curl PASV hit" hit "$WORK/pub/pro.bin" -- ip netns exec $C curl -sS --disable-epsv -o "$OUT" $U/pro.bin
+  cdl "$t cache: lftp active hit" hit "$WORK/pub/pro.bin" -- ip netns exec $C lftp -e "set net:max-retries 1; set ftp:passive-mode off; get pro.bin -o $OUT; bye" $U
+  check_verb "$t" mlst "$start"
+  head -c 1048576 /dev/urandom >"$WORK/pub/pro.bin"; touch -d '1 minute ago' "$WORK/pub/pro.bin"
+  cdl "$t cache: same-size file with a newer mtime is served fresh" stale "$WORK/pub/pro.bin" -- ip netns exec $C curl -sS -o "$OUT" $U/pro.bin
+  # ftplib names the file relative to the login's home (its own key, as it never asks PWD)
+  cdl "$t cache: ftplib miss and kept" miss "$WORK/pub/pro.bin" -- ip netns exec $C $PY ftplib $SRV_IP pasv pro.bin "$OUT"
+  rm -f "$WORK/pub/pro.bin"
+  local mark; mark=$(logmark)
+  # ftplib sends its RETR at once (curl asks SIZE first and stops at its 550)
+  if ! ip netns exec $C $PY ftplib $SRV_IP pasv pro.bin "$OUT" >"$WORK/case.log" 2>&1 && grep -q 550 "$WORK/case.log" && logsince "$mark" "RETR [^ ]*pro.bin: gone" && [[ $(listed '~/pro.bin') == 0 ]]; then
+    pass "$t cache: a deleted file is not served and its entry is dropped (MLST's 550 checked with MDTM)"
+  else
+    fail "$t cache: deleted file ($(tail -1 "$WORK/case.log"); $(tail -n +$((mark + 1)) "$WORK/ftpgate.log" | grep -o 'RETR.*' | head -1); entries $(listed pro.bin))"
+  fi
+  gate_stop
+}
+
 for topo in $(topos nat); do
   setup $topo
   vsftpd_start
   slow_disk "$topo vsftpd"
-  cache_tests vsftpd
+  cache_tests vsftpd mdtm
   server_stop
   pyftpd_start
-  cache_tests pyftpdlib
+  cache_tests pyftpdlib mlst
+  server_stop
+  proftpd_start
+  proftpd_cache
 done
 summary

@@ -132,7 +132,7 @@ pub struct RunArgs {
     /// [default: 16M]
     #[arg(long, value_parser = parse_size)]
     pub cache_write_buffer: Option<u64>,
-    /// Seconds to wait for the server's MDTM/SIZE answers [default: 3]
+    /// Seconds to wait for the server's answers to a freshness check (MLST, or MDTM and SIZE) [default: 3]
     #[arg(long)]
     pub check_timeout: Option<u64>,
     /// Connections of ftpgate's own (freshness checks) at once per server and login; idle ones

@@ -1,5 +1,6 @@
 //! Freshness checks: ftpgate asks the server itself, on a control connection of its own under
-//! the client's login, for a file's MDTM and SIZE. Connections are kept per login and reused
+//! the client's login, for a file's modification time and size: with one `MLST` (RFC 3659)
+//! where the server has it, else with `MDTM` and `SIZE`. Connections are kept per login and reused
 //! while the server keeps them open; every step is bounded by a timeout, and any failure
 //! answers [`Answer::Unknown`] (which never gives a hit).
 //!
@@ -17,7 +18,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use super::{mdtm_answer, size_answer, Answer, Login};
+use super::{mdtm_answer, mlst_answer, size_answer, Answer, Login, MlstAnswer};
 use crate::proto::ftp::reply_code;
 
 /// What the server said about a file.
@@ -38,6 +39,9 @@ struct Conn {
     w: TcpStream,
     idle_since: Instant,
 }
+
+/// After this, a server that had no MLST is tried with it again.
+const MLST_RETRY: Duration = Duration::from_secs(600);
 
 /// How many connections of its own ftpgate keeps at a server, and for how long.
 #[derive(Clone, Copy, Debug)]
@@ -74,6 +78,9 @@ struct Pool {
     /// checks have not taken it yet.
     answers: HashMap<u64, Joined>,
     next_ask: u64,
+    /// Whether a server answers a check with one MLST (RFC 3659) instead of MDTM and SIZE,
+    /// and since when that is known; absent until it was asked.
+    mlst: HashMap<SocketAddr, (bool, Instant)>,
 }
 
 impl Pool {
@@ -246,7 +253,7 @@ impl Checker {
                 None => self.connect(login),
             };
             c.and_then(|mut c| {
-                let f = ask(&mut c, path);
+                let f = self.ask(&mut c, login.server, path);
                 let _ = send(&mut c, "QUIT\r\n");
                 f
             })
@@ -322,7 +329,7 @@ impl Checker {
                 Some(c) => c,
                 None => self.connect(login)?,
             };
-            let f = ask(&mut c, path)?;
+            let f = self.ask(&mut c, login.server, path)?;
             Ok((c, f))
         };
         let result = match pooled {
@@ -382,6 +389,43 @@ impl Checker {
         r
     }
 
+    /// Asks `server` about `path` on `c`: with one `MLST` where the server has it (one round
+    /// trip instead of two: a hit's RETR is held for this), else with `MDTM` and `SIZE`. Which
+    /// one a server takes is learnt on its first check and kept.
+    fn ask(&self, c: &mut Conn, server: SocketAddr, path: &str) -> io::Result<Facts> {
+        let known = self.mlst_known(server);
+        if known != Some(false) {
+            match ask_mlst(c, path)? {
+                MlstAnswer::Facts { mdtm, size } => {
+                    if known.is_none() && self.lock().mlst.insert(server, (true, Instant::now())).is_none() {
+                        crate::log!("cache: {server} answers checks with MLST");
+                    }
+                    return Ok(Facts { mdtm: Answer::Ok(mdtm), size: Answer::Ok(size) });
+                }
+                MlstAnswer::Unsupported => {
+                    if self.lock().mlst.insert(server, (false, Instant::now())).is_none_or(|(had, _)| had) {
+                        crate::log!("cache: {server} has no MLST that gives a file's time and size; checks ask MDTM and SIZE");
+                    }
+                }
+                MlstAnswer::Inconclusive => {}
+            }
+        }
+        ask_mdtm_size(c, path)
+    }
+
+    /// What `server`'s MLST is known to do; a "no" is forgotten after [`MLST_RETRY`] (the
+    /// server at that address may have been replaced by one that has it).
+    fn mlst_known(&self, server: SocketAddr) -> Option<bool> {
+        let mut pool = self.lock();
+        match pool.mlst.get(&server).copied() {
+            Some((false, since)) if since.elapsed() >= MLST_RETRY => {
+                pool.mlst.remove(&server);
+                None
+            }
+            other => other.map(|(has, _)| has),
+        }
+    }
+
     /// The server refused a session (`421`): leave it alone for a while.
     fn back_off(&self, server: SocketAddr) {
         let until = Instant::now() + self.limits.backoff;
@@ -430,15 +474,25 @@ fn send(c: &mut Conn, line: &str) -> io::Result<()> {
 
 /// Reads one (possibly multi-line) reply: its code and the text of its last line.
 fn reply(c: &mut Conn) -> io::Result<(u16, String)> {
+    let (code, lines) = reply_lines(c)?;
+    let last = lines.last().map_or(&[][..], Vec::as_slice);
+    let text = String::from_utf8_lossy(crate::proto::ftp::body(last).get(3..).unwrap_or_default().trim_ascii()).into_owned();
+    Ok((code, text))
+}
+
+/// Reads one (possibly multi-line) reply: its code and all its lines, the last one last.
+fn reply_lines(c: &mut Conn) -> io::Result<(u16, Vec<Vec<u8>>)> {
     let mut open: Option<u16> = None;
-    let mut buf = Vec::new();
+    let mut lines = Vec::new();
     for _ in 0..1000 {
-        buf.clear();
+        let mut buf = Vec::new();
         let n = c.r.by_ref().take(4096).read_until(b'\n', &mut buf)?;
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
         }
-        let Some((code, last)) = reply_code(&buf) else { continue };
+        let code = reply_code(&buf);
+        lines.push(buf);
+        let Some((code, last)) = code else { continue };
         match open {
             Some(o) if code != o || !last => continue,
             None if !last => {
@@ -447,8 +501,7 @@ fn reply(c: &mut Conn) -> io::Result<(u16, String)> {
             }
             _ => {}
         }
-        let text = String::from_utf8_lossy(crate::proto::ftp::body(&buf)[3..].trim_ascii()).into_owned();
-        return Ok((code, text));
+        return Ok((code, lines));
     }
     Err(io::Error::other("reply too long"))
 }
@@ -462,14 +515,22 @@ fn expect(c: &mut Conn, want: u16) -> io::Result<()> {
     }
 }
 
-fn ask(c: &mut Conn, path: &str) -> io::Result<Facts> {
+/// Asks MDTM and SIZE, one at a time: pyftpdlib stops answering a session that pipelined
+/// commands earlier.
+fn ask_mdtm_size(c: &mut Conn, path: &str) -> io::Result<Facts> {
     let path = super::server_path(path);
-    // one at a time: pyftpdlib stops answering a session that pipelined commands earlier
     send(c, &format!("MDTM {path}\r\n"))?;
     let (mc, mt) = reply(c)?;
     send(c, &format!("SIZE {path}\r\n"))?;
     let (sc, st) = reply(c)?;
     Ok(Facts { mdtm: mdtm_answer(mc, &mt), size: size_answer(sc, &st) })
+}
+
+fn ask_mlst(c: &mut Conn, path: &str) -> io::Result<MlstAnswer> {
+    send(c, &format!("MLST {}\r\n", super::server_path(path)))?;
+    let (code, lines) = reply_lines(c)?;
+    let lines: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+    Ok(mlst_answer(code, &lines))
 }
 
 #[cfg(test)]
@@ -524,6 +585,7 @@ mod tests {
                                 b"213 20260101000000\r\n"
                             }
                             "SIZE" => b"213 42\r\n",
+                            "MLST" => b"502 not implemented\r\n",
                             _ => b"221 bye\r\n",
                         };
                         let _ = w.write_all(a);
@@ -558,6 +620,101 @@ mod tests {
         assert_eq!(c.check(&l, "/f"), want);
         assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), n + 2);
         assert!(c.lock().answers.is_empty() && c.lock().unsent.is_empty());
+    }
+
+    /// A server answering each command line with `answer(line)`; records the lines it got.
+    fn scripted_server(answer: fn(&str) -> String) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let h = heard.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let h = h.clone();
+                std::thread::spawn(move || {
+                    let mut w = s.try_clone().unwrap();
+                    let _ = w.write_all(b"220 hi\r\n");
+                    for line in BufReader::new(s).lines().map_while(Result::ok) {
+                        h.lock().unwrap().push(line.clone());
+                        let a = match line.get(..4).unwrap_or_default() {
+                            "USER" => "230 ok\r\n".to_string(),
+                            "TYPE" => "200 ok\r\n".to_string(),
+                            _ => answer(&line),
+                        };
+                        let _ = w.write_all(a.as_bytes());
+                    }
+                });
+            }
+        });
+        (addr, heard)
+    }
+
+    fn verbs(heard: &Mutex<Vec<String>>, verb: &str) -> usize {
+        heard.lock().unwrap().iter().filter(|l| l.starts_with(verb)).count()
+    }
+
+    #[test]
+    fn a_server_with_mlst_is_asked_once_per_check() {
+        let (server, heard) = scripted_server(|l| match l.get(..4).unwrap_or_default() {
+            "MLST" => {
+                format!("250-Start of list for {p}\r\n modify=20260101000000;perm=r;size=42;type=file; {p}\r\n250 End of list\r\n", p = &l[5..])
+            }
+            _ => "500 ask MLST\r\n".to_string(),
+        });
+        let c = Checker::with_limits(Duration::from_secs(5), Limits::default());
+        let l = Login { server, user: "anonymous".into(), pass: String::new() };
+        let want = Facts { mdtm: Answer::Ok("20260101000000".into()), size: Answer::Ok(42) };
+        assert_eq!(c.check(&l, "/f"), want);
+        assert_eq!(c.check(&l, "/a b"), want);
+        assert_eq!(c.check_once(&l, "/f"), want);
+        assert_eq!((verbs(&heard, "MLST"), verbs(&heard, "MDTM"), verbs(&heard, "SIZE")), (3, 0, 0));
+        assert!(heard.lock().unwrap().contains(&"MLST /a b".to_string()));
+    }
+
+    #[test]
+    fn a_server_without_mlst_is_asked_mdtm_and_size_after_the_first_try() {
+        let (server, heard) = scripted_server(|l| match l.get(..4).unwrap_or_default() {
+            "MDTM" => "213 20260101000000\r\n".to_string(),
+            "SIZE" => "213 42\r\n".to_string(),
+            _ => "500 Unknown command.\r\n".to_string(),
+        });
+        let c = Checker::with_limits(Duration::from_secs(5), Limits::default());
+        let l = Login { server, user: "anonymous".into(), pass: String::new() };
+        let want = Facts { mdtm: Answer::Ok("20260101000000".into()), size: Answer::Ok(42) };
+        for path in ["/f", "/g", "/f"] {
+            assert_eq!(c.check(&l, path), want);
+        }
+        assert_eq!((verbs(&heard, "MLST"), verbs(&heard, "MDTM"), verbs(&heard, "SIZE")), (1, 3, 3));
+    }
+
+    #[test]
+    fn a_server_without_mlst_is_tried_again_after_a_while() {
+        let c = Checker::with_limits(Duration::from_secs(1), Limits::default());
+        let s = login("a").server;
+        c.lock().mlst.insert(s, (false, Instant::now()));
+        assert_eq!(c.mlst_known(s), Some(false));
+        let Some(long_ago) = Instant::now().checked_sub(MLST_RETRY) else { return };
+        c.lock().mlst.insert(s, (false, long_ago));
+        assert_eq!(c.mlst_known(s), None);
+        c.lock().mlst.insert(s, (true, long_ago));
+        assert_eq!(c.mlst_known(s), Some(true));
+    }
+
+    #[test]
+    fn an_mlst_refusal_is_not_taken_for_a_gone_file() {
+        // a server that refuses MLST for a file MDTM and SIZE still answer for
+        let (server, heard) = scripted_server(|l| match l.get(..4).unwrap_or_default() {
+            "MLST" => "550 Permission denied\r\n".to_string(),
+            "MDTM" => "213 20260101000000\r\n".to_string(),
+            _ => "213 42\r\n".to_string(),
+        });
+        let c = Checker::with_limits(Duration::from_secs(5), Limits::default());
+        let l = Login { server, user: "anonymous".into(), pass: String::new() };
+        let want = Facts { mdtm: Answer::Ok("20260101000000".into()), size: Answer::Ok(42) };
+        assert_eq!(c.check(&l, "/f"), want);
+        assert_eq!(c.check(&l, "/f"), want);
+        // asked again each time: a 550 says nothing about the server's MLST in general
+        assert_eq!((verbs(&heard, "MLST"), verbs(&heard, "MDTM")), (2, 2));
     }
 
     #[test]

@@ -41,9 +41,60 @@ pub struct Meta {
 pub fn decide(entry: &Meta, mdtm: &Answer<String>, size: &Answer<u64>) -> Decision {
     match (mdtm, size) {
         (Answer::Gone, _) | (_, Answer::Gone) => Decision::Gone,
-        (Answer::Ok(m), Answer::Ok(s)) if *m == entry.mdtm && *s == entry.size => Decision::Hit,
+        (Answer::Ok(m), Answer::Ok(s)) if same_time(m, &entry.mdtm) && *s == entry.size => Decision::Hit,
         (Answer::Ok(_), Answer::Ok(_)) => Decision::Stale,
         _ => Decision::Bypass,
+    }
+}
+
+/// The same second (MDTM's and MLST's resolution; a fraction one of them adds is not a change).
+fn same_time(a: &str, b: &str) -> bool {
+    mdtm_seconds(a).is_some_and(|t| Some(t) == mdtm_seconds(b))
+}
+
+/// What a reply to `MLST <path>` (RFC 3659 7) told: the facts a check needs, or why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MlstAnswer {
+    /// The file's `modify` and `size` facts, in MDTM's and SIZE's form.
+    Facts { mdtm: String, size: u64 },
+    /// The server has no MLST (500/502/504), or its MLST leaves out `modify` or `size`: ask it
+    /// with MDTM and SIZE from now on.
+    Unsupported,
+    /// Not an answer for this file (550, not a plain file, any other reply): ask MDTM and SIZE
+    /// this time. A 550 is not taken as "gone" on MLST's word: a server can refuse MLST alone.
+    Inconclusive,
+}
+
+/// Reads a reply to MLST: its code and every line of it (`lines`, the facts line among them:
+/// ` type=file;size=42;modify=20260101000000; /path`).
+pub fn mlst_answer(code: u16, lines: &[&[u8]]) -> MlstAnswer {
+    match code {
+        250 => {}
+        500 | 502 | 504 => return MlstAnswer::Unsupported,
+        _ => return MlstAnswer::Inconclusive,
+    }
+    // the facts line: no reply code of its own, facts up to the first space
+    let Some(facts) = lines.iter().find_map(|l| {
+        let l = l.trim_ascii();
+        (crate::proto::ftp::reply_code(l).is_none() && l.contains(&b'=')).then(|| l.split(|&b| b == b' ').next().unwrap_or(l))
+    }) else {
+        return MlstAnswer::Unsupported;
+    };
+    let (mut mdtm, mut size, mut file) = (None, None, None);
+    for fact in facts.split(|&b| b == b';') {
+        let Some(eq) = fact.iter().position(|&b| b == b'=') else { continue };
+        let (name, value) = (String::from_utf8_lossy(&fact[..eq]).to_ascii_lowercase(), String::from_utf8_lossy(&fact[eq + 1..]));
+        match name.as_str() {
+            "modify" if mdtm_seconds(&value).is_some() => mdtm = Some(value.into_owned()),
+            "size" => size = value.parse::<u64>().ok(),
+            "type" => file = Some(value.eq_ignore_ascii_case("file")),
+            _ => {}
+        }
+    }
+    match (mdtm, size, file) {
+        (_, _, Some(false)) => MlstAnswer::Inconclusive,
+        (Some(mdtm), Some(size), _) => MlstAnswer::Facts { mdtm, size },
+        _ => MlstAnswer::Unsupported,
     }
 }
 
@@ -179,6 +230,39 @@ mod tests {
     }
 
     #[test]
+    fn mlst_replies_as_the_servers_send_them() {
+        let facts = |mdtm: &str, size| MlstAnswer::Facts { mdtm: mdtm.into(), size };
+        // proftpd (mod_facts)
+        let l: [&[u8]; 3] = [
+            b"250-Start of list for /pub/m1.bin\r\n",
+            b" modify=20261207101010;perm=adfr;size=1048576;type=file;unique=fd01U2;UNIX.group=65534;UNIX.mode=0644;UNIX.owner=0; /pub/m1.bin\r\n",
+            b"250 End of list\r\n",
+        ];
+        assert_eq!(mlst_answer(250, &l), facts("20261207101010", 1048576));
+        // pyftpdlib: lower-case facts, a path with a space
+        let l: [&[u8]; 3] = [b"250-Listing \"/a b.bin\":\r\n", b" type=file;size=42;modify=20260101000000.250; /a b.bin\r\n", b"250 End MLST.\r\n"];
+        assert_eq!(mlst_answer(250, &l), facts("20260101000000.250", 42));
+        // pure-ftpd: upper-case fact names, no leading space on the facts line
+        let l: [&[u8]; 3] = [b"250-Begin\r\n", b"Type=file;Size=7;Modify=20250505050505;UNIX.mode=0644; /x\r\n", b"250 End.\r\n"];
+        assert_eq!(mlst_answer(250, &l), facts("20250505050505", 7));
+        // no such command: from now on MDTM and SIZE
+        for code in [500, 502, 504] {
+            assert_eq!(mlst_answer(code, &[b"500 Unknown command.\r\n"]), MlstAnswer::Unsupported);
+        }
+        // facts without size or modify: the server's MLST cannot answer a check
+        let l: [&[u8]; 3] = [b"250-x\r\n", b" type=file;perm=r; /x\r\n", b"250 End\r\n"];
+        assert_eq!(mlst_answer(250, &l), MlstAnswer::Unsupported);
+        assert_eq!(mlst_answer(250, &[b"250 End\r\n"]), MlstAnswer::Unsupported);
+        // a directory, a 550, a bad time: asked again the long way, never "gone" on MLST's word
+        let l: [&[u8]; 3] = [b"250-x\r\n", b" type=dir;size=4096;modify=20260101000000; /d\r\n", b"250 End\r\n"];
+        assert_eq!(mlst_answer(250, &l), MlstAnswer::Inconclusive);
+        assert_eq!(mlst_answer(550, &[b"550 /x: No such file or directory\r\n"]), MlstAnswer::Inconclusive);
+        assert_eq!(mlst_answer(421, &[b"421 Timeout\r\n"]), MlstAnswer::Inconclusive);
+        let l: [&[u8]; 3] = [b"250-x\r\n", b" type=file;size=1;modify=2026; /x\r\n", b"250 End\r\n"];
+        assert_eq!(mlst_answer(250, &l), MlstAnswer::Unsupported);
+    }
+
+    #[test]
     fn freshness_needs_both_answers() {
         let m = meta(key("a", "/f"), 10, 0);
         let t = Answer::Ok("20260101000000".to_string());
@@ -187,6 +271,9 @@ mod tests {
         assert_eq!(decide(&m, &Answer::Ok("20260101000001".into()), &Answer::Ok(10)), Decision::Stale);
         assert_eq!(decide(&m, &Answer::Gone, &Answer::Ok(10)), Decision::Gone);
         assert_eq!(decide(&m, &t, &Answer::Unknown), Decision::Bypass);
+        // the same second with a fraction (MLST's `modify` where the entry has MDTM's) is no change
+        assert_eq!(decide(&m, &Answer::Ok("20260101000000.123".into()), &Answer::Ok(10)), Decision::Hit);
+        assert_eq!(decide(&m, &Answer::Ok("garbage".into()), &Answer::Ok(10)), Decision::Stale);
     }
 
     #[test]
