@@ -1,5 +1,5 @@
 """pyftpdlib server for the netns tests: anonymous (read-only) and ftpuser/ftppass (read-write).
-Options: foreign, noext, masq, coalesce (below)."""
+Options: foreign, noext, masq, coalesce, far (below)."""
 import sys
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
@@ -39,4 +39,13 @@ if "coalesce" in opts:
                 resp, self._held = self._held + "\r\n" + resp, None
             super().respond(resp)
     handler = Coalescing
+if "far" in opts:
+    # a server far away: every reply leaves 20 ms after it is made (in order), as over a WAN
+    # with that much more round-trip time on the control connection
+    base = handler
+
+    class Far(base):
+        def respond(self, resp, logfun=None):
+            self.ioloop.call_later(0.02, lambda: self.connected and base.respond(self, resp))
+    handler = Far
 FTPServer((ip, 21), handler).serve_forever()
