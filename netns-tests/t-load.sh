@@ -101,6 +101,27 @@ stale_nat() { # topology label; vsftpd runs, ftpgate not
   logsince "$m" "NATed conntrack entry on its addresses deleted" >/dev/null &&
     pass "$t stale NAT: the entry was deleted before conntrack took it over" ||
     echo "INFO: $t stale NAT: no stale entry was found at the SYN"
+  gate_stop
+  # the safety net, for when the entry is not deleted in time (seen once in a bench burst):
+  # without the rule that queues the listeners' SYNs, conntrack takes the entry over and the
+  # connection reaches the relay from the router's own address; it must still complete (its
+  # later segments reach the accepted socket only while the listener stays open). Another
+  # client port: the relay's side of the connection above waits in TIME_WAIT on the router
+  inR conntrack -D -p tcp --dport 30000 >/dev/null 2>&1
+  alg_start
+  r=$(inC timeout 20 $PY fixedport $SRV_IP 40002 big.bin "$OUT" reset 2>&1)
+  alg_stop
+  local ct; ct="$r / $(inR conntrack -L -p tcp --dport 30000 2>/dev/null | tr '\n' ' ')"
+  gate_start; m=$(logmark)
+  inR iptables -w -t raw -D PREROUTING -p tcp --syn -m socket --transparent -m comment --comment ftpgate -j NFQUEUE --queue-num 2121 --queue-bypass
+  r=$(inC timeout 20 $PY fixedport $SRV_IP 40002 big.bin "$OUT" 2>&1)
+  if ! logsince "$m" "came from 10.0.1.2 \(a NAT binding" >/dev/null; then
+    echo "INFO: $t stale NAT: conntrack did not take the entry over this time ($r; before: $ct)"
+  elif [[ $r == 226* ]] && cmp -s "$OUT" "$WORK/pub/big.bin"; then
+    pass "$t stale NAT: a connection that arrives source-NATed (entry taken over) still completes byte for byte"
+  else
+    fail "$t stale NAT: a connection that arrived source-NATed: $r"
+  fi
   gate_stop; server_stop; vsftpd_start
 }
 

@@ -169,8 +169,10 @@ impl Job {
     }
 
     /// Waits within `deadline` for `peer` to connect to `listener` (a thief's connection is
-    /// refused and counted); says how it failed when it did not.
-    fn accept_peer(&self, listener: &TcpListener, peer: IpAddr, deadline: Instant) -> Option<(TcpStream, SocketAddr)> {
+    /// refused and counted); says how it failed when it did not. The flag: the connection
+    /// arrived source-NATed (see [`Job::nated_from`]), and `listener` must stay open while it
+    /// lasts.
+    fn accept_peer(&self, listener: &TcpListener, peer: IpAddr, deadline: Instant) -> Option<(TcpStream, SocketAddr, bool)> {
         let name = self.name();
         loop {
             match splice::wait_readable(listener, deadline.saturating_duration_since(Instant::now())) {
@@ -203,7 +205,7 @@ impl Job {
                         self.done(DataOutcome::Failed(e.to_string()));
                         return None;
                     }
-                    return Some((s, a));
+                    return Some((s, a, a.ip() != peer));
                 }
                 Ok((_, a)) => {
                     drop(st);
@@ -225,6 +227,12 @@ impl Job {
     /// The true source of an accepted connection that shows `a`, another address than expected:
     /// the original source conntrack knows (see [`crate::conntrack::original_source`]), when it
     /// differs from `a`. Logged, for that is unusual.
+    ///
+    /// Such a connection's later segments still carry the peer's own address when the
+    /// `-m socket --transparent` rule (mangle PREROUTING, before the translation at local
+    /// delivery) looks for a socket, so they find the accepted one only through the listener:
+    /// closed, they would be forwarded to the server, which resets them (measured: the client's
+    /// first ACK of data answered by a reset). So its listener stays open while it lasts.
     fn nated_from(&self, s: &TcpStream, a: SocketAddr) -> Option<IpAddr> {
         let local = s.local_addr().ok()?;
         let from = crate::conntrack::original_source(local, a).filter(|&f| f != a.ip())?;
@@ -259,8 +267,9 @@ impl Job {
         match self.req.mode {
             Mode::Passive | Mode::Active => {
                 let listener = self.listener.take()?; // one connection per announced port
-                let (inbound, from) = self.accept_peer(&listener, self.peer, deadline)?;
-                drop(listener);
+                let (inbound, from, nated) = self.accept_peer(&listener, self.peer, deadline)?;
+                // never accepted from again; kept open (until the job ends) for a NATed arrival
+                self.listener = nated.then_some(listener);
                 let outbound = self.connect_to(self.src, from.port(), self.req.target)?;
                 Some(if self.req.mode == Mode::Passive { (outbound, inbound) } else { (inbound, outbound) })
             }
@@ -273,10 +282,13 @@ impl Job {
             }
             Mode::FromBoth => {
                 let listener = self.listener.take()?;
-                let (cli, _) = self.accept_peer(&listener, self.peer, deadline)?;
-                drop(listener);
+                let (cli, _, nated) = self.accept_peer(&listener, self.peer, deadline)?;
+                self.listener = nated.then_some(listener);
                 let Second::Listener(l, server) = std::mem::replace(&mut self.second, Second::None) else { return None };
-                let (srv, _) = self.accept_peer(&l, server, Instant::now() + self.cfg.accept_timeout)?;
+                let (srv, _, nated) = self.accept_peer(&l, server, Instant::now() + self.cfg.accept_timeout)?;
+                if nated {
+                    self.second = Second::Listener(l, server);
+                }
                 Some((srv, cli))
             }
         }
