@@ -122,6 +122,20 @@ stale_nat() { # topology label; vsftpd runs, ftpgate not
   else
     fail "$t stale NAT: a connection that arrived source-NATed: $r"
   fi
+  gate_stop
+  # a kernel-forwarded data connection on the four-tuple of a relayed one that just ended: the
+  # relay's socket waits in TIME_WAIT on the router, and with TCP early demux on, the forward
+  # path dropped every SYN of the new connection (ftpgate turns early demux off at `rules apply`)
+  inR sysctl -qw net.ipv4.tcp_early_demux=1
+  gate_start --no-cache --data-forwarding relay
+  r=$(inC timeout 20 $PY fixedport $SRV_IP 40004 big.bin "$OUT" 2>&1)
+  gate_stop; gate_start --no-cache; m=$(logmark)
+  local r2; r2=$(inC timeout 20 $PY fixedport $SRV_IP 40004 big.bin "$OUT" 2>&1)
+  if [[ $r == 226* && $r2 == 226* ]] && cmp -s "$OUT" "$WORK/pub/big.bin" && logsince "$m" "10.0.2.2:30000 \(kernel\): .* ok" >/dev/null; then
+    pass "$t a kernel-forwarded download on the addresses and ports of a relayed one that just ended (relay's side in TIME_WAIT)"
+  else
+    fail "$t forwarded after relayed on one four-tuple: relayed $r; forwarded $r2 (early demux $(inR sysctl -n net.ipv4.tcp_early_demux))"
+  fi
   gate_stop; server_stop; vsftpd_start
 }
 

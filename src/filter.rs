@@ -187,6 +187,7 @@ impl RuleSet {
         for l in crate::nft::ruleset().lines() {
             out += &format!("#   {l}\n");
         }
+        out += &format!("# and: sysctl -w {EARLY_DEMUX_SYSCTL}=0 (see `ftpgate rules apply`; kept after `remove`)\n");
         out += "# IPv6 (ip6tables-save format; load with `ip6tables-restore --noflush`; applied where the system has IPv6):\n";
         out += &self.save_form(Family::V6);
         out += &format!("# and, outside ip6tables:\n#   ip -6 rule add fwmark {m} lookup {}\n", self.table);
@@ -217,6 +218,7 @@ impl RuleSet {
     pub fn apply(&self) -> Result<()> {
         self.apply_family(Family::V4)?;
         self.apply_nft();
+        no_early_demux();
         if has_ipv6() {
             if ip6tables_present() {
                 self.apply_family(Family::V6)?;
@@ -309,6 +311,24 @@ impl RuleSet {
         let rules = output("ip", &[f.ip(), "rule", "show"])?;
         let needle = format!("fwmark {:#x}/{:#x} lookup {}", self.mark, self.mark, self.table);
         Ok(rules.lines().any(|l| l.contains(&needle)))
+    }
+}
+
+const EARLY_DEMUX_SYSCTL: &str = "net.ipv4.tcp_early_demux";
+
+/// Turns TCP early demux off (both families follow this one setting). A relayed data connection
+/// ends in TIME_WAIT on the router (the relay closes first, after the last byte), and early
+/// demux matches a later segment on the same four addresses and ports to that socket before
+/// routing — which then drops it if it is to be forwarded: a kernel-forwarded data connection
+/// (ftpgate's own, or the next one on those ports through any path) reusing the tuple within
+/// the 60 s of TIME_WAIT never got its SYN through (measured: the download timed out; with
+/// early demux off it completes). A router forwards far more than it terminates, and early
+/// demux only saves a route lookup for local sockets. Like `nf_conntrack_acct`, it is not
+/// turned back on by `rules remove`: other settings may rely on it being off.
+fn no_early_demux() {
+    let path = format!("/proc/sys/{}", EARLY_DEMUX_SYSCTL.replace('.', "/"));
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() != "0") && std::fs::write(&path, "0").is_err() {
+        crate::log!("note: cannot turn off {EARLY_DEMUX_SYSCTL}: a connection forwarded on the addresses and ports of a relayed one that ended less than 60 s before is dropped");
     }
 }
 
