@@ -562,47 +562,22 @@ mod tests {
         assert_eq!(c.open_at(login("a").server), 0);
     }
 
-    /// A server answering MDTM after `delay`; counts the MDTMs it was asked.
-    fn slow_server(delay: Duration) -> (std::net::SocketAddrV4, Arc<std::sync::atomic::AtomicUsize>) {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let SocketAddr::V4(addr) = l.local_addr().unwrap() else { unreachable!() };
-        let asked = Arc::new(AtomicUsize::new(0));
-        let n = asked.clone();
-        std::thread::spawn(move || {
-            for s in l.incoming().flatten() {
-                let n = n.clone();
-                std::thread::spawn(move || {
-                    let mut w = s.try_clone().unwrap();
-                    let _ = w.write_all(b"220 hi\r\n");
-                    for line in BufReader::new(s).lines().map_while(Result::ok) {
-                        let a: &[u8] = match &line[..4] {
-                            "USER" => b"230 ok\r\n",
-                            "TYPE" => b"200 ok\r\n",
-                            "MDTM" => {
-                                n.fetch_add(1, Ordering::SeqCst);
-                                std::thread::sleep(delay);
-                                b"213 20260101000000\r\n"
-                            }
-                            "SIZE" => b"213 42\r\n",
-                            "MLST" => b"502 not implemented\r\n",
-                            _ => b"221 bye\r\n",
-                        };
-                        let _ = w.write_all(a);
-                    }
-                });
-            }
-        });
-        (addr, asked)
-    }
-
     #[test]
     fn checks_of_one_file_share_a_question() {
-        let (server, asked) = slow_server(Duration::from_millis(100));
+        // a server without MLST, answering MDTM after 100 ms
+        let (server, heard) = scripted_server(|l| match l.get(..4).unwrap_or_default() {
+            "MDTM" => {
+                std::thread::sleep(Duration::from_millis(100));
+                "213 20260101000000\r\n".to_string()
+            }
+            "SIZE" => "213 42\r\n".to_string(),
+            _ => "502 not implemented\r\n".to_string(),
+        });
+        let asked = || verbs(&heard, "MDTM");
         let limits = Limits { per_login: 1, ..Limits::default() };
         let c = Checker::with_limits(Duration::from_secs(5), limits);
-        let l = Login { server: server.into(), user: "anonymous".into(), pass: String::new() };
-        let want = Facts { mdtm: Answer::Ok("20260101000000".into()), size: Answer::Ok(42) };
+        let l = Login { server, user: "anonymous".into(), pass: String::new() };
+        let want = facts_42();
         let threads: Vec<_> = (0..20)
             .map(|_| {
                 let (c, l) = (c.clone(), l.clone());
@@ -613,12 +588,12 @@ mod tests {
             assert_eq!(t.join().unwrap(), want);
         }
         // one question in flight, the rest join the one waiting behind it
-        let n = asked.load(std::sync::atomic::Ordering::SeqCst);
+        let n = asked();
         assert!(n <= 3, "{n} MDTMs for 20 checks of one file");
         // another file is its own question; a later check asks again
         assert_eq!(c.check(&l, "/g"), want);
         assert_eq!(c.check(&l, "/f"), want);
-        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), n + 2);
+        assert_eq!(asked(), n + 2);
         assert!(c.lock().answers.is_empty() && c.lock().unsent.is_empty());
     }
 
@@ -653,17 +628,27 @@ mod tests {
         heard.lock().unwrap().iter().filter(|l| l.starts_with(verb)).count()
     }
 
+    /// A checker of anonymous logins at a scripted server; what the server heard.
+    fn scripted_checker(answer: fn(&str) -> String) -> (Arc<Checker>, Login, Arc<Mutex<Vec<String>>>) {
+        let (server, heard) = scripted_server(answer);
+        let c = Checker::with_limits(Duration::from_secs(5), Limits::default());
+        (c, Login { server, user: "anonymous".into(), pass: String::new() }, heard)
+    }
+
+    /// What the scripted servers say of every file.
+    fn facts_42() -> Facts {
+        Facts { mdtm: Answer::Ok("20260101000000".into()), size: Answer::Ok(42) }
+    }
+
     #[test]
     fn a_server_with_mlst_is_asked_once_per_check() {
-        let (server, heard) = scripted_server(|l| match l.get(..4).unwrap_or_default() {
+        let (c, l, heard) = scripted_checker(|l| match l.get(..4).unwrap_or_default() {
             "MLST" => {
                 format!("250-Start of list for {p}\r\n modify=20260101000000;perm=r;size=42;type=file; {p}\r\n250 End of list\r\n", p = &l[5..])
             }
             _ => "500 ask MLST\r\n".to_string(),
         });
-        let c = Checker::with_limits(Duration::from_secs(5), Limits::default());
-        let l = Login { server, user: "anonymous".into(), pass: String::new() };
-        let want = Facts { mdtm: Answer::Ok("20260101000000".into()), size: Answer::Ok(42) };
+        let want = facts_42();
         assert_eq!(c.check(&l, "/f"), want);
         assert_eq!(c.check(&l, "/a b"), want);
         assert_eq!(c.check_once(&l, "/f"), want);
@@ -673,14 +658,12 @@ mod tests {
 
     #[test]
     fn a_server_without_mlst_is_asked_mdtm_and_size_after_the_first_try() {
-        let (server, heard) = scripted_server(|l| match l.get(..4).unwrap_or_default() {
+        let (c, l, heard) = scripted_checker(|l| match l.get(..4).unwrap_or_default() {
             "MDTM" => "213 20260101000000\r\n".to_string(),
             "SIZE" => "213 42\r\n".to_string(),
             _ => "500 Unknown command.\r\n".to_string(),
         });
-        let c = Checker::with_limits(Duration::from_secs(5), Limits::default());
-        let l = Login { server, user: "anonymous".into(), pass: String::new() };
-        let want = Facts { mdtm: Answer::Ok("20260101000000".into()), size: Answer::Ok(42) };
+        let want = facts_42();
         for path in ["/f", "/g", "/f"] {
             assert_eq!(c.check(&l, path), want);
         }
@@ -703,14 +686,12 @@ mod tests {
     #[test]
     fn an_mlst_refusal_is_not_taken_for_a_gone_file() {
         // a server that refuses MLST for a file MDTM and SIZE still answer for
-        let (server, heard) = scripted_server(|l| match l.get(..4).unwrap_or_default() {
+        let (c, l, heard) = scripted_checker(|l| match l.get(..4).unwrap_or_default() {
             "MLST" => "550 Permission denied\r\n".to_string(),
             "MDTM" => "213 20260101000000\r\n".to_string(),
             _ => "213 42\r\n".to_string(),
         });
-        let c = Checker::with_limits(Duration::from_secs(5), Limits::default());
-        let l = Login { server, user: "anonymous".into(), pass: String::new() };
-        let want = Facts { mdtm: Answer::Ok("20260101000000".into()), size: Answer::Ok(42) };
+        let want = facts_42();
         assert_eq!(c.check(&l, "/f"), want);
         assert_eq!(c.check(&l, "/f"), want);
         // asked again each time: a 550 says nothing about the server's MLST in general
