@@ -242,7 +242,7 @@ mod tests {
         // pyftpdlib: lower-case facts, a path with a space
         let l: [&[u8]; 3] = [b"250-Listing \"/a b.bin\":\r\n", b" type=file;size=42;modify=20260101000000.250; /a b.bin\r\n", b"250 End MLST.\r\n"];
         assert_eq!(mlst_answer(250, &l), facts("20260101000000.250", 42));
-        // pure-ftpd: upper-case fact names, no leading space on the facts line
+        // a server that writes fact names in upper case and no leading space on the facts line
         let l: [&[u8]; 3] = [b"250-Begin\r\n", b"Type=file;Size=7;Modify=20250505050505;UNIX.mode=0644; /x\r\n", b"250 End.\r\n"];
         assert_eq!(mlst_answer(250, &l), facts("20250505050505", 7));
         // no such command: from now on MDTM and SIZE
