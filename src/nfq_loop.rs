@@ -446,6 +446,13 @@ fn apply(msg: &mut Message, verdict: Verdict, edited: Option<Result<Vec<u8>, Wir
 }
 
 /// Binds the queue and runs until the process is stopped.
+/// How long the loop may sleep in `poll` (ms) before `deadline`: at most a second, and rounded
+/// up — rounded down, the last millisecond before a deadline was a busy loop of zero-timeout
+/// polls on a real-time thread.
+fn poll_wait_ms(deadline: Option<Instant>, now: Instant) -> i32 {
+    deadline.map_or(1000, |d| d.saturating_duration_since(now).as_micros().div_ceil(1000).min(1000) as i32)
+}
+
 pub fn run(mut helper: Helper) -> Result<()> {
     let q = helper.cfg.queue;
     let before = crate::netlink::netfilter_sockets();
@@ -488,7 +495,7 @@ pub fn run(mut helper: Helper) -> Result<()> {
     }
     loop {
         let now = Instant::now();
-        let wait = helper.next_deadline().map_or(1000, |d| d.saturating_duration_since(now).as_millis().min(1000) as i32);
+        let wait = poll_wait_ms(helper.next_deadline(), now);
         let mut pfds =
             [libc::pollfd { fd: qfd, events: libc::POLLIN, revents: 0 }, libc::pollfd { fd: helper.wake.fd(), events: libc::POLLIN, revents: 0 }];
         // SAFETY: two valid pollfds.
@@ -533,5 +540,23 @@ pub fn run(mut helper: Helper) -> Result<()> {
         }
         helper.maybe_save_state();
         helper.maybe_publish(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_poll_wait_is_rounded_up_and_capped() {
+        let now = Instant::now();
+        assert_eq!(poll_wait_ms(None, now), 1000);
+        assert_eq!(poll_wait_ms(Some(now), now), 0);
+        assert_eq!(poll_wait_ms(Some(now + Duration::from_micros(300)), now), 1);
+        assert_eq!(poll_wait_ms(Some(now + Duration::from_micros(20_001)), now), 21);
+        assert_eq!(poll_wait_ms(Some(now + Duration::from_secs(5)), now), 1000);
+        if let Some(past) = now.checked_sub(Duration::from_millis(3)) {
+            assert_eq!(poll_wait_ms(Some(past), now), 0);
+        }
     }
 }
