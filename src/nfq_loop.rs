@@ -445,7 +445,6 @@ fn apply(msg: &mut Message, verdict: Verdict, edited: Option<Result<Vec<u8>, Wir
     }
 }
 
-/// Binds the queue and runs until the process is stopped.
 /// How long the loop may sleep in `poll` (ms) before `deadline`: at most a second, and rounded
 /// up — rounded down, the last millisecond before a deadline was a busy loop of zero-timeout
 /// polls on a real-time thread.
@@ -453,6 +452,7 @@ fn poll_wait_ms(deadline: Option<Instant>, now: Instant) -> i32 {
     deadline.map_or(1000, |d| d.saturating_duration_since(now).as_micros().div_ceil(1000).min(1000) as i32)
 }
 
+/// Binds the queue and runs until the process is stopped.
 pub fn run(mut helper: Helper) -> Result<()> {
     let q = helper.cfg.queue;
     let before = crate::netlink::netfilter_sockets();
