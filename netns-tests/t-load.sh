@@ -113,7 +113,10 @@ stale_nat() { # topology label; vsftpd runs, ftpgate not
   alg_stop
   local ct; ct="$r / $(inR conntrack -L -p tcp --dport 30000 2>/dev/null | tr '\n' ' ')"
   gate_start; m=$(logmark)
-  inR iptables -w -t raw -D PREROUTING -p tcp --syn -m socket --transparent -m comment --comment ftpgate -j NFQUEUE --queue-num 2121 --queue-bypass
+  # the rule as `rules show` gives it (its first, IPv4 section), deleted
+  local syn; syn=$(inR "$BIN" rules show | grep -m1 -- '^-A PREROUTING .*--syn -m socket --transparent')
+  # shellcheck disable=SC2086 # the rule's words
+  inR iptables -w -t raw -D ${syn#-A } || fail "$t stale NAT: cannot delete the listeners' SYN rule ($syn)"
   r=$(inC timeout 20 $PY fixedport $SRV_IP 40002 big.bin "$OUT" 2>&1)
   if ! logsince "$m" "came from 10.0.1.2 \(a NAT binding" >/dev/null; then
     echo "INFO: $t stale NAT: conntrack did not take the entry over this time ($r; before: $ct)"
