@@ -137,6 +137,8 @@ pyftpd_start() { # [foreign] [masq]; PYFTPD_IP: its address (default $SRV_IP)
   busywait 5000 inS bash -c "exec 3<>/dev/tcp/$ip/21" 2>/dev/null
 }
 
+# proftpd, unpacked by scripts/install-deps (its package conflicts with vsftpd's)
+PROFTPD=/opt/ftpgate-tests/proftpd/usr/sbin/proftpd
 proftpd_start() { # Debian's proftpd with its per-address limit set like vsftpd's stock one
   cat >"$WORK/proftpd.conf" <<EOC
 ServerType standalone
@@ -168,7 +170,7 @@ AllowOverwrite on
   </Limit>
 </Anonymous>
 EOC
-  ip netns exec "$S" /opt/ftpgate-tests/proftpd/usr/sbin/proftpd -n -c "$WORK/proftpd.conf" >"$WORK/proftpd.log" 2>&1 &
+  ip netns exec "$S" "$PROFTPD" -n -c "$WORK/proftpd.conf" >"$WORK/proftpd.log" 2>&1 &
   echo $! >"$WORK/server.pid"
   busywait 5000 inS bash -c "exec 3<>/dev/tcp/$SRV_IP/21" 2>/dev/null
 }

@@ -156,7 +156,7 @@ for topo in $(topos nat); do
   pyftpd_start
   cache_tests pyftpdlib mlst
   server_stop
-  if [[ -x /opt/ftpgate-tests/proftpd/usr/sbin/proftpd ]]; then
+  if [[ -x $PROFTPD ]]; then
     proftpd_start; proftpd_cache
   else
     skip "nat proftpd cache: proftpd is not unpacked (scripts/install-deps does it)"
