@@ -56,7 +56,12 @@ for topo in $(topos nat routed); do
   # (a cache hit's sender drops to normal priority after its first 8 MiB: TS is fine too)
   inC curl -sS --limit-rate 4M -o /dev/null ftp://$SRV_IP/big.bin & cpid=$!
   sleep 1
-  ps -L -o cls=,rtprio=,ni=,comm= -p "$(cat "$WORK/gate.pid")" >"$WORK/threads.txt"
+  gpid=$(cat "$WORK/gate.pid")
+  ps -L -o cls=,rtprio=,ni=,comm=,tid= -p "$gpid" >"$WORK/threads.txt"
+  # each thread's CPUs: the real-time data threads keep off the first CPU (--data-cpus)
+  while read -r _ _ _ _ tid; do
+    echo "$tid $(awk '/^Cpus_allowed_list/ { print $2 }' "/proc/$gpid/task/$tid/status" 2>/dev/null)"
+  done <"$WORK/threads.txt" >"$WORK/cpus.txt"
   kill $cpid 2>/dev/null; wait $cpid 2>/dev/null
   if awk '$4 == "ftpgate" && $1 == "FF" { q = 1 } $4 == "ftpgate-data" && $1 == "FF" { d++; if ($2 != 5) bad++ }
           END { exit !(q && d >= 1 && !bad) }' "$WORK/threads.txt"; then
@@ -64,10 +69,33 @@ for topo in $(topos nat routed); do
   else
     fail "$topo thread priorities: $(tr '\n' ';' <"$WORK/threads.txt")"
   fi
+  n=$(nproc)
+  if ((n >= 2)); then
+    want=1; ((n > 2)) && want=1-$((n - 1))
+    # the queue thread keeps every CPU; each real-time data thread all but the first
+    if awk -v want="$want" -v all="0-$((n - 1))" 'NR == FNR { cpus[$1] = $2; next }
+          $4 == "ftpgate" && $1 == "FF" { q = (cpus[$5] == all) }
+          $4 == "ftpgate-data" && $1 == "FF" { d++; if (cpus[$5] != want) bad++ }
+          END { exit !(q && d >= 1 && !bad) }' "$WORK/cpus.txt" "$WORK/threads.txt" &&
+      grep -q "data threads at real-time priority keep to CPU $(echo "$want" | sed 's/-.*//')" "$WORK/ftpgate.log"; then
+      pass "$topo real-time relay threads keep to CPU $want, the queue thread to none"
+    else
+      fail "$topo data threads' CPUs (want $want): $(paste -d' ' "$WORK/threads.txt" "$WORK/cpus.txt" | tr '\n' ';')"
+    fi
+  else
+    skip "$topo data threads' CPUs: one CPU"
+  fi
   server_stop
   gate_stop
   grep -q "SIGTERM received; exiting" "$WORK/ftpgate.log" && pass "$topo SIGTERM ends ftpgate cleanly" || fail "$topo SIGTERM not handled"
   grep -q "queue thread at real-time priority 10 (SCHED_FIFO)" "$WORK/ftpgate.log" && pass "$topo queue thread runs at real-time priority" ||
     fail "$topo queue thread priority: $(grep -m1 'queue thread' "$WORK/ftpgate.log")"
+  # a CPU the process may not use, and a list that is none: one clear line, nothing started
+  out=$(inR timeout 5 "$BIN" run --cache-dir "$WORK/cache" --data-cpus 1000 2>&1); rc=$?
+  [[ $rc != 0 && $rc != 124 && $out == *"data-cpus: CPU 1000 is not one this process may use"* ]] &&
+    pass "$topo --data-cpus naming a CPU it may not use: refused" || fail "$topo --data-cpus 1000: rc $rc: $out"
+  out=$(inR timeout 5 "$BIN" run --cache-dir "$WORK/cache" --data-cpus 2-1 2>&1); rc=$?
+  [[ $rc != 0 && $rc != 124 && $out == *"expected \`all\` or a CPU list"* ]] &&
+    pass "$topo --data-cpus 2-1: refused" || fail "$topo --data-cpus 2-1: rc $rc: $out"
 done
 summary

@@ -168,6 +168,10 @@ pub struct RunArgs {
     /// needs CAP_SYS_NICE [default: 0]
     #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i8).range(-20..=19))]
     pub data_nice: Option<i8>,
+    /// CPUs the data relay's threads may use while at real-time priority, `all` or a list
+    /// (`1`, `1-3`, `0,2`) [default: all but the first, so that one core is never held by them]
+    #[arg(long, value_name = "LIST", value_parser = crate::sched::parse_cpus)]
+    pub data_cpus: Option<crate::sched::CpuChoice>,
     /// Data connections at once; more PASV/PORT get 425 [default: 512]
     #[arg(long)]
     pub max_data: Option<usize>,
@@ -251,6 +255,7 @@ impl RunArgs {
             queue_priority: self.queue_priority,
             data_nice: self.data_nice,
             data_priority: self.data_priority,
+            data_cpus: self.data_cpus.clone(),
             no_cache: self.no_cache.then_some(true),
             no_refetch: self.no_refetch.then_some(true),
             data_forwarding: self.data_forwarding,

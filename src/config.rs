@@ -35,6 +35,9 @@ pub struct Options {
     pub queue_priority: Option<u8>,
     pub data_nice: Option<i8>,
     pub data_priority: Option<u8>,
+    /// `all` or a CPU list.
+    #[serde(default, deserialize_with = "cpus")]
+    pub data_cpus: Option<crate::sched::CpuChoice>,
     pub no_cache: Option<bool>,
     pub no_refetch: Option<bool>,
     pub data_forwarding: Option<Forwarding>,
@@ -125,6 +128,10 @@ pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 
 fn port_range<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(u16, u16)>, D::Error> {
     parse_port_range(&String::deserialize(d)?).map(Some).map_err(de::Error::custom)
+}
+
+fn cpus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<crate::sched::CpuChoice>, D::Error> {
+    crate::sched::parse_cpus(&String::deserialize(d)?).map(Some).map_err(de::Error::custom)
 }
 
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -271,6 +278,7 @@ impl Options {
             queue_priority,
             data_nice,
             data_priority,
+            data_cpus,
             no_cache,
             no_refetch,
             data_forwarding,

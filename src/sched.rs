@@ -2,6 +2,12 @@
 //! priority; relay threads below it (or SCHED_BATCH), so the control path never queues behind
 //! the bytes it announced.
 
+use std::fmt;
+use std::sync::OnceLock;
+
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
+
 /// Runs the queue thread at real-time priority: every control packet of every session is
 /// forwarded in its context (the verdict re-injects it), and behind relay threads on the same
 /// cores a burst of sessions took twice as long as through the kernel ALG. The loop blocks in
@@ -25,24 +31,24 @@ pub fn raise_priority(prio: u8) {
 /// real-time priority `rt` (SCHED_FIFO, below the queue thread's) when `rt` > 0 and allowed —
 /// like the kernel's own forwarding, which runs in softirq above every task — else SCHED_BATCH
 /// (its wake-ups do not preempt other tasks, it keeps its fair share) at `nice`. Failure leaves
-/// the thread as it was.
-pub fn lower_priority(rt: u8, nice: i8) {
+/// the thread as it was. Returns whether the thread is now at real-time priority.
+pub fn lower_priority(rt: u8, nice: i8) -> bool {
     if rt > 0 {
         let p = libc::sched_param { sched_priority: rt.into() };
         // SAFETY: sets the calling thread's own policy with a live parameter.
         if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) } == 0 {
-            return;
+            return true;
         }
     }
     let p = libc::sched_param { sched_priority: 0 };
     // SAFETY: sets the calling thread's own policy with a live parameter.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &p) };
-    if nice == 0 {
-        return;
+    if nice != 0 {
+        let tid = nix::unistd::gettid().as_raw() as libc::id_t;
+        // SAFETY: setpriority on this thread's own id; no memory is passed.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, libc::c_int::from(nice)) };
     }
-    let tid = nix::unistd::gettid().as_raw() as libc::id_t;
-    // SAFETY: setpriority on this thread's own id; no memory is passed.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, libc::c_int::from(nice)) };
+    false
 }
 
 /// Sets the calling thread to normal scheduling (`SCHED_OTHER`, its nice value unchanged: 0 but
@@ -50,10 +56,138 @@ pub fn lower_priority(rt: u8, nice: i8) {
 /// server's share of the cores — the rest of a large cache hit (see
 /// [`crate::relay::splice::PROMPT_BYTES`]) — and for the watcher of a kernel-forwarded
 /// connection.
+/// A thread [`confine`]d at real-time priority gets every CPU back.
 pub fn normal_priority() {
     let p = libc::sched_param { sched_priority: 0 };
     // SAFETY: sets the calling thread's own policy with a live parameter.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &p) };
+    unconfine();
+}
+
+/// `--data-cpus`: where the data threads may run while at real-time priority.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CpuChoice {
+    /// Every CPU the process may use.
+    All,
+    /// These CPUs.
+    List(Vec<usize>),
+}
+
+/// A `--data-cpus` value that is neither `all` nor a CPU list.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadCpuList(pub String);
+
+impl fmt::Display for BadCpuList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: expected `all` or a CPU list such as 1, 1-3 or 1,3-5", self.0)
+    }
+}
+
+impl std::error::Error for BadCpuList {}
+
+/// Parses `all` or a CPU list (`1`, `1-3`, `0,2-3`), as `taskset -c` takes it.
+pub fn parse_cpus(s: &str) -> Result<CpuChoice, BadCpuList> {
+    let bad = || BadCpuList(s.to_string());
+    if s.trim() == "all" {
+        return Ok(CpuChoice::All);
+    }
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        let (lo, hi) = part.trim().split_once('-').unwrap_or((part.trim(), part.trim()));
+        let (lo, hi): (usize, usize) = (lo.trim().parse().map_err(|_| bad())?, hi.trim().parse().map_err(|_| bad())?);
+        if lo > hi || hi >= CpuSet::count() {
+            return Err(bad());
+        }
+        cpus.extend(lo..=hi);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(CpuChoice::List(cpus))
+}
+
+/// CPUs named in `--data-cpus` that the process may not use.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnusableCpus {
+    pub named: Vec<usize>,
+    pub allowed: Vec<usize>,
+}
+
+impl fmt::Display for UnusableCpus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "data-cpus: CPU {} is not one this process may use (it may use {})", list(&self.named), list(&self.allowed))
+    }
+}
+
+/// `0,2,3` for display.
+pub fn list(cpus: &[usize]) -> String {
+    cpus.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// The CPUs the data threads are confined to while at real-time priority, out of `allowed`
+/// (the process's own): `None` = not confined. By default every allowed CPU but the first, when
+/// there are at least two: the relay's real-time threads then never hold the last core, where
+/// the machine's other tasks (on a router its daemons; in the bench the clients and servers)
+/// still get a core at once — with 4 relayed downloads and both cores busy, the NOOP round
+/// trips' p99 through ftpgate came nearer the kernel ALG's (see the README).
+pub fn data_cpus(choice: Option<&CpuChoice>, allowed: &[usize]) -> Result<Option<Vec<usize>>, UnusableCpus> {
+    match choice {
+        None if allowed.len() >= 2 => Ok(Some(allowed[1..].to_vec())),
+        None | Some(CpuChoice::All) => Ok(None),
+        Some(CpuChoice::List(l)) => {
+            let named: Vec<usize> = l.iter().copied().filter(|c| !allowed.contains(c)).collect();
+            if !named.is_empty() {
+                return Err(UnusableCpus { named, allowed: allowed.to_vec() });
+            }
+            Ok((l.as_slice() != allowed).then(|| l.clone()))
+        }
+    }
+}
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    match sched_getaffinity(Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Real-time data threads' CPUs ([`data_cpus`]), ready for [`confine`].
+#[derive(Clone, Debug)]
+pub struct Confine {
+    pub cpus: Vec<usize>,
+    to: CpuSet,
+    all: CpuSet,
+}
+
+impl Confine {
+    pub fn new(cpus: Vec<usize>, allowed: &[usize]) -> Confine {
+        let set = |l: &[usize]| {
+            let mut s = CpuSet::new();
+            for &c in l {
+                let _ = s.set(c);
+            }
+            s
+        };
+        Confine { to: set(&cpus), all: set(allowed), cpus }
+    }
+}
+
+/// The process's CPUs, once a thread was confined: what [`unconfine`] gives back.
+static ALL: OnceLock<CpuSet> = OnceLock::new();
+
+/// Keeps the calling (real-time) thread, and the threads it starts, to `c`'s CPUs until
+/// [`normal_priority`] or [`unconfine`].
+pub fn confine(c: &Confine) {
+    let _ = ALL.set(c.all);
+    let _ = sched_setaffinity(Pid::from_raw(0), &c.to);
+}
+
+/// Gives the calling thread every CPU of the process back, if threads were confined: for work
+/// at normal priority started from a confined thread.
+pub fn unconfine() {
+    if let Some(all) = ALL.get() {
+        let _ = sched_setaffinity(Pid::from_raw(0), all);
+    }
 }
 
 /// Starts a thread for data-path work (a relay job, a freshness check) that begins at the
@@ -92,6 +226,48 @@ mod tests {
     fn policy() -> i32 {
         // SAFETY: reads the calling thread's own policy.
         unsafe { libc::sched_getscheduler(0) }
+    }
+
+    #[test]
+    fn cpu_lists_parse_as_taskset_takes_them() {
+        assert_eq!(parse_cpus("all"), Ok(CpuChoice::All));
+        assert_eq!(parse_cpus("1"), Ok(CpuChoice::List(vec![1])));
+        assert_eq!(parse_cpus("3,1-2, 2"), Ok(CpuChoice::List(vec![1, 2, 3])));
+        for bad in ["", "x", "2-1", "1,", "-1", "1-", "99999"] {
+            assert_eq!(parse_cpus(bad), Err(BadCpuList(bad.to_string())), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn by_default_real_time_data_threads_leave_the_first_cpu_free() {
+        assert_eq!(data_cpus(None, &[0, 1]), Ok(Some(vec![1])));
+        assert_eq!(data_cpus(None, &[2, 5, 7]), Ok(Some(vec![5, 7])));
+        // one CPU: nothing to leave free
+        assert_eq!(data_cpus(None, &[3]), Ok(None));
+        assert_eq!(data_cpus(Some(&CpuChoice::All), &[0, 1]), Ok(None));
+        assert_eq!(data_cpus(Some(&CpuChoice::List(vec![0, 1])), &[0, 1]), Ok(None));
+        assert_eq!(data_cpus(Some(&CpuChoice::List(vec![0])), &[0, 1]), Ok(Some(vec![0])));
+        let e = data_cpus(Some(&CpuChoice::List(vec![1, 4])), &[0, 1]).unwrap_err();
+        assert_eq!(e, UnusableCpus { named: vec![4], allowed: vec![0, 1] });
+        assert_eq!(e.to_string(), "data-cpus: CPU 4 is not one this process may use (it may use 0,1)");
+    }
+
+    /// A confined real-time thread gets every CPU back with normal priority.
+    #[test]
+    fn a_confined_thread_is_widened_at_normal_priority() {
+        let allowed = allowed_cpus();
+        if allowed.len() < 2 {
+            eprintln!("skipped: one CPU");
+            return;
+        }
+        std::thread::spawn(move || {
+            confine(&Confine::new(vec![allowed[1]], &allowed));
+            assert_eq!(allowed_cpus(), vec![allowed[1]]);
+            normal_priority();
+            assert_eq!(allowed_cpus(), allowed);
+        })
+        .join()
+        .unwrap();
     }
 
     /// A thread started from a real-time thread with `SCHED_RESET_ON_FORK` begins at real-time

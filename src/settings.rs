@@ -107,6 +107,8 @@ pub enum SettingsError {
     Nat64Prefix(Cidr),
     /// A `--deny-command` (or `deny-commands`) that is not an FTP command.
     DenyCommand(crate::policy::BadCommand),
+    /// `--data-cpus` naming CPUs the process may not use.
+    DataCpus(crate::sched::UnusableCpus),
 }
 
 impl fmt::Display for SettingsError {
@@ -125,6 +127,7 @@ impl fmt::Display for SettingsError {
             SettingsError::Users(e) => e.fmt(f),
             SettingsError::LogFilter { filter, why } => write!(f, "log filter {filter:?}: {why}"),
             SettingsError::DenyCommand(c) => write!(f, "deny-command: {c}"),
+            SettingsError::DataCpus(e) => e.fmt(f),
             SettingsError::Nat64Prefix(c) => write!(f, "nat64-prefix {}: must be an IPv6 /96 (RFC 6052), e.g. 64:ff9b::/96", c.0),
         }
     }
@@ -164,6 +167,8 @@ impl Settings {
         if let Some(data) = o.data_priority.filter(|&p| p > 0 && p >= queue_priority) {
             return Err(SettingsError::DataPriority { data, queue: queue_priority });
         }
+        let allowed = crate::sched::allowed_cpus();
+        let cpus = crate::sched::data_cpus(o.data_cpus.as_ref(), &allowed).map_err(SettingsError::DataCpus)?;
         let listen = o.listen.clone().unwrap_or_default();
         if listen.is_empty() && (o.proxy_users.is_some() || o.allow_from.is_some() || o.allow_dest.is_some()) {
             return Err(SettingsError::ProxyOptionsWithoutListener);
@@ -222,6 +227,7 @@ impl Settings {
                 data_ports: crate::relay::DataPorts(o.data_ports),
                 rt_priority: o.data_priority.unwrap_or(queue_priority / 2),
                 nice: o.data_nice.unwrap_or(0),
+                cpus: cpus.map(|c| crate::sched::Confine::new(c, &allowed)),
             },
             forwarding: o.data_forwarding.unwrap_or(Forwarding::Kernel),
             max_sessions: o.max_sessions.unwrap_or(d::MAX_SESSIONS),

@@ -491,7 +491,9 @@ pub(super) fn confirm(cache: &CacheCtx, login: &Login, cap: Capture, n: u64, sta
 /// terms as a capture (the server confirms the size, the file settled before the fetch).
 pub(super) fn refetch(cache: Arc<CacheCtx>, key: Key, login: Login) {
     let _ = std::thread::Builder::new().name("ftpgate-refetch".into()).spawn(move || {
-        lower_priority(0, 0); // background work: not the real-time priority of the relay it came from
+        // background work: neither the real-time priority nor the CPUs of the relay it came from
+        lower_priority(0, 0);
+        crate::sched::unconfine();
         let path = key.path.clone();
         let mut cap = match cache.store.begin(&key) {
             Ok(Some(cap)) => cap,

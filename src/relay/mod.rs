@@ -65,6 +65,9 @@ pub struct RelayConfig {
     pub rt_priority: u8,
     /// Nice value of the relay's threads when not at real-time priority.
     pub nice: i8,
+    /// The CPUs the relay's threads keep to while at real-time priority (`--data-cpus`);
+    /// `None`: any.
+    pub cpus: Option<crate::sched::Confine>,
 }
 
 /// Finds the client's address as the server sees it (conntrack's NAT); `None` = not translated.
@@ -659,8 +662,13 @@ impl DataPlane for Relay {
             pace_up: self.shares.pacer(req.client.ip(), pace::Way::Up, req.rates.up),
             second,
         };
-        let (rt, nice) = (self.cfg.rt_priority, self.cfg.nice);
-        self.spawn_for(id, "ftpgate-data", move || lower_priority(rt, nice), move || job.run()).map_err(OpenError::Thread)?;
+        let (rt, nice, cpus) = (self.cfg.rt_priority, self.cfg.nice, self.cfg.cpus.clone());
+        let init = move || {
+            if let (true, Some(c)) = (lower_priority(rt, nice), &cpus) {
+                crate::sched::confine(c);
+            }
+        };
+        self.spawn_for(id, "ftpgate-data", init, move || job.run()).map_err(OpenError::Thread)?;
         Ok(Opened { announce, id, client_side })
     }
 }
@@ -722,6 +730,7 @@ mod tests {
             data_ports: DataPorts::default(),
             rt_priority: 0,
             nice: 0,
+            cpus: None,
         };
         let mut relay = Relay::new(cfg, |_, _| None, None);
         let req = DataRequest {
