@@ -79,9 +79,6 @@ fn run(a: RunArgs) -> Result<()> {
         }
     };
     let queue = s.rules.queue;
-    if let (Some(c), true) = (&s.relay.cpus, s.relay.rt_priority > 0) {
-        log!("data threads at real-time priority keep to CPU {} (--data-cpus)", ftpgate::sched::list(&c.cpus));
-    }
     let mut relay = Relay::new(s.relay.clone(), ftpgate::conntrack::server_side_client_addr, cache.clone());
     if s.forwarding == Forwarding::Kernel {
         match relay.enable_forwarding() {

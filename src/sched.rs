@@ -178,7 +178,9 @@ static ALL: OnceLock<CpuSet> = OnceLock::new();
 /// Keeps the calling (real-time) thread, and the threads it starts, to `c`'s CPUs until
 /// [`normal_priority`] or [`unconfine`].
 pub fn confine(c: &Confine) {
-    let _ = ALL.set(c.all);
+    if ALL.set(c.all).is_ok() {
+        crate::log!("data threads at real-time priority keep to CPU {} (--data-cpus)", list(&c.cpus));
+    }
     let _ = sched_setaffinity(Pid::from_raw(0), &c.to);
 }
 
