@@ -109,6 +109,8 @@ pub fn pump_tee(
     let out = file.try_clone()?;
     let (lag, quit) = (behind.clone(), given_up.clone());
     let writer = std::thread::Builder::new().name("ftpgate-cache-write".into()).spawn(move || -> io::Result<()> {
+        // below the relay, so that on a shared core the relay always runs first
+        crate::sched::step_below();
         // on an error it returns at once: dropping both channel ends tells the relay
         while let Ok((p, n)) = work_rx.recv() {
             if quit.load(Relaxed) {
