@@ -278,6 +278,7 @@ mod tests {
         assert!(e(|o| o.cache_dir = None).contains("--cache-dir"));
         assert!(e(|o| o.data_timeout = Some(0)).contains("at least 1 second"));
         assert!(e(|o| o.data_priority = Some(10)).contains("must be below queue-priority (10)"));
+        assert!(e(|o| o.data_cpus = Some(crate::sched::CpuChoice::List(vec![1000]))).contains("data-cpus: CPU 1000 is not one this process may use"));
         assert!(e(|o| o.allow_from = Some(vec![])).contains("--listen"));
         assert!(e(|o| o.log = Some("[".into())).starts_with("log filter"));
         assert!(e(|o| {
