@@ -69,18 +69,25 @@ for topo in $(topos nat routed); do
   else
     fail "$topo thread priorities: $(tr '\n' ';' <"$WORK/threads.txt")"
   fi
+  # the CPUs this run may use (a cpuset need not start at 0), as the kernel lists them
+  all=$(awk '/^Cpus_allowed_list/ { print $2 }' /proc/self/status)
   n=$(nproc)
   if ((n >= 2)); then
-    want=1; ((n > 2)) && want=1-$((n - 1))
+    # every CPU but the first, listed the kernel's way (ranges joined with '-')
+    want=$($SYSPY -c 'import os, itertools, sys
+c = sorted(os.sched_getaffinity(0))[1:]
+runs = [[x for _, x in g] for _, g in itertools.groupby(enumerate(c), lambda t: t[1] - t[0])]
+print(",".join(str(r[0]) if len(r) == 1 else "%d-%d" % (r[0], r[-1]) for r in runs))')
+    first=$($SYSPY -c 'import os; print(sorted(os.sched_getaffinity(0))[1])')
     # the queue thread keeps every CPU; each real-time data thread all but the first
-    if awk -v want="$want" -v all="0-$((n - 1))" 'NR == FNR { cpus[$1] = $2; next }
+    if awk -v want="$want" -v all="$all" 'NR == FNR { cpus[$1] = $2; next }
           $4 == "ftpgate" && $1 == "FF" { q = (cpus[$5] == all) }
           $4 == "ftpgate-data" && $1 == "FF" { d++; if (cpus[$5] != want) bad++ }
           END { exit !(q && d >= 1 && !bad) }' "$WORK/cpus.txt" "$WORK/threads.txt" &&
-      grep -q "data threads at real-time priority keep to CPU $(echo "$want" | sed 's/-.*//')" "$WORK/ftpgate.log"; then
-      pass "$topo real-time relay threads keep to CPU $want, the queue thread to none"
+      grep -q "data threads at real-time priority keep to CPU $first" "$WORK/ftpgate.log"; then
+      pass "$topo real-time relay threads keep to CPU $want, the queue thread to $all"
     else
-      fail "$topo data threads' CPUs (want $want): $(paste -d' ' "$WORK/threads.txt" "$WORK/cpus.txt" | tr '\n' ';')"
+      fail "$topo data threads' CPUs (want $want, queue thread $all): $(paste -d' ' "$WORK/threads.txt" "$WORK/cpus.txt" | tr '\n' ';')"
     fi
   else
     skip "$topo data threads' CPUs: one CPU"
