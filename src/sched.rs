@@ -8,6 +8,22 @@ use std::sync::OnceLock;
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 
+/// Sets the calling thread's scheduling policy and priority; whether the kernel took them.
+fn set_scheduler(policy: libc::c_int, priority: libc::c_int) -> bool {
+    let p = libc::sched_param { sched_priority: priority };
+    // SAFETY: sets the calling thread's own policy with a live parameter.
+    unsafe { libc::sched_setscheduler(0, policy, &p) == 0 }
+}
+
+/// The calling thread's scheduling policy (with its flags) and priority.
+fn scheduler() -> Option<(libc::c_int, libc::c_int)> {
+    let mut p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: reads the calling thread's own policy and parameter into a live struct.
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    // SAFETY: as above.
+    (policy >= 0 && unsafe { libc::sched_getparam(0, &mut p) } == 0).then_some((policy, p.sched_priority))
+}
+
 /// Runs the queue thread at real-time priority: every control packet of every session is
 /// forwarded in its context (the verdict re-injects it), and behind relay threads on the same
 /// cores a burst of sessions took twice as long as through the kernel ALG. The loop blocks in
@@ -16,11 +32,9 @@ pub fn raise_priority(prio: u8) {
     if prio == 0 {
         return;
     }
-    let p = libc::sched_param { sched_priority: prio.into() };
     // SCHED_RESET_ON_FORK: the threads this one starts (the relay's, the freshness checks')
     // run at normal priority; inheriting real time, a busy relay could starve the machine
-    // SAFETY: sets the calling thread's own scheduling policy with a live parameter.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &p) } == 0 {
+    if set_scheduler(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, prio.into()) {
         crate::log!("queue thread at real-time priority {prio} (SCHED_FIFO)");
     } else {
         crate::log!("queue thread stays at normal priority ({}; needs CAP_SYS_NICE, or --queue-priority 0)", std::io::Error::last_os_error());
@@ -33,16 +47,10 @@ pub fn raise_priority(prio: u8) {
 /// (its wake-ups do not preempt other tasks, it keeps its fair share) at `nice`. Failure leaves
 /// the thread as it was. Returns whether the thread is now at real-time priority.
 pub fn lower_priority(rt: u8, nice: i8) -> bool {
-    if rt > 0 {
-        let p = libc::sched_param { sched_priority: rt.into() };
-        // SAFETY: sets the calling thread's own policy with a live parameter.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) } == 0 {
-            return true;
-        }
+    if rt > 0 && set_scheduler(libc::SCHED_FIFO, rt.into()) {
+        return true;
     }
-    let p = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sets the calling thread's own policy with a live parameter.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &p) };
+    set_scheduler(libc::SCHED_BATCH, 0);
     if nice != 0 {
         let tid = nix::unistd::gettid().as_raw() as libc::id_t;
         // SAFETY: setpriority on this thread's own id; no memory is passed.
@@ -56,11 +64,10 @@ pub fn lower_priority(rt: u8, nice: i8) -> bool {
 /// server's share of the cores — the rest of a large cache hit (see
 /// [`crate::relay::splice::PROMPT_BYTES`]) — and for the watcher of a kernel-forwarded
 /// connection.
+///
 /// A thread [`confine`]d at real-time priority gets every CPU back.
 pub fn normal_priority() {
-    let p = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sets the calling thread's own policy with a live parameter.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &p) };
+    set_scheduler(libc::SCHED_OTHER, 0);
     unconfine();
 }
 
@@ -70,21 +77,11 @@ pub fn normal_priority() {
 /// the relay's CPU, a writer copying into the page cache kept the relay from running, and a
 /// 1 GiB miss took 3.1 s (the disk's pace) where it took 0.8-1.2 s on two CPUs.
 pub fn step_below() {
-    let mut p = libc::sched_param { sched_priority: 0 };
-    // SAFETY: reads the calling thread's own policy and parameter into a live struct.
-    let fifo = unsafe { libc::sched_getscheduler(0) } == libc::SCHED_FIFO && unsafe { libc::sched_getparam(0, &mut p) } == 0;
-    if !fifo {
-        return;
-    }
-    if p.sched_priority > 1 {
-        p.sched_priority -= 1;
-        // SAFETY: sets the calling thread's own policy with a live parameter.
-        unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) };
-    } else {
-        let p = libc::sched_param { sched_priority: 0 };
-        // SAFETY: as above.
-        unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &p) };
-    }
+    match scheduler() {
+        Some((libc::SCHED_FIFO, prio)) if prio > 1 => set_scheduler(libc::SCHED_FIFO, prio - 1),
+        Some((libc::SCHED_FIFO, _)) => set_scheduler(libc::SCHED_OTHER, 0),
+        _ => false,
+    };
 }
 
 /// `--data-cpus`: where the data threads may run while at real-time priority.
@@ -227,19 +224,19 @@ pub fn unconfine() {
 /// inherits the real-time policy and runs at once) and set again; every other thread keeps
 /// starting at normal priority.
 pub fn spawn_prompt(name: &str, init: impl FnOnce() + Send + 'static, work: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
-    // SAFETY: reads the calling thread's own policy and parameter into a live struct.
-    let policy = unsafe { libc::sched_getscheduler(0) };
-    let mut p = libc::sched_param { sched_priority: 0 };
-    let reset = policy >= 0 && policy & libc::SCHED_RESET_ON_FORK != 0 && unsafe { libc::sched_getparam(0, &mut p) } == 0;
-    // SAFETY: sets the calling thread's own policy (unchanged, without the flag) with a live parameter.
-    let lifted = reset && unsafe { libc::sched_setscheduler(0, policy & !libc::SCHED_RESET_ON_FORK, &p) } == 0;
+    // the policy unchanged, without the flag
+    let lifted = match scheduler() {
+        Some((policy, prio)) if policy & libc::SCHED_RESET_ON_FORK != 0 => {
+            set_scheduler(policy & !libc::SCHED_RESET_ON_FORK, prio).then_some((policy, prio))
+        }
+        _ => None,
+    };
     let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
         init();
         work();
     });
-    if lifted {
-        // SAFETY: as above, the flag set again.
-        unsafe { libc::sched_setscheduler(0, policy, &p) };
+    if let Some((policy, prio)) = lifted {
+        set_scheduler(policy, prio); // the flag set again
     }
     spawned.map(drop)
 }
