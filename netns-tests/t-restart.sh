@@ -73,12 +73,12 @@ for topo in $(topos nat routed); do
   all=$(awk '/^Cpus_allowed_list/ { print $2 }' /proc/self/status)
   n=$(nproc)
   if ((n >= 2)); then
-    # every CPU but the first, listed the kernel's way (ranges joined with '-')
-    want=$($SYSPY -c 'import os, itertools, sys
+    # every CPU but the first, listed the kernel's way (ranges joined with '-'), and the first
+    # of those
+    read -r want first < <($SYSPY -c 'import os, itertools
 c = sorted(os.sched_getaffinity(0))[1:]
 runs = [[x for _, x in g] for _, g in itertools.groupby(enumerate(c), lambda t: t[1] - t[0])]
-print(",".join(str(r[0]) if len(r) == 1 else "%d-%d" % (r[0], r[-1]) for r in runs))')
-    first=$($SYSPY -c 'import os; print(sorted(os.sched_getaffinity(0))[1])')
+print(",".join(str(r[0]) if len(r) == 1 else "%d-%d" % (r[0], r[-1]) for r in runs), c[0])')
     # the queue thread keeps every CPU; each real-time data thread all but the first
     if awk -v want="$want" -v all="$all" 'NR == FNR { cpus[$1] = $2; next }
           $4 == "ftpgate" && $1 == "FF" { q = (cpus[$5] == all) }
