@@ -203,7 +203,8 @@ gate_start() { # extra run args...; RULES_ARGS: extra `rules apply|remove` args
   inR "$BIN" rules apply ${RULES_ARGS:-} || return 1
   local n; n=$(grep -c "bound NFQUEUE" "$WORK/ftpgate.log" 2>/dev/null)
   # not through a shell function: $! must be ftpgate itself (ip netns exec execs it)
-  ip netns exec "$R" "$BIN" run --cache-dir "$WORK/cache" "$@" >>"$WORK/ftpgate.log" 2>&1 &
+  # GATE_PIN: a command to run it under (the bench's router model: `taskset -c 1-N`)
+  ip netns exec "$R" ${GATE_PIN:-} "$BIN" run --cache-dir "$WORK/cache" "$@" >>"$WORK/ftpgate.log" 2>&1 &
   echo $! >"$WORK/gate.pid"
   # this start's own line, not an earlier one in the same log
   busywait 3000 bash -c "(( \$(grep -c 'bound NFQUEUE' '$WORK/ftpgate.log') > ${n:-0} ))"
