@@ -152,7 +152,6 @@ fn run(a: RunArgs) -> Result<()> {
             state_file: Some(state_file),
             max_sessions,
             rt_priority: queue_priority,
-            data_cpus: s.relay.cpus.clone(),
             nat64: s.nat64.clone(),
             policy: policies,
         },

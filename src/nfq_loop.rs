@@ -38,9 +38,6 @@ pub struct LoopConfig {
     pub max_sessions: usize,
     /// SCHED_FIFO priority of the queue thread (0: normal scheduling).
     pub rt_priority: u8,
-    /// Where the real-time data threads keep to (`--data-cpus`); the queue thread at real-time
-    /// priority keeps to the other CPUs ([`crate::sched::keep_clear_of`]).
-    pub data_cpus: Option<crate::sched::Confine>,
     /// NAT64 prefixes (/96): an IPv6 session to `PREFIX::a.b.c.d` is one to the IPv4 server
     /// `a.b.c.d`, translated ([`Session::nat64`]).
     pub nat64: Vec<ipnet::Ipv6Net>,
@@ -488,9 +485,7 @@ pub fn run(mut helper: Helper) -> Result<()> {
         }
     }
     log!("bound NFQUEUE {q} ({})", if helper.cfg.fail_open { "fail-open" } else { "fail-closed" });
-    if let (true, Some(c)) = (crate::sched::raise_priority(helper.cfg.rt_priority), &helper.cfg.data_cpus) {
-        crate::sched::keep_clear_of(c);
-    }
+    crate::sched::raise_priority(helper.cfg.rt_priority);
     match &helper.cache {
         Some(c) => {
             let (entries, bytes) = c.store.totals();

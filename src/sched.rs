@@ -28,39 +28,16 @@ fn scheduler() -> Option<(libc::c_int, libc::c_int)> {
 /// forwarded in its context (the verdict re-injects it), and behind relay threads on the same
 /// cores a burst of sessions took twice as long as through the kernel ALG. The loop blocks in
 /// `poll`, and the kernel's RT throttling keeps 5 % of each core for others.
-/// Returns whether it is at real-time priority now.
-pub fn raise_priority(prio: u8) -> bool {
+pub fn raise_priority(prio: u8) {
     if prio == 0 {
-        return false;
+        return;
     }
     // SCHED_RESET_ON_FORK: the threads this one starts (the relay's, the freshness checks')
     // run at normal priority; inheriting real time, a busy relay could starve the machine
     if set_scheduler(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, prio.into()) {
         crate::log!("queue thread at real-time priority {prio} (SCHED_FIFO)");
-        true
     } else {
         crate::log!("queue thread stays at normal priority ({}; needs CAP_SYS_NICE, or --queue-priority 0)", std::io::Error::last_os_error());
-        false
-    }
-}
-
-/// Keeps the calling real-time queue thread to the CPUs the real-time data threads leave free
-/// (`c`'s rest), if there are any; the threads it starts get every CPU back
-/// ([`spawn_prompt`]).
-///
-/// A verdict re-injects its packet in the queue thread's context: the packet's forwarding, and
-/// the wake-up of the process it is delivered to (a NOOP's client, a server's child), happen on
-/// the queue thread's CPU, where the scheduler also tends to place that process. On a data CPU
-/// the woken process waited behind the relay's real-time threads: with 4 relayed downloads and
-/// both cores busy, the NOOP's p99 was 2.3-4.8 ms against the ALG's 1.0-1.8 ms; with the queue
-/// thread on the first CPU, within 0.3 ms of the ALG's.
-pub fn keep_clear_of(c: &Confine) {
-    if c.rest.is_empty() {
-        return;
-    }
-    let _ = ALL.set(c.all);
-    if sched_setaffinity(Pid::from_raw(0), &c.rest_set).is_ok() {
-        crate::log!("queue thread keeps to CPU {}, clear of the data threads' (--data-cpus)", list(&c.rest));
     }
 }
 
@@ -200,9 +177,6 @@ pub struct Confine {
     pub cpus: Vec<usize>,
     to: CpuSet,
     all: CpuSet,
-    /// The process's other CPUs: the queue thread's ([`keep_clear_of`]).
-    pub rest: Vec<usize>,
-    rest_set: CpuSet,
 }
 
 impl Confine {
@@ -214,8 +188,7 @@ impl Confine {
             }
             s
         };
-        let rest: Vec<usize> = allowed.iter().copied().filter(|c| !cpus.contains(c)).collect();
-        Confine { to: set(&cpus), all: set(allowed), rest_set: set(&rest), rest, cpus }
+        Confine { to: set(&cpus), all: set(allowed), cpus }
     }
 }
 
@@ -225,9 +198,9 @@ static ALL: OnceLock<CpuSet> = OnceLock::new();
 /// Keeps the calling (real-time) thread, and the threads it starts, to `c`'s CPUs until
 /// [`normal_priority`] or [`unconfine`].
 pub fn confine(c: &Confine) {
-    let _ = ALL.set(c.all);
-    static LOGGED: std::sync::Once = std::sync::Once::new();
-    LOGGED.call_once(|| crate::log!("data threads at real-time priority keep to CPU {} (--data-cpus)", list(&c.cpus)));
+    if ALL.set(c.all).is_ok() {
+        crate::log!("data threads at real-time priority keep to CPU {} (--data-cpus)", list(&c.cpus));
+    }
     let _ = sched_setaffinity(Pid::from_raw(0), &c.to);
 }
 
@@ -259,7 +232,6 @@ pub fn spawn_prompt(name: &str, init: impl FnOnce() + Send + 'static, work: impl
         _ => None,
     };
     let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
-        unconfine(); // not the queue thread's CPUs ([`keep_clear_of`])
         init();
         work();
     });
@@ -340,30 +312,6 @@ mod tests {
             assert_eq!(allowed_cpus(), vec![allowed[1]]);
             normal_priority();
             assert_eq!(allowed_cpus(), allowed);
-        })
-        .join()
-        .unwrap();
-    }
-
-    /// The queue thread keeps to the CPUs the data threads leave; a thread it starts gets every
-    /// CPU back, and with no CPU left over it keeps them all.
-    #[test]
-    fn the_queue_thread_keeps_clear_of_the_data_cpus() {
-        let allowed = allowed_cpus();
-        if allowed.len() < 2 {
-            eprintln!("skipped: one CPU");
-            return;
-        }
-        let c = Confine::new(allowed[1..].to_vec(), &allowed);
-        assert_eq!(c.rest, vec![allowed[0]]);
-        std::thread::spawn(move || {
-            keep_clear_of(&Confine::new(allowed.clone(), &allowed));
-            assert_eq!(allowed_cpus(), allowed, "nothing left over: unchanged");
-            keep_clear_of(&c);
-            assert_eq!(allowed_cpus(), vec![allowed[0]]);
-            let (tx, rx) = std::sync::mpsc::channel();
-            spawn_prompt("test", || (), move || tx.send(allowed_cpus()).unwrap()).unwrap();
-            assert_eq!(rx.recv().unwrap(), allowed);
         })
         .join()
         .unwrap();
