@@ -169,7 +169,9 @@ pub struct RunArgs {
     #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i8).range(-20..=19))]
     pub data_nice: Option<i8>,
     /// CPUs the data relay's threads may use while at real-time priority, `all` or a list
-    /// (`1`, `1-3`, `0,2`) [default: all but the first, so that one core is never held by them]
+    /// (`1`, `1-3`, `0,2`); name CPUs other than those the network cards interrupt, whose
+    /// packet processing would otherwise wait behind them [default: all but the first, so that
+    /// one core is never held by them]
     #[arg(long, value_name = "LIST", value_parser = crate::sched::parse_cpus)]
     pub data_cpus: Option<crate::sched::CpuChoice>,
     /// Data connections at once; more PASV/PORT get 425 [default: 512]
