@@ -279,21 +279,16 @@ mod tests {
     #[test]
     fn a_step_below_is_one_real_time_priority_lower() {
         std::thread::spawn(|| {
-            let mut p = libc::sched_param { sched_priority: 5 };
-            // SAFETY: sets this test thread's own policy with a live parameter.
-            if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) } != 0 {
+            if !set_scheduler(libc::SCHED_FIFO, 5) {
                 return eprintln!("skipped: no CAP_SYS_NICE");
             }
             step_below();
-            // SAFETY: reads this thread's own parameter into a live struct.
-            assert_eq!((policy(), unsafe { libc::sched_getparam(0, &mut p) }, p.sched_priority), (libc::SCHED_FIFO, 0, 4));
-            p.sched_priority = 1;
-            // SAFETY: as above.
-            unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) };
+            assert_eq!(scheduler(), Some((libc::SCHED_FIFO, 4)));
+            set_scheduler(libc::SCHED_FIFO, 1);
             step_below();
-            assert_eq!(policy(), libc::SCHED_OTHER);
+            assert_eq!(scheduler(), Some((libc::SCHED_OTHER, 0)));
             step_below(); // not real time: unchanged
-            assert_eq!(policy(), libc::SCHED_OTHER);
+            assert_eq!(scheduler(), Some((libc::SCHED_OTHER, 0)));
         })
         .join()
         .unwrap();
